@@ -1,0 +1,756 @@
+// Native marshaler: nested numpy (time_step, policy_state) -> flat eager
+// tensors -> saved `action` function -> nested numpy PolicyStep.
+//
+// A `Plan` is compiled once per policy from a node tree built in Python
+// (see native/marshal.py for the encoding). Per call it walks the plan, not
+// the user's data, so the work and recursion depth are bounded by the plan.
+//
+// Inputs reach TensorFlow without a copy when a leaf already has the plan's
+// dtype, is C-contiguous, writeable and 64-byte aligned: the leaf is handed
+// to TF as a DLPack capsule that keeps the array alive. Other leaves are
+// copied once into a 64-byte aligned buffer. Outputs come back as numpy views
+// of the result tensors.
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace {
+
+constexpr size_t kAlignment = 64;  // What TF's DLPack import requires.
+constexpr int kNoCallerBatch = -2;  // Leaf comes unbatched; add a batch of 1.
+constexpr int kAnyBatch = -1;       // Leaf comes batched; any consistent size.
+
+// ---------------------------------------------------------------------------
+// DLPack (v0.x ABI, as TensorFlow 2.15 consumes it).
+
+struct DLDevice {
+  int32_t device_type;
+  int32_t device_id;
+};
+struct DLDataType {
+  uint8_t code;
+  uint8_t bits;
+  uint16_t lanes;
+};
+struct DLTensor {
+  void* data;
+  DLDevice device;
+  int32_t ndim;
+  DLDataType dtype;
+  int64_t* shape;
+  int64_t* strides;
+  uint64_t byte_offset;
+};
+struct DLManagedTensor {
+  DLTensor dl_tensor;
+  void* manager_ctx;
+  void (*deleter)(DLManagedTensor* self);
+};
+
+constexpr int32_t kDLCPU = 1;
+constexpr uint8_t kDLInt = 0, kDLUInt = 1, kDLFloat = 2, kDLComplex = 5;
+constexpr const char* kDlTensorName = "dltensor";
+
+// One allocation per exported leaf: the DLPack struct, its shape, and either
+// an owned numpy array (zero-copy) or an owned aligned buffer (copy).
+struct ExportedLeaf {
+  DLManagedTensor managed;
+  int64_t shape[NPY_MAXDIMS + 1];
+  PyObject* array;  // Strong reference, or nullptr.
+  void* buffer;     // From aligned_alloc, or nullptr.
+};
+
+void DeleteExportedLeaf(DLManagedTensor* managed) {
+  auto* leaf = reinterpret_cast<ExportedLeaf*>(managed);
+  if (leaf->array != nullptr && Py_IsInitialized()) {
+    // TF may release the buffer from one of its own threads.
+    PyGILState_STATE state = PyGILState_Ensure();
+    Py_DECREF(leaf->array);
+    PyGILState_Release(state);
+  }
+  std::free(leaf->buffer);
+  delete leaf;
+}
+
+void DestroyUnconsumedCapsule(PyObject* capsule) {
+  // TF renames consumed capsules and takes over the deleter.
+  if (!PyCapsule_IsValid(capsule, kDlTensorName)) return;
+  auto* managed =
+      static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule, kDlTensorName));
+  if (managed != nullptr && managed->deleter != nullptr) managed->deleter(managed);
+}
+
+bool DlpackType(int type_num, int itemsize, DLDataType* out) {
+  uint8_t code;
+  switch (type_num) {
+    case NPY_BYTE: case NPY_SHORT: case NPY_INT: case NPY_LONG: case NPY_LONGLONG:
+      code = kDLInt; break;
+    case NPY_UBYTE: case NPY_USHORT: case NPY_UINT: case NPY_ULONG: case NPY_ULONGLONG:
+      code = kDLUInt; break;
+    case NPY_HALF: case NPY_FLOAT: case NPY_DOUBLE:
+      code = kDLFloat; break;
+    case NPY_CFLOAT: case NPY_CDOUBLE:
+      code = kDLComplex; break;
+    default:
+      return false;  // bool, strings, objects: TF's own conversion.
+  }
+  *out = DLDataType{code, static_cast<uint8_t>(itemsize * 8), 1};
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers.
+
+py::object Steal(PyObject* p) {
+  if (p == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(p);
+}
+
+bool IsAligned(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % kAlignment == 0;
+}
+
+std::string DtypeName(PyArray_Descr* descr) {
+  py::object str = Steal(PyObject_Str(reinterpret_cast<PyObject*>(descr)));
+  return py::cast<std::string>(str);
+}
+
+std::string TypeName(PyObject* obj) {
+  if (obj == Py_None) return "None";
+  return Py_TYPE(obj)->tp_name;
+}
+
+std::string Describe(PyArrayObject* arr) {
+  std::ostringstream out;
+  out << DtypeName(PyArray_DESCR(arr)) << "[";
+  for (int i = 0; i < PyArray_NDIM(arr); ++i) {
+    if (i) out << ",";
+    out << PyArray_DIM(arr, i);
+  }
+  out << "]";
+  return out.str();
+}
+
+[[noreturn]] void Raise(PyObject* type, const std::string& message) {
+  PyErr_SetString(type, message.c_str());
+  throw py::error_already_set();
+}
+
+// ---------------------------------------------------------------------------
+// Plan nodes.
+
+enum class Kind { kLeaf, kNamedTuple, kDict, kSequence };
+
+struct LeafSpec {
+  int slot = 0;                // Position in the function's argument list.
+  int batch = kNoCallerBatch;  // kNoCallerBatch, kAnyBatch or a fixed size.
+  std::vector<npy_intp> dims;  // Inner dims (without batch); -1 = any.
+  py::object descr;            // numpy dtype (PyArray_Descr).
+  py::object tf_dtype;         // TF DataType enum, for the fallback path.
+  bool dlpack = false;
+  DLDataType dl_type{};
+};
+
+struct Node {
+  Kind kind = Kind::kLeaf;
+  std::string path;
+  std::vector<Node> children;
+  std::vector<py::object> keys;       // kDict: sorted keys.
+  std::string keys_text;              // kDict: "'a', 'b'" for messages.
+  py::object fields;                  // kNamedTuple: tuple of field names.
+  std::string type_name;              // kNamedTuple: e.g. "TimeStep".
+  mutable PyTypeObject* accepted_type = nullptr;  // Cached namedtuple match.
+  mutable py::object accepted_type_ref;
+  LeafSpec leaf;
+};
+
+std::string ExpectedLeaf(const LeafSpec& spec, int batch_hint) {
+  std::ostringstream out;
+  out << DtypeName(reinterpret_cast<PyArray_Descr*>(spec.descr.ptr())) << "[";
+  bool first = true;
+  if (spec.batch != kNoCallerBatch) {
+    if (spec.batch >= 0) out << spec.batch;
+    else if (batch_hint >= 0) out << batch_hint;
+    else out << "B";
+    first = false;
+  }
+  for (npy_intp d : spec.dims) {
+    if (!first) out << ",";
+    first = false;
+    if (d < 0) out << "?"; else out << d;
+  }
+  out << "]";
+  return out.str();
+}
+
+Node ParseNode(py::handle node);
+
+Node ParseLeaf(const py::tuple& t) {
+  // ("leaf", path, slot, numpy_dtype, inner_dims, batch, tf_dtype_enum)
+  Node node;
+  node.kind = Kind::kLeaf;
+  node.path = py::cast<std::string>(t[1]);
+  node.leaf.slot = py::cast<int>(t[2]);
+  PyArray_Descr* descr = nullptr;
+  if (!PyArray_DescrConverter(t[3].ptr(), &descr)) throw py::error_already_set();
+  node.leaf.descr = Steal(reinterpret_cast<PyObject*>(descr));
+  for (auto d : py::cast<py::tuple>(t[4])) node.leaf.dims.push_back(py::cast<npy_intp>(d));
+  if (node.leaf.dims.size() > NPY_MAXDIMS - 1) throw py::value_error(node.path + ": too many dimensions");
+  node.leaf.batch = py::cast<int>(t[5]);
+  node.leaf.tf_dtype = py::reinterpret_borrow<py::object>(t[6]);
+  node.leaf.dlpack = descr->byteorder != '>' &&
+                     DlpackType(descr->type_num, descr->elsize, &node.leaf.dl_type);
+  return node;
+}
+
+Node ParseNode(py::handle handle) {
+  py::tuple t = py::cast<py::tuple>(handle);
+  std::string kind = py::cast<std::string>(t[0]);
+  if (kind == "leaf") return ParseLeaf(t);
+  Node node;
+  node.path = py::cast<std::string>(t[1]);
+  for (auto child : py::cast<py::tuple>(t[2])) node.children.push_back(ParseNode(child));
+  if (kind == "namedtuple") {
+    // ("namedtuple", path, children, fields, type_name)
+    node.kind = Kind::kNamedTuple;
+    node.fields = py::reinterpret_borrow<py::object>(t[3]);
+    node.type_name = py::cast<std::string>(t[4]);
+  } else if (kind == "dict") {
+    // ("dict", path, children, sorted_keys)
+    node.kind = Kind::kDict;
+    std::ostringstream text;
+    for (auto key : py::cast<py::tuple>(t[3])) {
+      if (!node.keys.empty()) text << ", ";
+      text << py::cast<std::string>(py::repr(key));
+      node.keys.push_back(py::reinterpret_borrow<py::object>(key));
+    }
+    node.keys_text = text.str();
+  } else if (kind == "sequence") {
+    // ("sequence", path, children)
+    node.kind = Kind::kSequence;
+  } else {
+    throw py::value_error("unknown plan node kind: " + kind);
+  }
+  return node;
+}
+
+// Output nodes: ("leaf", index, unbatch) | ("namedtuple", type, children) |
+// ("dict", keys, children) | ("list", children) | ("tuple", children).
+enum class OutKind { kLeaf, kNamedTuple, kDict, kList, kTuple };
+
+struct OutNode {
+  OutKind kind = OutKind::kLeaf;
+  int index = 0;
+  bool unbatch = false;
+  py::object type;
+  std::vector<py::object> keys;
+  std::vector<OutNode> children;
+};
+
+OutNode ParseOutNode(py::handle handle) {
+  py::tuple t = py::cast<py::tuple>(handle);
+  std::string kind = py::cast<std::string>(t[0]);
+  OutNode node;
+  if (kind == "leaf") {
+    node.kind = OutKind::kLeaf;
+    node.index = py::cast<int>(t[1]);
+    node.unbatch = py::cast<bool>(t[2]);
+    return node;
+  }
+  py::tuple children;
+  if (kind == "namedtuple") {
+    node.kind = OutKind::kNamedTuple;
+    node.type = py::reinterpret_borrow<py::object>(t[1]);
+    children = py::cast<py::tuple>(t[2]);
+  } else if (kind == "dict") {
+    node.kind = OutKind::kDict;
+    for (auto key : py::cast<py::tuple>(t[1])) node.keys.push_back(py::reinterpret_borrow<py::object>(key));
+    children = py::cast<py::tuple>(t[2]);
+  } else if (kind == "list" || kind == "tuple") {
+    node.kind = kind == "list" ? OutKind::kList : OutKind::kTuple;
+    children = py::cast<py::tuple>(t[1]);
+  } else {
+    throw py::value_error("unknown output node kind: " + kind);
+  }
+  for (auto child : children) node.children.push_back(ParseOutNode(child));
+  if (node.kind == OutKind::kDict && node.keys.size() != node.children.size())
+    throw py::value_error("dict output node: keys and children differ in length");
+  return node;
+}
+
+// ---------------------------------------------------------------------------
+// Per-call state.
+
+struct Range {
+  uintptr_t begin, end;
+};
+
+struct CallState {
+  PyObject* args = nullptr;     // list being filled (borrowed).
+  int batch = -1;               // Batch size seen so far (caller-batched leaves).
+  const std::string* batch_path = nullptr;
+  std::vector<Range> aliased;   // Input buffers handed to TF without a copy.
+};
+
+class Plan {
+ public:
+  Plan(py::tuple time_step_tree, py::tuple state_tree, py::tuple output_tree,
+       int num_args, py::dict runtime)
+      : time_step_(ParseNode(time_step_tree)),
+        state_(ParseNode(state_tree)),
+        output_(ParseOutNode(output_tree)),
+        num_args_(num_args) {
+    from_dlpack_ = runtime["from_dlpack"];
+    eager_tensor_ = runtime["eager_tensor"];
+    context_handle_ = runtime["context_handle"];
+    device_ = runtime["device"];
+    numpy_method_ = py::str("_numpy_internal");
+  }
+
+  // Validates and converts; returns the list of `num_args` eager tensors.
+  py::list Flatten(py::handle time_step, py::handle policy_state) const {
+    CallState state;
+    return FlattenInto(time_step, policy_state, 0, &state);
+  }
+
+  // Flatten + execute + pack, all in one pass.
+  py::object Call(py::handle time_step, py::handle policy_state, py::handle execute,
+                  py::handle function_name, py::tuple captures, py::handle attrs,
+                  int num_outputs) const {
+    CallState state;
+    py::list args = FlattenInto(time_step, policy_state, captures.size(), &state);
+    for (size_t i = 0; i < captures.size(); ++i) {
+      PyObject* c = captures[i].ptr();
+      Py_INCREF(c);
+      PyList_SET_ITEM(args.ptr(), num_args_ + i, c);
+    }
+    py::object outputs = Steal(PyObject_CallFunctionObjArgs(
+        execute.ptr(), context_handle_.ptr(), device_.ptr(), function_name.ptr(),
+        args.ptr(), attrs.ptr(), py::int_(num_outputs).ptr(), nullptr));
+    return PackOutputs(outputs, state.aliased);
+  }
+
+  py::object Pack(py::handle outputs) const {
+    return PackOutputs(outputs, {});
+  }
+
+ private:
+  py::list FlattenInto(py::handle time_step, py::handle policy_state,
+                       size_t extra, CallState* state) const {
+    py::list args = Steal(PyList_New(num_args_ + extra));
+    state->args = args.ptr();
+    Walk(time_step_, time_step.ptr(), state);
+    Walk(state_, policy_state.ptr(), state);
+    return args;
+  }
+
+  void Walk(const Node& node, PyObject* value, CallState* state) const {
+    switch (node.kind) {
+      case Kind::kLeaf: return ConvertLeaf(node, value, state);
+      case Kind::kNamedTuple: return WalkNamedTuple(node, value, state);
+      case Kind::kDict: return WalkDict(node, value, state);
+      case Kind::kSequence: return WalkSequence(node, value, state);
+    }
+  }
+
+  void WalkNamedTuple(const Node& node, PyObject* value, CallState* state) const {
+    PyTypeObject* type = Py_TYPE(value);
+    if (type != node.accepted_type) {
+      bool ok = PyTuple_Check(value) && type != &PyTuple_Type;
+      if (ok) {
+        PyObject* fields = PyObject_GetAttrString(reinterpret_cast<PyObject*>(type), "_fields");
+        if (fields == nullptr) {
+          PyErr_Clear();
+          ok = false;
+        } else {
+          int eq = PyObject_RichCompareBool(fields, node.fields.ptr(), Py_EQ);
+          Py_DECREF(fields);
+          if (eq < 0) PyErr_Clear();
+          ok = eq == 1;
+        }
+      }
+      if (!ok) {
+        std::string fields_text = py::cast<std::string>(py::str(", ").attr("join")(node.fields));
+        Raise(PyExc_TypeError, node.path + ": expected " + node.type_name + "(" +
+                                   fields_text + "), got " + TypeName(value));
+      }
+      node.accepted_type = type;
+      node.accepted_type_ref = py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(type));
+    }
+    if (static_cast<size_t>(PyTuple_GET_SIZE(value)) != node.children.size()) {
+      Raise(PyExc_ValueError, node.path + ": expected " + node.type_name + " with " +
+                                  std::to_string(node.children.size()) + " fields, got " +
+                                  std::to_string(PyTuple_GET_SIZE(value)));
+    }
+    for (size_t i = 0; i < node.children.size(); ++i)
+      Walk(node.children[i], PyTuple_GET_ITEM(value, i), state);
+  }
+
+  void WalkDict(const Node& node, PyObject* value, CallState* state) const {
+    if (node.children.empty() && IsEmptyStructure(value)) return;
+    if (!PyDict_Check(value)) {
+      Raise(PyExc_TypeError, node.path + ": expected a dict with keys " + node.keys_text +
+                                 ", got " + TypeName(value));
+    }
+    for (size_t i = 0; i < node.children.size(); ++i) {
+      PyObject* item = PyDict_GetItemWithError(value, node.keys[i].ptr());
+      if (item == nullptr) {
+        if (PyErr_Occurred()) throw py::error_already_set();
+        Raise(PyExc_ValueError, node.children[i].path + ": missing key (expected keys " +
+                                    node.keys_text + ", got " + KeysText(value) + ")");
+      }
+      py::object hold = py::reinterpret_borrow<py::object>(item);
+      Walk(node.children[i], item, state);
+    }
+    if (static_cast<size_t>(PyDict_Size(value)) != node.children.size()) {
+      Raise(PyExc_ValueError, node.path + ": unexpected key " + ExtraKey(node, value) +
+                                  " (expected keys " + node.keys_text + ")");
+    }
+  }
+
+  void WalkSequence(const Node& node, PyObject* value, CallState* state) const {
+    if (node.children.empty()) {
+      if (IsEmptyStructure(value)) return;
+      Raise(PyExc_ValueError, node.path + ": expected an empty structure ((), [] or None), got " +
+                                  TypeName(value));
+    }
+    if (!PyList_Check(value) && !PyTuple_Check(value)) {
+      Raise(PyExc_TypeError, node.path + ": expected a list or tuple of " +
+                                 std::to_string(node.children.size()) + ", got " + TypeName(value));
+    }
+    py::object seq = py::reinterpret_borrow<py::object>(value);
+    Py_ssize_t size = PySequence_Fast_GET_SIZE(value);
+    if (static_cast<size_t>(size) != node.children.size()) {
+      Raise(PyExc_ValueError, node.path + ": expected a list or tuple of " +
+                                  std::to_string(node.children.size()) + ", got " +
+                                  TypeName(value) + " of " + std::to_string(size));
+    }
+    for (size_t i = 0; i < node.children.size(); ++i) {
+      // Hold the item: converting it may run Python code that mutates a list.
+      py::object item = py::reinterpret_borrow<py::object>(PySequence_Fast_GET_ITEM(value, i));
+      if (PyList_Check(value) && PyList_GET_SIZE(value) != size)
+        Raise(PyExc_ValueError, node.path + ": list changed size during the call");
+      Walk(node.children[i], item.ptr(), state);
+    }
+  }
+
+  static bool IsEmptyStructure(PyObject* value) {
+    if (value == Py_None) return true;
+    if ((PyTuple_Check(value) || PyList_Check(value)) && PySequence_Fast_GET_SIZE(value) == 0) return true;
+    return PyDict_Check(value) && PyDict_Size(value) == 0;
+  }
+
+  static std::string KeysText(PyObject* dict) {
+    std::ostringstream out;
+    PyObject *key, *item;
+    Py_ssize_t pos = 0;
+    bool first = true;
+    while (PyDict_Next(dict, &pos, &key, &item)) {
+      if (!first) out << ", ";
+      first = false;
+      out << py::cast<std::string>(py::repr(key));
+    }
+    return first ? std::string("no keys") : out.str();
+  }
+
+  static std::string ExtraKey(const Node& node, PyObject* dict) {
+    PyObject *key, *item;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(dict, &pos, &key, &item)) {
+      bool known = false;
+      for (const auto& k : node.keys) {
+        int eq = PyObject_RichCompareBool(key, k.ptr(), Py_EQ);
+        if (eq < 0) PyErr_Clear();
+        if (eq == 1) { known = true; break; }
+      }
+      if (!known) return py::cast<std::string>(py::repr(key));
+    }
+    return "?";
+  }
+
+  // Returns a strong reference to an ndarray view of `value`, converting
+  // Python scalars and lists; raises for anything that is not array-like.
+  py::object AsArray(const Node& node, PyObject* value, int batch_hint) const {
+    const LeafSpec& spec = node.leaf;
+    auto* want = reinterpret_cast<PyArray_Descr*>(spec.descr.ptr());
+    if (PyArray_Check(value)) return py::reinterpret_borrow<py::object>(value);
+    if (PyArray_IsScalar(value, Generic)) {
+      return Steal(PyArray_FromScalar(value, nullptr));
+    }
+    bool python_data = PyBool_Check(value) || PyLong_Check(value) || PyFloat_Check(value) ||
+                       PyList_Check(value) || PyTuple_Check(value);
+    if (!python_data) {
+      Raise(PyExc_TypeError, node.path + ": expected " + ExpectedLeaf(spec, batch_hint) +
+                                 ", got " + TypeName(value));
+    }
+    PyObject* natural = PyArray_FromAny(value, nullptr, 0, 0, 0, nullptr);
+    if (natural == nullptr) {
+      PyErr_Clear();
+      Raise(PyExc_ValueError, node.path + ": expected " + ExpectedLeaf(spec, batch_hint) +
+                                  ", got a " + TypeName(value) + " that is not a regular array");
+    }
+    py::object arr = Steal(natural);
+    auto* a = reinterpret_cast<PyArrayObject*>(arr.ptr());
+    // Python numbers follow numpy's same-kind rule (int -> float is fine,
+    // float -> int is not); numpy arrays must match the dtype exactly.
+    if (!PyArray_CanCastTypeTo(PyArray_DESCR(a), want, NPY_SAME_KIND_CASTING) ||
+        PyArray_TYPE(a) == NPY_OBJECT) {
+      Raise(PyExc_TypeError, node.path + ": expected " + ExpectedLeaf(spec, batch_hint) +
+                                 ", got " + TypeName(value) + " of " + Describe(a));
+    }
+    Py_INCREF(want);
+    return Steal(PyArray_FromAny(arr.ptr(), want, 0, 0, NPY_ARRAY_DEFAULT, nullptr));
+  }
+
+  void ConvertLeaf(const Node& node, PyObject* value, CallState* state) const {
+    const LeafSpec& spec = node.leaf;
+    auto* want = reinterpret_cast<PyArray_Descr*>(spec.descr.ptr());
+    py::object held = AsArray(node, value, state->batch);
+    auto* arr = reinterpret_cast<PyArrayObject*>(held.ptr());
+
+    if (!PyArray_CanCastTypeTo(PyArray_DESCR(arr), want, NPY_EQUIV_CASTING)) {
+      Raise(PyExc_TypeError, node.path + ": expected " + ExpectedLeaf(spec, state->batch) +
+                                 ", got " + Describe(arr));
+    }
+    CheckShape(node, arr, state);
+
+    // Target shape: the caller's, with a leading 1 when we add the batch.
+    int ndim = PyArray_NDIM(arr);
+    int offset = spec.batch == kNoCallerBatch ? 1 : 0;
+    int out_ndim = ndim + offset;
+    npy_intp nbytes = PyArray_NBYTES(arr);
+
+    auto leaf = std::make_unique<ExportedLeaf>();
+    std::memset(&leaf->managed, 0, sizeof(leaf->managed));
+    leaf->array = nullptr;
+    leaf->buffer = nullptr;
+    leaf->shape[0] = 1;
+    for (int i = 0; i < ndim; ++i) leaf->shape[i + offset] = PyArray_DIM(arr, i);
+
+    bool zero_copy = spec.dlpack && nbytes > 0 && PyArray_IS_C_CONTIGUOUS(arr) &&
+                     PyArray_ISWRITEABLE(arr) && PyArray_ISNOTSWAPPED(arr) &&
+                     IsAligned(PyArray_DATA(arr));
+    py::object tensor;
+    if (!spec.dlpack) {
+      tensor = FallbackTensor(spec, arr, leaf->shape, out_ndim);
+    } else {
+      void* data;
+      if (zero_copy) {
+        data = PyArray_DATA(arr);
+        leaf->array = held.ptr();
+        Py_INCREF(leaf->array);
+        auto begin = reinterpret_cast<uintptr_t>(data);
+        state->aliased.push_back(Range{begin, begin + static_cast<uintptr_t>(nbytes)});
+      } else {
+        size_t size = (static_cast<size_t>(nbytes) + kAlignment - 1) / kAlignment * kAlignment;
+        leaf->buffer = std::aligned_alloc(kAlignment, size == 0 ? kAlignment : size);
+        if (leaf->buffer == nullptr) throw std::bad_alloc();
+        CopyInto(arr, leaf->buffer, want);
+        data = leaf->buffer;
+      }
+      leaf->managed.dl_tensor.data = data;
+      leaf->managed.dl_tensor.device = DLDevice{kDLCPU, 0};
+      leaf->managed.dl_tensor.ndim = out_ndim;
+      leaf->managed.dl_tensor.dtype = spec.dl_type;
+      leaf->managed.dl_tensor.shape = leaf->shape;
+      leaf->managed.dl_tensor.strides = nullptr;
+      leaf->managed.dl_tensor.byte_offset = 0;
+      leaf->managed.deleter = DeleteExportedLeaf;
+      leaf->managed.manager_ctx = nullptr;
+      DLManagedTensor* managed = &leaf.release()->managed;
+      PyObject* capsule = PyCapsule_New(managed, kDlTensorName, DestroyUnconsumedCapsule);
+      if (capsule == nullptr) {
+        DeleteExportedLeaf(managed);
+        throw py::error_already_set();
+      }
+      py::object owned_capsule = Steal(capsule);
+      tensor = Steal(PyObject_CallFunctionObjArgs(from_dlpack_.ptr(), capsule,
+                                                  context_handle_.ptr(), nullptr));
+    }
+    PyList_SET_ITEM(state->args, spec.slot, tensor.release().ptr());
+  }
+
+  void CheckShape(const Node& node, PyArrayObject* arr, CallState* state) const {
+    const LeafSpec& spec = node.leaf;
+    int offset = spec.batch == kNoCallerBatch ? 0 : 1;
+    int ndim = PyArray_NDIM(arr);
+    bool ok = ndim == static_cast<int>(spec.dims.size()) + offset;
+    for (size_t i = 0; ok && i < spec.dims.size(); ++i)
+      ok = spec.dims[i] < 0 || spec.dims[i] == PyArray_DIM(arr, i + offset);
+    if (!ok) {
+      std::string hint;
+      if (spec.batch == kNoCallerBatch && ndim == static_cast<int>(spec.dims.size()) + 1)
+        hint = " (a batched step? this policy was created with batch_time_steps=True)";
+      if (spec.batch != kNoCallerBatch && ndim == static_cast<int>(spec.dims.size()))
+        hint = " (missing the batch dimension)";
+      Raise(PyExc_ValueError, node.path + ": expected " + ExpectedLeaf(spec, state->batch) +
+                                  ", got " + Describe(arr) + hint);
+    }
+    if (spec.batch == kNoCallerBatch) return;
+    int batch = static_cast<int>(PyArray_DIM(arr, 0));
+    if (spec.batch >= 0 && batch != spec.batch) {
+      Raise(PyExc_ValueError, node.path + ": expected " + ExpectedLeaf(spec, state->batch) +
+                                  ", got " + Describe(arr) + " (batch size " +
+                                  std::to_string(spec.batch) + " is fixed)");
+    }
+    if (spec.batch == kAnyBatch) {
+      if (state->batch_path == nullptr) {
+        state->batch = batch;
+        state->batch_path = &node.path;
+      } else if (batch != state->batch) {
+        Raise(PyExc_ValueError, node.path + ": expected " + ExpectedLeaf(spec, state->batch) +
+                                    ", got " + Describe(arr) + " (batch size differs from " +
+                                    *state->batch_path + ")");
+      }
+    }
+  }
+
+  static void CopyInto(PyArrayObject* src, void* buffer, PyArray_Descr* descr) {
+    Py_INCREF(descr);
+    PyObject* dst = PyArray_NewFromDescr(&PyArray_Type, descr, PyArray_NDIM(src),
+                                         PyArray_DIMS(src), nullptr, buffer,
+                                         NPY_ARRAY_CARRAY, nullptr);
+    py::object hold = Steal(dst);
+    if (PyArray_CopyInto(reinterpret_cast<PyArrayObject*>(dst), src) < 0) {
+      throw py::error_already_set();
+    }
+  }
+
+  py::object FallbackTensor(const LeafSpec& spec, PyArrayObject* arr, int64_t* shape,
+                            int ndim) const {
+    std::vector<npy_intp> dims(shape, shape + ndim);
+    PyArray_Dims newshape{dims.data(), ndim};
+    auto* want = reinterpret_cast<PyArray_Descr*>(spec.descr.ptr());
+    Py_INCREF(want);
+    py::object contiguous = Steal(PyArray_FromAny(reinterpret_cast<PyObject*>(arr), want, 0, 0,
+                                                  NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, nullptr));
+    py::object shaped = Steal(PyArray_Newshape(
+        reinterpret_cast<PyArrayObject*>(contiguous.ptr()), &newshape, NPY_CORDER));
+    return Steal(PyObject_CallFunctionObjArgs(eager_tensor_.ptr(), shaped.ptr(), device_.ptr(),
+                                              spec.tf_dtype.ptr(), nullptr));
+  }
+
+  // --- outputs -------------------------------------------------------------
+
+  py::object PackOutputs(py::handle outputs, const std::vector<Range>& aliased) const {
+    if (!PyList_Check(outputs.ptr()) && !PyTuple_Check(outputs.ptr()))
+      throw py::type_error("function outputs must be a list or tuple");
+    py::object seq = Steal(PySequence_Fast(outputs.ptr(), "outputs"));
+    return PackNode(output_, seq.ptr(), aliased);
+  }
+
+  py::object PackNode(const OutNode& node, PyObject* seq, const std::vector<Range>& aliased) const {
+    switch (node.kind) {
+      case OutKind::kLeaf: {
+        if (node.index < 0 || node.index >= PySequence_Fast_GET_SIZE(seq))
+          throw py::value_error("output index out of range");
+        return ToArray(PySequence_Fast_GET_ITEM(seq, node.index), node.unbatch, aliased);
+      }
+      case OutKind::kDict: {
+        py::dict result;
+        for (size_t i = 0; i < node.children.size(); ++i)
+          result[node.keys[i]] = PackNode(node.children[i], seq, aliased);
+        return std::move(result);
+      }
+      case OutKind::kList: {
+        py::list result(node.children.size());
+        for (size_t i = 0; i < node.children.size(); ++i)
+          result[i] = PackNode(node.children[i], seq, aliased);
+        return std::move(result);
+      }
+      case OutKind::kTuple:
+      case OutKind::kNamedTuple: {
+        py::tuple items(node.children.size());
+        for (size_t i = 0; i < node.children.size(); ++i)
+          items[i] = PackNode(node.children[i], seq, aliased);
+        if (node.kind == OutKind::kTuple) return std::move(items);
+        // tuple.__new__(cls, items): builds the namedtuple without its Python __new__.
+        py::tuple args = py::make_tuple(items);
+        return Steal(PyTuple_Type.tp_new(reinterpret_cast<PyTypeObject*>(node.type.ptr()),
+                                         args.ptr(), nullptr));
+      }
+    }
+    throw py::value_error("bad output node");
+  }
+
+  py::object ToArray(PyObject* tensor, bool unbatch, const std::vector<Range>& aliased) const {
+    py::object value = Steal(PyObject_CallMethodNoArgs(tensor, numpy_method_.ptr()));
+    if (!PyArray_Check(value.ptr())) value = Steal(PyArray_FromScalar(value.ptr(), nullptr));
+    auto* arr = reinterpret_cast<PyArrayObject*>(value.ptr());
+    if (!aliased.empty() && Overlaps(arr, aliased)) {
+      // The function forwarded an input buffer; never hand the caller's own
+      // memory back as an output.
+      value = Steal(PyArray_NewCopy(arr, NPY_CORDER));
+      arr = reinterpret_cast<PyArrayObject*>(value.ptr());
+    }
+    if (!unbatch) return value;
+    if (PyArray_NDIM(arr) < 1 || PyArray_DIM(arr, 0) != 1)
+      throw py::value_error("expected an output with a batch of 1 to unbatch");
+    PyArray_Descr* descr = PyArray_DESCR(arr);
+    Py_INCREF(descr);
+    PyObject* view = PyArray_NewFromDescr(&PyArray_Type, descr, PyArray_NDIM(arr) - 1,
+                                          PyArray_DIMS(arr) + 1, PyArray_STRIDES(arr) + 1,
+                                          PyArray_DATA(arr), PyArray_FLAGS(arr) & ~NPY_ARRAY_OWNDATA,
+                                          nullptr);
+    py::object result = Steal(view);
+    Py_INCREF(value.ptr());
+    if (PyArray_SetBaseObject(reinterpret_cast<PyArrayObject*>(view), value.ptr()) < 0) {
+      throw py::error_already_set();
+    }
+    return result;
+  }
+
+  static bool Overlaps(PyArrayObject* arr, const std::vector<Range>& ranges) {
+    auto begin = reinterpret_cast<uintptr_t>(PyArray_DATA(arr));
+    auto end = begin + static_cast<uintptr_t>(PyArray_NBYTES(arr));
+    for (const Range& r : ranges)
+      if (begin < r.end && r.begin < end) return true;
+    return false;
+  }
+
+  Node time_step_;
+  Node state_;
+  OutNode output_;
+  int num_args_;
+  py::object from_dlpack_, eager_tensor_, context_handle_, device_, numpy_method_;
+};
+
+bool IsZeroCopyCandidate(py::handle value) {
+  if (!PyArray_Check(value.ptr())) return false;
+  auto* arr = reinterpret_cast<PyArrayObject*>(value.ptr());
+  return PyArray_IS_C_CONTIGUOUS(arr) && PyArray_ISWRITEABLE(arr) && IsAligned(PyArray_DATA(arr));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_marshal, m) {
+  if (_import_array() < 0) throw py::error_already_set();
+  m.doc() = "Native marshaling between numpy nests and a saved policy's flat tensors.";
+  m.attr("ALIGNMENT") = kAlignment;
+  m.attr("NO_CALLER_BATCH") = kNoCallerBatch;
+  m.attr("ANY_BATCH") = kAnyBatch;
+  py::class_<Plan>(m, "Plan")
+      .def(py::init<py::tuple, py::tuple, py::tuple, int, py::dict>(),
+           py::arg("time_step_tree"), py::arg("state_tree"), py::arg("output_tree"),
+           py::arg("num_args"), py::arg("runtime"))
+      .def("flatten", &Plan::Flatten, py::arg("time_step"), py::arg("policy_state"))
+      .def("pack", &Plan::Pack, py::arg("outputs"))
+      .def("call", &Plan::Call, py::arg("time_step"), py::arg("policy_state"),
+           py::arg("execute"), py::arg("function_name"), py::arg("captures"),
+           py::arg("attrs"), py::arg("num_outputs"));
+  m.def("is_zero_copy_candidate", &IsZeroCopyCandidate, py::arg("value"));
+}

@@ -1,0 +1,27 @@
+"""Python face of the native marshaler (`native/_marshal.so`).
+
+This module is the only importer of the extension. A `Plan` turns a nested
+numpy `(time_step, policy_state)` into the flat eager-tensor argument list of a
+saved `action` function and packs the function's flat outputs back into a
+nest, validating every leaf on the way. Plans are compiled by
+`policies.marshaling_plan`; the node encoding is:
+
+Input nodes (one tree for the time step, one for the policy state):
+  ("leaf", path, slot, numpy_dtype, inner_dims, batch, tf_dtype_enum)
+      slot: index in the function's argument list; inner_dims: shape without
+      the batch dimension, -1 for unknown; batch: NO_CALLER_BATCH (the caller
+      passes an unbatched leaf, a batch of 1 is added), ANY_BATCH (batched,
+      any size consistent across leaves) or a fixed size.
+  ("namedtuple", path, children, field_names, type_name)
+  ("dict", path, children, sorted_keys)
+  ("sequence", path, children)           # list or tuple; () accepts None/{}.
+
+Output nodes:
+  ("leaf", output_index, unbatch)
+  ("namedtuple", type, children) | ("dict", keys, children)
+  ("list", children) | ("tuple", children)
+"""
+
+from native._marshal import ALIGNMENT, ANY_BATCH, NO_CALLER_BATCH, Plan, is_zero_copy_candidate
+
+__all__ = ["ALIGNMENT", "ANY_BATCH", "NO_CALLER_BATCH", "Plan", "is_zero_copy_candidate"]
