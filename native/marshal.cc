@@ -319,6 +319,8 @@ class Plan {
     context_handle_ = runtime["context_handle"];
     device_ = runtime["device"];
     numpy_method_ = py::str("_numpy_internal");
+    mapping_type_ = py::module_::import("collections.abc").attr("Mapping");
+    sequence_type_ = py::module_::import("collections.abc").attr("Sequence");
   }
 
   // Validates and converts; returns the list of `num_args` eager tensors.
@@ -402,9 +404,18 @@ class Plan {
 
   void WalkDict(const Node& node, PyObject* value, CallState* state) const {
     if (node.children.empty() && IsEmptyStructure(value)) return;
+    py::object as_dict;
     if (!PyDict_Check(value)) {
-      Raise(PyExc_TypeError, node.path + ": expected a dict with keys " + node.keys_text +
-                                 ", got " + TypeName(value));
+      int is_mapping = PyObject_IsInstance(value, mapping_type_.ptr());
+      if (is_mapping < 0) throw py::error_already_set();
+      if (!is_mapping) {
+        Raise(PyExc_TypeError, node.path + ": expected a dict with keys " + node.keys_text +
+                                   ", got " + TypeName(value));
+      }
+      // Other mappings (e.g. TF's tracking wrappers) are read through a dict copy.
+      as_dict = Steal(PyDict_New());
+      if (PyDict_Merge(as_dict.ptr(), value, 1) < 0) throw py::error_already_set();
+      value = as_dict.ptr();
     }
     for (size_t i = 0; i < node.children.size(); ++i) {
       PyObject* item = PyDict_GetItemWithError(value, node.keys[i].ptr());
@@ -428,16 +439,24 @@ class Plan {
       Raise(PyExc_ValueError, node.path + ": expected an empty structure ((), [] or None), got " +
                                   TypeName(value));
     }
-    if (!PyList_Check(value) && !PyTuple_Check(value)) {
-      Raise(PyExc_TypeError, node.path + ": expected a list or tuple of " +
-                                 std::to_string(node.children.size()) + ", got " + TypeName(value));
-    }
+    PyObject* original = value;
     py::object seq = py::reinterpret_borrow<py::object>(value);
+    if (!PyList_CheckExact(value) && !PyTuple_Check(value)) {
+      // List subclasses (e.g. TF's ListWrapper) may keep their items elsewhere.
+      int is_sequence = PyList_Check(value) ? 1 : PyObject_IsInstance(value, sequence_type_.ptr());
+      if (is_sequence < 0) throw py::error_already_set();
+      if (!is_sequence || PyUnicode_Check(value) || PyBytes_Check(value)) {
+        Raise(PyExc_TypeError, node.path + ": expected a list or tuple of " +
+                                   std::to_string(node.children.size()) + ", got " + TypeName(value));
+      }
+      seq = Steal(PySequence_Tuple(value));
+      value = seq.ptr();
+    }
     Py_ssize_t size = PySequence_Fast_GET_SIZE(value);
     if (static_cast<size_t>(size) != node.children.size()) {
       Raise(PyExc_ValueError, node.path + ": expected a list or tuple of " +
                                   std::to_string(node.children.size()) + ", got " +
-                                  TypeName(value) + " of " + std::to_string(size));
+                                  TypeName(original) + " of " + std::to_string(size));
     }
     for (size_t i = 0; i < node.children.size(); ++i) {
       // Hold the item: converting it may run Python code that mutates a list.
@@ -726,7 +745,8 @@ class Plan {
   Node state_;
   OutNode output_;
   int num_args_;
-  py::object from_dlpack_, eager_tensor_, context_handle_, device_, numpy_method_;
+  py::object from_dlpack_, eager_tensor_, context_handle_, device_, numpy_method_, mapping_type_,
+      sequence_type_;
 };
 
 bool IsZeroCopyCandidate(py::handle value) {

@@ -1,0 +1,11 @@
+"""Fast, sturdy numpy policies for TF-Agents SavedModels.
+
+    from policies import SavedModelPyTFEagerPolicy
+    policy = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True)
+    step = policy.action(time_step, policy.get_initial_state())
+"""
+
+from policies.saved_model_policy import PyTFEagerPolicyBase
+from policies.saved_model_policy import SavedModelPyTFEagerPolicy
+
+__all__ = ["PyTFEagerPolicyBase", "SavedModelPyTFEagerPolicy"]

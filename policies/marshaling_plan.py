@@ -1,0 +1,190 @@
+"""Compiles a policy's `action` concrete function into a native marshaling plan.
+
+Everything that can be decided once per policy is decided here, at load time:
+the flat argument order of `(time_step, policy_state)` (as `tf.nest` flattens
+it), each leaf's dtype, inner shape and batch handling, the output nest, the
+function's registered name, captured inputs and call attributes. `action()`
+then makes a single native call (`MarshalingPlan.call`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.python import pywrap_tfe
+from tensorflow.python.eager import context
+from tensorflow.python.framework import ops
+
+from native import marshal
+from tf_agents.trajectories import policy_step
+
+
+def _tf_runtime() -> dict:
+  ctx = context.context()
+  ctx.ensure_initialized()
+  return {
+      "from_dlpack": pywrap_tfe.TFE_FromDlpackCapsule,
+      "eager_tensor": ops.EagerTensor,
+      "context_handle": ctx._handle,  # pylint: disable=protected-access
+      "device": ctx.device_name,
+  }
+
+
+def _call_attrs() -> tuple:
+  attrs = context.context().function_call_options.as_attrs()
+  return tuple(item for pair in attrs.items() for item in pair)
+
+
+def _is_namedtuple(value) -> bool:
+  return isinstance(value, tuple) and hasattr(type(value), "_fields")
+
+
+def _input_tree(structure, path: str, slots: list, batch_for_leaf) -> tuple:
+  """Encodes a spec nest as native input nodes; appends leaf specs to `slots`."""
+  if isinstance(structure, tf.TensorSpec):
+    slot = len(slots)
+    slots.append(structure)
+    inner = tuple(-1 if d is None else int(d) for d in structure.shape.as_list()[1:])
+    return ("leaf", path, slot, np.dtype(structure.dtype.as_numpy_dtype), inner,
+            batch_for_leaf(structure, path), structure.dtype.as_datatype_enum)
+  if _is_namedtuple(structure):
+    children = tuple(
+        _input_tree(getattr(structure, f), f"{path}.{f}", slots, batch_for_leaf)
+        for f in structure._fields)
+    return ("namedtuple", path, children, tuple(structure._fields), type(structure).__name__)
+  if isinstance(structure, dict):
+    keys = tuple(sorted(structure))
+    children = tuple(
+        _input_tree(structure[k], f"{path}[{k!r}]", slots, batch_for_leaf)
+        for k in keys)
+    return ("dict", path, children, keys)
+  if isinstance(structure, (list, tuple)):
+    children = tuple(
+        _input_tree(v, f"{path}[{i}]", slots, batch_for_leaf) for i, v in enumerate(structure))
+    return ("sequence", path, children)
+  if structure is None:
+    return ("sequence", path, ())
+  raise TypeError(f"{path}: unsupported input spec {structure!r}")
+
+
+def _output_tree(structure, counter: list, unbatch: bool, top: bool = False) -> tuple:
+  if isinstance(structure, (tf.TensorSpec, tf.Tensor)):
+    index = counter[0]
+    counter[0] += 1
+    return ("leaf", index, unbatch)
+  if _is_namedtuple(structure):
+    out_type = type(structure)
+    if top:
+      out_type = policy_step.PolicyStep
+      children = tuple(
+          _output_tree(getattr(structure, f), counter, unbatch and f != "state")
+          for f in structure._fields)
+    else:
+      children = tuple(_output_tree(v, counter, unbatch) for v in structure)
+    return ("namedtuple", out_type, children)
+  if isinstance(structure, dict):
+    # Values are flattened in sorted-key order; the dict keeps its own order.
+    by_key = {k: _output_tree(structure[k], counter, unbatch) for k in sorted(structure)}
+    return ("dict", tuple(structure), tuple(by_key[k] for k in structure))
+  if isinstance(structure, list):
+    return ("list", tuple(_output_tree(v, counter, unbatch) for v in structure))
+  if isinstance(structure, tuple):
+    return ("tuple", tuple(_output_tree(v, counter, unbatch) for v in structure))
+  raise TypeError(f"unsupported output structure {structure!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionFunction:
+  """A callable graph function: its registered name, inputs and outputs."""
+  name: str
+  time_step_spec: Any          # nest of batched tf.TensorSpec
+  policy_state_spec: Any       # nest of batched tf.TensorSpec
+  output_structure: Any        # PolicyStep-like nest of specs
+  num_outputs: int
+  captures: tuple              # captured inputs, appended to the arguments
+  concrete: Any                # keeps the function registered while in use
+
+
+def action_function_from_concrete(concrete) -> ActionFunction:
+  """Describes a concrete function taking `(time_step, policy_state, ...)`."""
+  args, _ = concrete.structured_input_signature
+  time_step_spec, policy_state_spec = args[0], args[1]
+  num_leaves = len(tf.nest.flatten((time_step_spec, policy_state_spec)))
+  captures = tuple(concrete.captured_inputs)
+  if len(concrete.inputs) != num_leaves + len(captures):
+    raise ValueError(
+        f"action function {concrete.name!r} takes {len(concrete.inputs) - len(captures)} "
+        f"tensors, but its (time_step, policy_state) signature has {num_leaves} leaves")
+  return ActionFunction(
+      name=concrete._inference_function.name.decode(),  # pylint: disable=protected-access
+      time_step_spec=time_step_spec,
+      policy_state_spec=policy_state_spec,
+      output_structure=concrete.structured_outputs,
+      num_outputs=len(concrete.outputs),
+      captures=captures,
+      concrete=concrete,
+  )
+
+
+def leading_batch(spec_nest) -> int | None:
+  """The fixed batch size of a batched spec nest, None when unknown."""
+  sizes = {s.shape[0] for s in tf.nest.flatten(spec_nest)}
+  if len(sizes) > 1:
+    raise ValueError(f"inconsistent batch dimensions in signature: {sorted(map(str, sizes))}")
+  return sizes.pop() if sizes else None
+
+
+class MarshalingPlan:
+  """The native plan plus everything needed to call the function."""
+
+  def __init__(self, function: ActionFunction, batch_time_steps: bool):
+    self.function = function
+    self.batch_time_steps = batch_time_steps
+    fixed = leading_batch((function.time_step_spec, function.policy_state_spec))
+    self.fixed_batch_size = fixed
+    if batch_time_steps and fixed not in (None, 1):
+      raise ValueError(
+          f"this policy was saved with a fixed batch size of {fixed}, so it cannot act "
+          f"on single unbatched time steps; create it with batch_time_steps=False and "
+          f"pass batches of {fixed}")
+
+    def time_step_batch(spec, path):
+      if batch_time_steps:
+        return marshal.NO_CALLER_BATCH
+      return marshal.ANY_BATCH if fixed is None else fixed
+
+    def state_batch(spec, path):
+      if batch_time_steps:
+        return 1
+      return marshal.ANY_BATCH if fixed is None else fixed
+
+    slots: list = []
+    ts_tree = _input_tree(function.time_step_spec, "time_step", slots, time_step_batch)
+    state_tree = _input_tree(function.policy_state_spec, "policy_state", slots, state_batch)
+    counter = [0]
+    out_tree = _output_tree(function.output_structure, counter, batch_time_steps, top=True)
+    if counter[0] != function.num_outputs:
+      raise ValueError(
+          f"action function returns {function.num_outputs} tensors but its output "
+          f"structure has {counter[0]} leaves")
+    self.input_specs = tuple(slots)
+    self._native = marshal.Plan(ts_tree, state_tree, out_tree, len(slots), _tf_runtime())
+    self._execute = pywrap_tfe.TFE_Py_Execute
+    self._name = function.name
+    self._attrs = _call_attrs()
+
+  def call(self, time_step, policy_state, captures: Sequence[Any]):
+    """Validates, converts, runs the function and packs a `PolicyStep`."""
+    return self._native.call(time_step, policy_state, self._execute, self._name,
+                             captures, self._attrs, self.function.num_outputs)
+
+  def flatten(self, time_step, policy_state) -> list:
+    """The flat eager tensors `call` would pass (for inspection and tests)."""
+    return self._native.flatten(time_step, policy_state)
+
+  def pack(self, flat_outputs) -> policy_step.PolicyStep:
+    """Packs flat output tensors into the policy step nest."""
+    return self._native.pack(flat_outputs)

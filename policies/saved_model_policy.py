@@ -1,0 +1,262 @@
+"""numpy policies running TensorFlow policy graphs through the native marshaler.
+
+Drop-in replacements for TF-Agents' `PyTFEagerPolicyBase` and
+`SavedModelPyTFEagerPolicy` (`tf_agents.policies.py_tf_eager_policy`): same
+constructors, methods and specs. `action()` validates the nested numpy input,
+hands it to the graph without copying where it can, and returns numpy views.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.eager import core
+from tf_agents.policies import py_policy
+from tf_agents.specs import tensor_spec
+from tf_agents.trajectories import policy_step
+
+from policies import loading
+from policies import marshaling_plan
+from policies import specs as specs_lib
+
+# Ops that draw random numbers; a graph with any of them is stochastic.
+_RANDOM_OP = re.compile(
+    r"Random|Multinomial|TruncatedNormal|^Stateful(Uniform|StandardNormal)|^Rng")
+
+
+def graph_op_types(concrete_graph) -> set:
+  """Every op type in a function graph, including nested library functions."""
+  graph_def = concrete_graph.as_graph_def()
+  types = {node.op for node in graph_def.node}
+  for function in graph_def.library.function:
+    types.update(node.op for node in function.node_def)
+  return types
+
+
+def _to_numpy(nest):
+  return tf.nest.map_structure(lambda t: np.asarray(t), nest)
+
+
+class PyTFEagerPolicyBase(py_policy.PyPolicy):
+  """A `PyPolicy` running a TF policy's `action` graph on numpy inputs.
+
+  Same constructor as TF-Agents' `PyTFEagerPolicyBase`. The policy's `action`
+  always runs as a compiled graph function, so `use_tf_function` changes
+  nothing (it is kept for API compatibility).
+
+  With `batch_time_steps=True`, `action()` takes one unbatched time step and
+  returns an unbatched action and info; the policy state stays batched (batch
+  of 1), as `get_initial_state()` returns it, and can be fed straight back.
+  With `batch_time_steps=False`, the caller's batch passes through.
+  """
+
+  def __init__(self,
+               policy: Any,
+               time_step_spec,
+               action_spec,
+               policy_state_spec,
+               info_spec,
+               use_tf_function: bool = False,
+               batch_time_steps: bool = True):
+    """Creates the policy.
+
+    Args:
+      policy: a `TFPolicy`, or any object whose `action(time_step,
+        policy_state)` can be traced by `tf.function`.
+      time_step_spec: `TimeStep` of ArraySpecs (or TensorSpecs).
+      action_spec: nest of BoundedArraySpecs of the actions.
+      policy_state_spec: nest of ArraySpecs of the policy state.
+      info_spec: nest of ArraySpecs of the policy info.
+      use_tf_function: accepted for compatibility; `action` always runs as a
+        graph function.
+      batch_time_steps: whether `action()` takes single unbatched steps (True)
+        or batches (False).
+
+    Raises:
+      ValueError: the policy's graph cannot take the requested batch mode.
+    """
+    self._policy = policy
+    self._use_tf_function = use_tf_function
+    self._batch_time_steps = batch_time_steps
+    super().__init__(time_step_spec, action_spec, policy_state_spec, info_spec)
+    function = self._action_function()
+    self._plan = marshaling_plan.MarshalingPlan(function, batch_time_steps)
+    self._captures = function.captures
+    self._stochastic = None  # computed on first use of `seed`
+
+  # -- Hooks for subclasses ---------------------------------------------------
+
+  def _action_function(self) -> marshaling_plan.ActionFunction:
+    """The concrete `action` graph over batched `(time_step, policy_state)`."""
+    policy = self._policy
+    time_step_spec = specs_lib.with_batch(policy.time_step_spec, None)
+    state_spec = specs_lib.with_batch(policy.policy_state_spec, None)
+    concrete = tf.function(policy.action).get_concrete_function(time_step_spec, state_spec)
+    self._action_graph = concrete.graph
+    return marshaling_plan.action_function_from_concrete(concrete)
+
+  # -- PyPolicy ----------------------------------------------------------------
+
+  def _action(self, time_step, policy_state, seed: Optional[Any] = None):
+    if seed is not None:
+      self._check_seed(seed)
+    try:
+      return self._plan.call(time_step, policy_state, self._captures)
+    except core._NotOkStatusException as e:  # pylint: disable=protected-access
+      raise core._status_to_exception(e) from None  # pylint: disable=protected-access
+
+  def _get_initial_state(self, batch_size: Optional[int]):
+    if not tf.nest.flatten(self._policy_state_spec):
+      return ()
+    batch_size = self._initial_state_batch(batch_size)
+    return _to_numpy(self._policy.get_initial_state(batch_size=batch_size))
+
+  def _initial_state_batch(self, batch_size: Optional[int]) -> int:
+    fixed = self._plan.fixed_batch_size
+    if batch_size is None:
+      if self._batch_time_steps:
+        return 1
+      if fixed is not None:
+        return fixed
+      raise ValueError(
+          "get_initial_state: pass batch_size (the number of environments) when the "
+          "policy was created with batch_time_steps=False")
+    if fixed is not None and batch_size != fixed:
+      raise ValueError(
+          f"get_initial_state: expected batch_size {fixed} (fixed at export), got {batch_size}")
+    return batch_size
+
+  def _check_seed(self, seed) -> None:
+    """A seed is meaningful only for deterministic graphs, where it changes nothing."""
+    if self._stochastic is None:
+      self._stochastic = any(_RANDOM_OP.search(op) for op in graph_op_types(self._action_graph))
+    if self._stochastic:
+      raise ValueError(
+          f"seed={seed!r}: this policy samples with random ops whose seeds were fixed when "
+          "its graph was built, so a per-call seed cannot be applied. Seed the policy "
+          "at export instead (PolicySaver(policy, seed=...)) and call action() without seed")
+
+  def variables(self):
+    """The policy's variables as numpy arrays."""
+    return tf.nest.map_structure(lambda v: v.numpy(), self._policy.variables())
+
+
+class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
+  """A `PyPolicy` running a SavedModel exported by TF-Agents' `PolicySaver`.
+
+  Same constructor, methods and specs as TF-Agents'
+  `SavedModelPyTFEagerPolicy`. Attributes it does not define are forwarded to
+  the loaded SavedModel object, so functions added with
+  `PolicySaver.register_function` can be called.
+
+  `action(time_step, policy_state=(), seed=None)`: `seed` must be None for
+  stochastic policies (their random ops were seeded at export; a ValueError
+  says so); for deterministic policies any seed is accepted and has no effect.
+  """
+
+  def __init__(self,
+               model_path: str,
+               time_step_spec=None,
+               action_spec=None,
+               policy_state_spec=(),
+               info_spec=(),
+               load_specs_from_pbtxt: bool = False,
+               use_tf_function: bool = False,
+               batch_time_steps: bool = True):
+    """Loads the policy.
+
+    Args:
+      model_path: directory written by `PolicySaver.save`.
+      time_step_spec: `TimeStep` of ArraySpecs; optional with
+        `load_specs_from_pbtxt`.
+      action_spec: nest of ArraySpecs of the actions.
+      policy_state_spec: nest of ArraySpecs of the policy state.
+      info_spec: nest of ArraySpecs of the policy info.
+      load_specs_from_pbtxt: read the specs from `policy_specs.pbtxt`.
+      use_tf_function: accepted for compatibility (see PyTFEagerPolicyBase).
+      batch_time_steps: single unbatched steps (True) or batches (False).
+
+    Raises:
+      FileNotFoundError: `model_path`, its saved_model.pb, or (with
+        `load_specs_from_pbtxt`) its policy_specs.pbtxt is missing.
+      ValueError: no specs, an unreadable SavedModel, or a batch mode the
+        saved signature cannot take.
+    """
+    model_path = os.fspath(model_path)
+    self._loaded = loading.load(model_path)
+    policy_specs = specs_lib.resolve(model_path, time_step_spec, action_spec,
+                                     policy_state_spec, info_spec, load_specs_from_pbtxt)
+    super().__init__(self._loaded.saved, policy_specs.time_step_spec, policy_specs.action_spec,
+                     policy_specs.policy_state_spec, policy_specs.info_spec,
+                     use_tf_function, batch_time_steps)
+    if policy_specs.collect_data_spec is not None:
+      self._collect_data_spec = policy_specs.collect_data_spec
+    self._model_path = model_path
+    self._checkpoint = tf.train.Checkpoint(policy=self._loaded.saved)
+    self._train_step_from_last_restored_checkpoint_path = None
+    self._warm_up()
+
+  def _action_function(self) -> marshaling_plan.ActionFunction:
+    self._action_graph = self._loaded.action_graph
+    return self._loaded.action
+
+  def _warm_up(self) -> None:
+    """Runs the graph once so the first real call is not slower than the rest."""
+    function = self._loaded.action
+    batch = self._plan.fixed_batch_size or 1
+    inner = lambda spec_nest: tf.nest.map_structure(lambda s: tf.TensorSpec(s.shape[1:], s.dtype), spec_nest)
+    if any(None in s.shape.as_list()[1:] for s in tf.nest.flatten(
+        (function.time_step_spec, function.policy_state_spec))):
+      return  # unknown inner dimensions: nothing sensible to feed
+    time_step = specs_lib.zeros(inner(function.time_step_spec),
+                                () if self._batch_time_steps else (batch,))
+    state = specs_lib.zeros(inner(function.policy_state_spec), (batch,))
+    self._action(time_step, state)
+
+  # -- TF-Agents SavedModelPyTFEagerPolicy API --------------------------------
+
+  def get_train_step(self):
+    """The training step stored in the SavedModel (numpy scalar)."""
+    return self._loaded.saved.get_train_step().numpy()
+
+  def get_train_step_from_last_restored_checkpoint_path(self) -> Optional[int]:
+    """The train step parsed from the last checkpoint path, or None."""
+    return self._train_step_from_last_restored_checkpoint_path
+
+  def get_metadata(self):
+    """The metadata saved with the policy, as a dict of numpy values."""
+    return _to_numpy(self._loaded.saved.get_metadata())
+
+  def variables(self):
+    """The model variables of the SavedModel (`tf.Variable`s), as TF-Agents returns them."""
+    return self._loaded.saved.model_variables
+
+  def update_from_checkpoint(self, checkpoint_path: str) -> None:
+    """Loads weights from `<checkpoint_path>/variables/variables`.
+
+    `checkpoint_path` is a directory passed to `PolicySaver.save` or
+    `PolicySaver.save_checkpoint`. The train step is taken from a trailing
+    `_NNNN` of the path (see `get_train_step_from_last_restored_checkpoint_path`).
+    """
+    checkpoint_path = os.fspath(checkpoint_path)
+    prefix = os.path.join(checkpoint_path, tf.saved_model.VARIABLES_DIRECTORY,
+                          tf.saved_model.VARIABLES_FILENAME)
+    status = self._checkpoint.read(prefix)
+    status.assert_existing_objects_matched().expect_partial()
+    self._train_step_from_last_restored_checkpoint_path = _train_step_from_path(checkpoint_path)
+
+  def __getattr__(self, name: str):
+    """Forwards other attributes (e.g. registered functions) to the SavedModel."""
+    loaded = self.__dict__.get("_loaded")
+    if loaded is None or name.startswith("__"):
+      raise AttributeError(name)
+    return getattr(loaded.saved, name)
+
+
+def _train_step_from_path(path: str) -> Optional[int]:
+  match = re.search(r"_(\d+)$", path.rstrip(os.sep))
+  return int(match.group(1)) if match else None

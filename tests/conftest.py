@@ -1,0 +1,53 @@
+"""Session fixtures: real policies exported with TF-Agents' PolicySaver."""
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tools import policy_zoo  # noqa: E402
+
+
+@dataclasses.dataclass
+class SavedPolicy:
+  name: str
+  path: str
+  tf_policy: Any
+  saver: Any
+  deterministic: bool
+  batch_size: Optional[int] = None
+
+
+_BUILDERS = {
+    "q_mlp": (lambda: policy_zoo.q_mlp_policy(), True, None),
+    "q_8_leaves": (lambda: policy_zoo.q_mlp_policy(num_leaves=8), True, None),
+    "lstm_actor": (lambda: policy_zoo.lstm_actor_policy(greedy=True), True, None),
+    "ppo_collect": (lambda: policy_zoo.ppo_collect_policy(), False, None),
+    "random": (lambda: policy_zoo.random_policy(), False, None),
+    "q_fixed_batch": (lambda: policy_zoo.q_mlp_policy(seed=3), True, 4),
+}
+
+ALL_POLICIES = tuple(_BUILDERS)
+DETERMINISTIC = tuple(k for k, v in _BUILDERS.items() if v[1])
+
+
+@pytest.fixture(scope="session")
+def saved(tmp_path_factory):
+  """`saved(name)` builds and exports a fixture policy once per session."""
+  root = tmp_path_factory.mktemp("policies")
+  cache = {}
+
+  def get(name: str) -> SavedPolicy:
+    if name not in cache:
+      build, deterministic, batch_size = _BUILDERS[name]
+      policy = build()
+      path = os.path.join(root, name)
+      saver = policy_zoo.save(policy, path, batch_size=batch_size, train_step=42)
+      cache[name] = SavedPolicy(name, path, policy, saver, deterministic, batch_size)
+    return cache[name]
+
+  return get
