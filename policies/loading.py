@@ -27,7 +27,6 @@ class LoadedPolicy:
   path: str
   saved: Any                                     # the restored object
   action: marshaling_plan.ActionFunction
-  action_graph: Any                              # its FuncGraph, for audits
 
 
 def check_model_dir(model_path: str) -> str:
@@ -76,5 +75,4 @@ def load(model_path: str) -> LoadedPolicy:
       path=model_path,
       saved=saved,
       action=marshaling_plan.action_function_from_concrete(concrete),
-      action_graph=concrete.graph,
   )

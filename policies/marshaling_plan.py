@@ -42,28 +42,28 @@ def _is_namedtuple(value) -> bool:
   return isinstance(value, tuple) and hasattr(type(value), "_fields")
 
 
-def _input_tree(structure, path: str, slots: list, batch_for_leaf) -> tuple:
+def _input_tree(structure, path: str, slots: list, batch: int) -> tuple:
   """Encodes a spec nest as native input nodes; appends leaf specs to `slots`."""
   if isinstance(structure, tf.TensorSpec):
     slot = len(slots)
     slots.append(structure)
     inner = tuple(-1 if d is None else int(d) for d in structure.shape.as_list()[1:])
     return ("leaf", path, slot, np.dtype(structure.dtype.as_numpy_dtype), inner,
-            batch_for_leaf(structure, path), structure.dtype.as_datatype_enum)
+            batch, structure.dtype.as_datatype_enum)
   if _is_namedtuple(structure):
     children = tuple(
-        _input_tree(getattr(structure, f), f"{path}.{f}", slots, batch_for_leaf)
+        _input_tree(getattr(structure, f), f"{path}.{f}", slots, batch)
         for f in structure._fields)
     return ("namedtuple", path, children, tuple(structure._fields), type(structure).__name__)
   if isinstance(structure, dict):
     keys = tuple(sorted(structure))
     children = tuple(
-        _input_tree(structure[k], f"{path}[{k!r}]", slots, batch_for_leaf)
+        _input_tree(structure[k], f"{path}[{k!r}]", slots, batch)
         for k in keys)
     return ("dict", path, children, keys)
   if isinstance(structure, (list, tuple)):
     children = tuple(
-        _input_tree(v, f"{path}[{i}]", slots, batch_for_leaf) for i, v in enumerate(structure))
+        _input_tree(v, f"{path}[{i}]", slots, batch) for i, v in enumerate(structure))
     return ("sequence", path, children)
   if structure is None:
     return ("sequence", path, ())
@@ -137,6 +137,28 @@ def leading_batch(spec_nest) -> int | None:
   return sizes.pop() if sizes else None
 
 
+def build_native_plan(time_step_spec, policy_state_spec, output_structure, num_outputs: int,
+                      batch_time_steps: bool, fixed_batch: int | None):
+  """The native `Plan` for batched signature specs; also returns the flat input specs.
+
+  With `batch_time_steps`, time-step leaves come unbatched (a batch of 1 is
+  added) and state leaves come with a batch of 1; otherwise every leaf carries
+  the caller's batch, which must be consistent (and equal `fixed_batch` if set).
+  """
+  caller_batch = marshal.ANY_BATCH if fixed_batch is None else fixed_batch
+  ts_batch = marshal.NO_CALLER_BATCH if batch_time_steps else caller_batch
+  state_batch = 1 if batch_time_steps else caller_batch
+  slots: list = []
+  ts_tree = _input_tree(time_step_spec, "time_step", slots, ts_batch)
+  state_tree = _input_tree(policy_state_spec, "policy_state", slots, state_batch)
+  counter = [0]
+  out_tree = _output_tree(output_structure, counter, batch_time_steps, top=True)
+  if counter[0] != num_outputs:
+    raise ValueError(f"action function returns {num_outputs} tensors but its output "
+                     f"structure has {counter[0]} leaves")
+  return marshal.Plan(ts_tree, state_tree, out_tree, len(slots), _tf_runtime()), tuple(slots)
+
+
 class MarshalingPlan:
   """The native plan plus everything needed to call the function."""
 
@@ -151,27 +173,9 @@ class MarshalingPlan:
           f"on single unbatched time steps; create it with batch_time_steps=False and "
           f"pass batches of {fixed}")
 
-    def time_step_batch(spec, path):
-      if batch_time_steps:
-        return marshal.NO_CALLER_BATCH
-      return marshal.ANY_BATCH if fixed is None else fixed
-
-    def state_batch(spec, path):
-      if batch_time_steps:
-        return 1
-      return marshal.ANY_BATCH if fixed is None else fixed
-
-    slots: list = []
-    ts_tree = _input_tree(function.time_step_spec, "time_step", slots, time_step_batch)
-    state_tree = _input_tree(function.policy_state_spec, "policy_state", slots, state_batch)
-    counter = [0]
-    out_tree = _output_tree(function.output_structure, counter, batch_time_steps, top=True)
-    if counter[0] != function.num_outputs:
-      raise ValueError(
-          f"action function returns {function.num_outputs} tensors but its output "
-          f"structure has {counter[0]} leaves")
-    self.input_specs = tuple(slots)
-    self._native = marshal.Plan(ts_tree, state_tree, out_tree, len(slots), _tf_runtime())
+    self._native, self.input_specs = build_native_plan(
+        function.time_step_spec, function.policy_state_spec, function.output_structure,
+        function.num_outputs, batch_time_steps, fixed)
     self._execute = pywrap_tfe.TFE_Py_Execute
     self._name = function.name
     self._attrs = _call_attrs()

@@ -19,23 +19,10 @@ from tf_agents.policies import py_policy
 from tf_agents.specs import tensor_spec
 from tf_agents.trajectories import policy_step
 
+from policies import graph_audit
 from policies import loading
 from policies import marshaling_plan
 from policies import specs as specs_lib
-
-# Ops that draw random numbers; a graph with any of them is stochastic.
-_RANDOM_OP = re.compile(
-    r"Random|Multinomial|TruncatedNormal|^Stateful(Uniform|StandardNormal)|^Rng")
-
-
-def graph_op_types(concrete_graph) -> set:
-  """Every op type in a function graph, including nested library functions."""
-  graph_def = concrete_graph.as_graph_def()
-  types = {node.op for node in graph_def.node}
-  for function in graph_def.library.function:
-    types.update(node.op for node in function.node_def)
-  return types
-
 
 def _to_numpy(nest):
   return tf.nest.map_structure(lambda t: np.asarray(t), nest)
@@ -86,7 +73,7 @@ class PyTFEagerPolicyBase(py_policy.PyPolicy):
     function = self._action_function()
     self._plan = marshaling_plan.MarshalingPlan(function, batch_time_steps)
     self._captures = function.captures
-    self._stochastic = None  # computed on first use of `seed`
+    self._stochastic = any(graph_audit.RANDOM_OPS.search(op) for op in self._action_op_types())
 
   # -- Hooks for subclasses ---------------------------------------------------
 
@@ -96,8 +83,10 @@ class PyTFEagerPolicyBase(py_policy.PyPolicy):
     time_step_spec = specs_lib.with_batch(policy.time_step_spec, None)
     state_spec = specs_lib.with_batch(policy.policy_state_spec, None)
     concrete = tf.function(policy.action).get_concrete_function(time_step_spec, state_spec)
-    self._action_graph = concrete.graph
     return marshaling_plan.action_function_from_concrete(concrete)
+
+  def _action_op_types(self) -> set:
+    return graph_audit.op_types(self._plan.function.concrete)
 
   # -- PyPolicy ----------------------------------------------------------------
 
@@ -132,8 +121,6 @@ class PyTFEagerPolicyBase(py_policy.PyPolicy):
 
   def _check_seed(self, seed) -> None:
     """A seed is meaningful only for deterministic graphs, where it changes nothing."""
-    if self._stochastic is None:
-      self._stochastic = any(_RANDOM_OP.search(op) for op in graph_op_types(self._action_graph))
     if self._stochastic:
       raise ValueError(
           f"seed={seed!r}: this policy samples with random ops whose seeds were fixed when "
@@ -166,7 +153,9 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
                info_spec=(),
                load_specs_from_pbtxt: bool = False,
                use_tf_function: bool = False,
-               batch_time_steps: bool = True):
+               batch_time_steps: bool = True,
+               *,
+               allow_unsafe_ops: bool = False):
     """Loads the policy.
 
     Args:
@@ -179,15 +168,19 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
       load_specs_from_pbtxt: read the specs from `policy_specs.pbtxt`.
       use_tf_function: accepted for compatibility (see PyTFEagerPolicyBase).
       batch_time_steps: single unbatched steps (True) or batches (False).
+      allow_unsafe_ops: load even if the policy's functions use ops that touch
+        the file system, the network or run Python (see `graph_audit`).
 
     Raises:
       FileNotFoundError: `model_path`, its saved_model.pb, or (with
         `load_specs_from_pbtxt`) its policy_specs.pbtxt is missing.
       ValueError: no specs, an unreadable SavedModel, or a batch mode the
         saved signature cannot take.
+      graph_audit.UnsafeGraphError: (a ValueError) unsafe ops without opt-in.
     """
     model_path = os.fspath(model_path)
     self._loaded = loading.load(model_path)
+    self._ops_by_function = graph_audit.audit(self._loaded.saved, model_path, allow_unsafe_ops)
     policy_specs = specs_lib.resolve(model_path, time_step_spec, action_spec,
                                      policy_state_spec, info_spec, load_specs_from_pbtxt)
     super().__init__(self._loaded.saved, policy_specs.time_step_spec, policy_specs.action_spec,
@@ -201,8 +194,14 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     self._warm_up()
 
   def _action_function(self) -> marshaling_plan.ActionFunction:
-    self._action_graph = self._loaded.action_graph
     return self._loaded.action
+
+  def _action_op_types(self) -> set:
+    return self._ops_by_function.get("action") or super()._action_op_types()
+
+  def op_families(self) -> dict:
+    """{family: op types} over every function of the policy (see `graph_audit`)."""
+    return graph_audit.families(set().union(*self._ops_by_function.values()))
 
   def _warm_up(self) -> None:
     """Runs the graph once so the first real call is not slower than the rest."""

@@ -1,0 +1,264 @@
+"""The native marshaler: flatten order, zero-copy, output views, and validation."""
+
+import collections
+
+import hypothesis
+from hypothesis import strategies as st
+import numpy as np
+import pytest
+import tensorflow as tf
+from tf_agents.trajectories import policy_step
+from tf_agents.trajectories import time_step as ts
+
+from native import marshal
+from policies import PyTFEagerPolicyBase
+from policies import marshaling_plan
+
+_DTYPES = [tf.float32, tf.float64, tf.int32, tf.int64, tf.uint8, tf.bool, tf.float16]
+Pair = collections.namedtuple("Pair", ["left", "right"])
+
+
+def _spec_nests(max_leaves=12):
+  leaf = st.builds(
+      lambda dtype, shape: tf.TensorSpec([None] + shape, dtype),
+      st.sampled_from(_DTYPES), st.lists(st.integers(1, 3), max_size=3))
+  keys = st.text("abcdefgh", min_size=1, max_size=3)
+  return st.recursive(
+      leaf,
+      lambda children: st.one_of(
+          st.lists(children, min_size=1, max_size=3),
+          st.lists(children, min_size=1, max_size=3).map(tuple),
+          st.dictionaries(keys, children, min_size=1, max_size=3),
+          st.builds(Pair, children, children)),
+      max_leaves=max_leaves)
+
+
+def _values_for(spec_nest, outer, rng):
+  def make(spec):
+    shape = tuple(outer) + tuple(spec.shape[1:])
+    return (rng.standard_normal(shape) * 10).astype(spec.dtype.as_numpy_dtype)
+  return tf.nest.map_structure(make, spec_nest)
+
+
+def _plan(time_step_spec, state_spec, batch_time_steps, fixed=None):
+  output = policy_step.PolicyStep(action=tf.TensorSpec([None], tf.float32), state=(), info=())
+  plan, _ = marshaling_plan.build_native_plan(time_step_spec, state_spec, output, 1,
+                                              batch_time_steps, fixed)
+  return plan
+
+
+@hypothesis.settings(max_examples=150, deadline=None)
+@hypothesis.given(ts_spec=_spec_nests(), state_spec=_spec_nests(6), seed=st.integers(0, 2**16),
+                  batch_time_steps=st.booleans())
+def test_flatten_order_and_values_equal_tf_nest_flatten(ts_spec, state_spec, seed, batch_time_steps):
+  rng = np.random.default_rng(seed)
+  plan = _plan(ts_spec, state_spec, batch_time_steps)
+  time_step = _values_for(ts_spec, () if batch_time_steps else (2,), rng)
+  state = _values_for(state_spec, (1,) if batch_time_steps else (2,), rng)
+  flat = plan.flatten(time_step, state)
+  expected = tf.nest.flatten((time_step, state))
+  num_ts = len(tf.nest.flatten(time_step))
+  assert len(flat) == len(expected)
+  for i, (tensor, array) in enumerate(zip(flat, expected)):
+    if batch_time_steps and i < num_ts:
+      array = array[None]
+    assert tensor.dtype.as_numpy_dtype == array.dtype
+    np.testing.assert_array_equal(tensor.numpy(), array)
+
+
+def aligned(shape, dtype, offset=0):
+  """An array whose data starts `offset` bytes past a 64-byte boundary."""
+  dtype = np.dtype(dtype)
+  nbytes = int(np.prod(shape)) * dtype.itemsize
+  raw = np.empty(nbytes + 128, np.uint8)
+  start = (-raw.ctypes.data) % 64 + offset
+  return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _address(tensor):
+  return np.asarray(tensor).ctypes.data
+
+
+_SIMPLE_TS = ts.TimeStep(step_type=tf.TensorSpec([None], tf.int32),
+                         reward=tf.TensorSpec([None], tf.float32),
+                         discount=tf.TensorSpec([None], tf.float32),
+                         observation={"img": tf.TensorSpec([None, 4, 4, 1], tf.float32),
+                                      "pos": tf.TensorSpec([None, 3], tf.float64)})
+_STATE = [tf.TensorSpec([None, 8], tf.float32), tf.TensorSpec([None, 8], tf.float32)]
+
+
+def _good_step(batch=None):
+  outer = () if batch is None else (batch,)
+  return ts.TimeStep(step_type=np.zeros(outer, np.int32), reward=np.zeros(outer, np.float32),
+                     discount=np.ones(outer, np.float32),
+                     observation={"img": np.ones(outer + (4, 4, 1), np.float32),
+                                  "pos": np.zeros(outer + (3,), np.float64)})
+
+
+def _good_state(batch=1):
+  return [np.zeros((batch, 8), np.float32), np.zeros((batch, 8), np.float32)]
+
+
+def test_aligned_contiguous_leaves_are_not_copied():
+  plan = _plan(_SIMPLE_TS, _STATE, batch_time_steps=True)
+  step = _good_step()._replace(observation={"img": aligned((4, 4, 1), np.float32),
+                                            "pos": aligned((3,), np.float64)})
+  step.observation["img"][:] = 7
+  state = [aligned((1, 8), np.float32), aligned((1, 8), np.float32)]
+  flat = plan.flatten(step, state)
+  assert _address(flat[3]) == step.observation["img"].ctypes.data
+  assert flat[3].shape == (1, 4, 4, 1)
+  assert _address(flat[4]) == step.observation["pos"].ctypes.data
+  assert _address(flat[5]) == state[0].ctypes.data
+  np.testing.assert_array_equal(flat[3].numpy()[0], step.observation["img"])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: aligned((4, 4, 1), np.float32, offset=4),                       # unaligned
+    lambda: np.asfortranarray(aligned((4, 4, 1), np.float32)),             # not C order
+    lambda: aligned((4, 8, 1), np.float32)[:, ::2],                        # strided
+    lambda: np.frombuffer(bytes(64), np.float32).reshape(4, 4, 1),         # read-only
+])
+def test_other_leaves_are_copied_once_into_aligned_buffers(make):
+  plan = _plan(_SIMPLE_TS, _STATE, batch_time_steps=True)
+  img = make()
+  step = _good_step()._replace(observation={"img": img, "pos": np.zeros(3)})
+  tensor = plan.flatten(step, _good_state())[3]
+  assert _address(tensor) != img.__array_interface__["data"][0]
+  assert _address(tensor) % 64 == 0
+  np.testing.assert_array_equal(tensor.numpy()[0], img)
+
+
+class _IdentityPolicy:
+  """A live TF policy whose action is its observation (the graph forwards the buffer)."""
+
+  time_step_spec = ts.time_step_spec(tf.TensorSpec([3], tf.float32))
+  policy_state_spec = ()
+
+  def action(self, time_step, policy_state=()):
+    return policy_step.PolicyStep(tf.identity(time_step.observation), (), ())
+
+
+def _identity_policy(batch_time_steps):
+  from tf_agents.specs import tensor_spec
+  spec = _IdentityPolicy.time_step_spec
+  return PyTFEagerPolicyBase(_IdentityPolicy(), tensor_spec.to_nest_array_spec(spec),
+                             tensor_spec.to_nest_array_spec(spec.observation), (), (),
+                             batch_time_steps=batch_time_steps)
+
+
+@pytest.mark.parametrize("batch_time_steps", [True, False])
+def test_outputs_are_views_that_never_alias_inputs(batch_time_steps):
+  policy = _identity_policy(batch_time_steps)
+  outer = () if batch_time_steps else (1,)
+  obs = aligned(outer + (3,), np.float32)
+  obs[:] = [1, 2, 3]
+  step = ts.TimeStep(np.zeros(outer, np.int32), np.zeros(outer, np.float32),
+                     np.ones(outer, np.float32), obs)
+  action = policy.action(step).action
+  np.testing.assert_array_equal(action, obs)
+  obs[:] = 0
+  np.testing.assert_array_equal(action, np.reshape([1, 2, 3], outer + (3,)))
+
+
+def test_unbatched_outputs_are_views_of_the_result():
+  policy = _identity_policy(True)
+  step = ts.TimeStep(np.int32(0), np.float32(0), np.float32(1), np.ones(3, np.float32))
+  action = policy.action(step).action
+  assert action.shape == (3,) and not action.flags.owndata and action.base is not None
+
+
+# -- Bad input: a clear first line naming the field, and the plan still works. --
+
+_BAD_INPUTS = [
+    ("wrong dtype", lambda s, st_: (s._replace(observation={**s.observation, "img": s.observation["img"].astype(np.float64)}), st_),
+     TypeError, r"^time_step\.observation\['img'\]: expected float32\[4,4,1\], got float64\[4,4,1\]"),
+    ("float step_type", lambda s, st_: (s._replace(step_type=np.float32(0)), st_),
+     TypeError, r"^time_step\.step_type: expected int32\[\], got float32\[\]"),
+    ("python float step_type", lambda s, st_: (s._replace(step_type=0.5), st_),
+     TypeError, r"^time_step\.step_type: expected int32\[\], got float"),
+    ("wrong shape", lambda s, st_: (s._replace(observation={**s.observation, "img": np.zeros((4, 4), np.float32)}), st_),
+     ValueError, r"^time_step\.observation\['img'\]: expected float32\[4,4,1\], got float32\[4,4\]"),
+    ("batched where unbatched expected", lambda s, st_: (_good_step(1), st_),
+     ValueError, r"^time_step\.step_type: expected int32\[\], got int32\[1\] \(a batched step\?"),
+    ("missing key", lambda s, st_: (s._replace(observation={"img": s.observation["img"]}), st_),
+     ValueError, r"^time_step\.observation\['pos'\]: missing key"),
+    ("extra key", lambda s, st_: (s._replace(observation={**s.observation, "zzz": np.zeros(1)}), st_),
+     ValueError, r"^time_step\.observation: unexpected key 'zzz'"),
+    ("None leaf", lambda s, st_: (s._replace(reward=None), st_),
+     TypeError, r"^time_step\.reward: expected float32\[\], got None"),
+    ("string leaf", lambda s, st_: (s._replace(reward="0.5"), st_),
+     TypeError, r"^time_step\.reward: expected float32\[\], got str"),
+    ("object array", lambda s, st_: (s._replace(observation={**s.observation, "pos": np.array([1, "a", None], dtype=object)}), st_),
+     TypeError, r"^time_step\.observation\['pos'\]: expected float64\[3\], got object\[3\]"),
+    ("arbitrary object", lambda s, st_: (s._replace(discount=object()), st_),
+     TypeError, r"^time_step\.discount: expected float32\[\], got object"),
+    ("ragged list", lambda s, st_: (s._replace(observation={**s.observation, "pos": [1.0, [2.0, 3.0]]}), st_),
+     ValueError, r"^time_step\.observation\['pos'\]: expected float64\[3\], got a list"),
+    ("dict for TimeStep", lambda s, st_: (dict(s._asdict()), st_),
+     TypeError, r"^time_step: expected TimeStep\(step_type, reward, discount, observation\), got dict"),
+    ("plain tuple for TimeStep", lambda s, st_: (tuple(s), st_),
+     TypeError, r"^time_step: expected TimeStep\(.*\), got tuple"),
+    ("missing state", lambda s, st_: (s, ()),
+     ValueError, r"^policy_state: expected a list or tuple of 2, got tuple of 0"),
+    ("state without batch", lambda s, st_: (s, [np.zeros(8, np.float32)] * 2),
+     ValueError, r"^policy_state\[0\]: expected float32\[1,8\], got float32\[8\] \(missing the batch"),
+    ("state of wrong type", lambda s, st_: (s, "state"),
+     TypeError, r"^policy_state: expected a list or tuple of 2, got str"),
+]
+
+
+@pytest.mark.parametrize("name,mutate,error,pattern", _BAD_INPUTS, ids=[c[0] for c in _BAD_INPUTS])
+def test_bad_input_raises_a_clear_error_and_plan_keeps_working(name, mutate, error, pattern):
+  plan = _plan(_SIMPLE_TS, _STATE, batch_time_steps=True)
+  step, state = mutate(_good_step(), _good_state())
+  with pytest.raises(error, match=pattern):
+    plan.flatten(step, state)
+  good = plan.flatten(_good_step(), _good_state())
+  np.testing.assert_array_equal(good[3].numpy(), np.ones((1, 4, 4, 1)))
+
+
+def test_inconsistent_batch_names_both_fields():
+  plan = _plan(_SIMPLE_TS, _STATE, batch_time_steps=False)
+  step = _good_step(4)._replace(reward=np.zeros(3, np.float32))
+  with pytest.raises(ValueError, match=r"^time_step\.reward: expected float32\[4\], got float32\[3\] "
+                                       r"\(batch size differs from time_step\.step_type\)"):
+    plan.flatten(step, _good_state(4))
+
+
+def test_python_numbers_and_lists_follow_same_kind_casting():
+  plan = _plan(_SIMPLE_TS, _STATE, batch_time_steps=True)
+  step = _good_step()._replace(step_type=1, reward=1, discount=0.5,
+                               observation={"img": np.ones((4, 4, 1), np.float32),
+                                            "pos": [1, 2.5, 3]})
+  flat = plan.flatten(step, _good_state())
+  assert flat[0].numpy().tolist() == [1] and flat[1].dtype == tf.float32
+  np.testing.assert_array_equal(flat[4].numpy(), [[1, 2.5, 3]])
+
+
+def test_mappings_and_sequence_wrappers_are_accepted():
+  plan = _plan(_SIMPLE_TS, _STATE, batch_time_steps=True)
+  from tensorflow.python.trackable import data_structures
+  step = _good_step()
+  step = step._replace(observation=data_structures.wrap_or_unwrap(dict(step.observation)))
+  state = data_structures.wrap_or_unwrap(_good_state())
+  assert len(plan.flatten(step, state)) == 7
+
+
+def test_deep_nesting_and_huge_declared_shapes_raise_cleanly():
+  plan = _plan(_SIMPLE_TS, _STATE, batch_time_steps=True)
+  deep = 1.0
+  for _ in range(10000):
+    deep = [deep]
+  with pytest.raises((ValueError, TypeError)):
+    plan.flatten(_good_step()._replace(reward=deep), _good_state())
+  huge = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=(2**40, 4, 4, 1),
+                                         strides=(0, 0, 0, 0))
+  with pytest.raises(ValueError, match="got float32"):
+    plan.flatten(_good_step()._replace(observation={"img": huge, "pos": np.zeros(3)}),
+                 _good_state())
+
+
+if __name__ == "__main__":
+  import pytest_main
+  pytest_main.main(__file__)
