@@ -17,6 +17,7 @@
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -74,7 +75,11 @@ struct ExportedLeaf {
   void* buffer;     // From aligned_alloc, or nullptr.
 };
 
+// Leaves handed to TF and not yet released (for leak tests).
+std::atomic<int64_t> g_live_leaves{0};
+
 void DeleteExportedLeaf(DLManagedTensor* managed) {
+  g_live_leaves.fetch_sub(1, std::memory_order_relaxed);
   auto* leaf = reinterpret_cast<ExportedLeaf*>(managed);
   if (leaf->array != nullptr && Py_IsInitialized()) {
     // TF may release the buffer from one of its own threads.
@@ -84,6 +89,17 @@ void DeleteExportedLeaf(DLManagedTensor* managed) {
   }
   std::free(leaf->buffer);
   delete leaf;
+}
+
+struct LeafDeleter {
+  void operator()(ExportedLeaf* leaf) const { DeleteExportedLeaf(&leaf->managed); }
+};
+using LeafPtr = std::unique_ptr<ExportedLeaf, LeafDeleter>;
+
+LeafPtr NewExportedLeaf() {
+  auto* leaf = new ExportedLeaf();  // value-initialized: all null
+  g_live_leaves.fetch_add(1, std::memory_order_relaxed);
+  return LeafPtr(leaf);
 }
 
 void DestroyUnconsumedCapsule(PyObject* capsule) {
@@ -532,7 +548,7 @@ class Plan {
                                  ", got " + TypeName(value) + " of " + Describe(a));
     }
     Py_INCREF(want);
-    return Steal(PyArray_FromAny(arr.ptr(), want, 0, 0, NPY_ARRAY_DEFAULT, nullptr));
+    return Steal(PyArray_FromAny(arr.ptr(), want, 0, 0, NPY_ARRAY_DEFAULT | NPY_ARRAY_FORCECAST, nullptr));
   }
 
   void ConvertLeaf(const Node& node, PyObject* value, CallState* state) const {
@@ -553,35 +569,35 @@ class Plan {
     int out_ndim = ndim + offset;
     npy_intp nbytes = PyArray_NBYTES(arr);
 
-    auto leaf = std::make_unique<ExportedLeaf>();
-    std::memset(&leaf->managed, 0, sizeof(leaf->managed));
-    leaf->array = nullptr;
-    leaf->buffer = nullptr;
-    leaf->shape[0] = 1;
-    for (int i = 0; i < ndim; ++i) leaf->shape[i + offset] = PyArray_DIM(arr, i);
+    int64_t shape[NPY_MAXDIMS + 1];
+    shape[0] = 1;
+    for (int i = 0; i < ndim; ++i) shape[i + offset] = PyArray_DIM(arr, i);
 
-    bool zero_copy = spec.dlpack && nbytes > 0 && PyArray_IS_C_CONTIGUOUS(arr) &&
-                     PyArray_ISWRITEABLE(arr) && PyArray_ISNOTSWAPPED(arr) &&
-                     IsAligned(PyArray_DATA(arr));
     py::object tensor;
     if (!spec.dlpack) {
-      tensor = FallbackTensor(spec, arr, leaf->shape, out_ndim);
+      tensor = FallbackTensor(spec, arr, shape, out_ndim);
     } else {
-      void* data;
+      LeafPtr leaf = NewExportedLeaf();
+      std::memcpy(leaf->shape, shape, sizeof(int64_t) * out_ndim);
+      bool zero_copy = nbytes > 0 && PyArray_IS_C_CONTIGUOUS(arr) && PyArray_ISWRITEABLE(arr) &&
+                       PyArray_ISNOTSWAPPED(arr) && IsAligned(PyArray_DATA(arr));
       if (zero_copy) {
-        data = PyArray_DATA(arr);
+        leaf->managed.dl_tensor.data = PyArray_DATA(arr);
         leaf->array = held.ptr();
         Py_INCREF(leaf->array);
-        auto begin = reinterpret_cast<uintptr_t>(data);
+        auto begin = reinterpret_cast<uintptr_t>(PyArray_DATA(arr));
         state->aliased.push_back(Range{begin, begin + static_cast<uintptr_t>(nbytes)});
       } else {
         size_t size = (static_cast<size_t>(nbytes) + kAlignment - 1) / kAlignment * kAlignment;
         leaf->buffer = std::aligned_alloc(kAlignment, size == 0 ? kAlignment : size);
         if (leaf->buffer == nullptr) throw std::bad_alloc();
-        CopyInto(arr, leaf->buffer, want);
-        data = leaf->buffer;
+        if (PyArray_IS_C_CONTIGUOUS(arr) && PyArray_ISNOTSWAPPED(arr)) {
+          std::memcpy(leaf->buffer, PyArray_DATA(arr), static_cast<size_t>(nbytes));
+        } else {
+          CopyInto(arr, leaf->buffer, want);
+        }
+        leaf->managed.dl_tensor.data = leaf->buffer;
       }
-      leaf->managed.dl_tensor.data = data;
       leaf->managed.dl_tensor.device = DLDevice{kDLCPU, 0};
       leaf->managed.dl_tensor.ndim = out_ndim;
       leaf->managed.dl_tensor.dtype = spec.dl_type;
@@ -589,13 +605,9 @@ class Plan {
       leaf->managed.dl_tensor.strides = nullptr;
       leaf->managed.dl_tensor.byte_offset = 0;
       leaf->managed.deleter = DeleteExportedLeaf;
-      leaf->managed.manager_ctx = nullptr;
-      DLManagedTensor* managed = &leaf.release()->managed;
-      PyObject* capsule = PyCapsule_New(managed, kDlTensorName, DestroyUnconsumedCapsule);
-      if (capsule == nullptr) {
-        DeleteExportedLeaf(managed);
-        throw py::error_already_set();
-      }
+      PyObject* capsule = PyCapsule_New(&leaf->managed, kDlTensorName, DestroyUnconsumedCapsule);
+      if (capsule == nullptr) throw py::error_already_set();
+      leaf.release();  // The capsule, then TF, owns it now.
       py::object owned_capsule = Steal(capsule);
       tensor = Steal(PyObject_CallFunctionObjArgs(from_dlpack_.ptr(), capsule,
                                                   context_handle_.ptr(), nullptr));
@@ -772,5 +784,7 @@ PYBIND11_MODULE(_marshal, m) {
       .def("call", &Plan::Call, py::arg("time_step"), py::arg("policy_state"),
            py::arg("execute"), py::arg("function_name"), py::arg("captures"),
            py::arg("attrs"), py::arg("num_outputs"));
+  m.def("live_exported_leaves", [] { return g_live_leaves.load(); },
+        "Input buffers currently lent to TensorFlow (0 when no call is running).");
   m.def("is_zero_copy_candidate", &IsZeroCopyCandidate, py::arg("value"));
 }

@@ -22,6 +22,8 @@ Output nodes:
   ("list", children) | ("tuple", children)
 """
 
-from native._marshal import ALIGNMENT, ANY_BATCH, NO_CALLER_BATCH, Plan, is_zero_copy_candidate
+from native._marshal import (ALIGNMENT, ANY_BATCH, NO_CALLER_BATCH, Plan, is_zero_copy_candidate,
+                             live_exported_leaves)
 
-__all__ = ["ALIGNMENT", "ANY_BATCH", "NO_CALLER_BATCH", "Plan", "is_zero_copy_candidate"]
+__all__ = ["ALIGNMENT", "ANY_BATCH", "NO_CALLER_BATCH", "Plan", "is_zero_copy_candidate",
+           "live_exported_leaves"]

@@ -33,8 +33,13 @@ def _tf_runtime() -> dict:
   }
 
 
-def _call_attrs() -> tuple:
+SINGLE_THREADED_EXECUTOR = "SINGLE_THREADED_EXECUTOR"
+
+
+def _call_attrs(executor_type: str) -> tuple:
   attrs = context.context().function_call_options.as_attrs()
+  if executor_type:
+    attrs["executor_type"] = executor_type
   return tuple(item for pair in attrs.items() for item in pair)
 
 
@@ -162,7 +167,7 @@ def build_native_plan(time_step_spec, policy_state_spec, output_structure, num_o
 class MarshalingPlan:
   """The native plan plus everything needed to call the function."""
 
-  def __init__(self, function: ActionFunction, batch_time_steps: bool):
+  def __init__(self, function: ActionFunction, batch_time_steps: bool, executor_type: str = ""):
     self.function = function
     self.batch_time_steps = batch_time_steps
     fixed = leading_batch((function.time_step_spec, function.policy_state_spec))
@@ -178,7 +183,7 @@ class MarshalingPlan:
         function.num_outputs, batch_time_steps, fixed)
     self._execute = pywrap_tfe.TFE_Py_Execute
     self._name = function.name
-    self._attrs = _call_attrs()
+    self._attrs = _call_attrs(executor_type)
 
   def call(self, time_step, policy_state, captures: Sequence[Any]):
     """Validates, converts, runs the function and packs a `PolicyStep`."""

@@ -103,6 +103,19 @@ def _numpy(nest):
   return tf.nest.map_structure(lambda t: np.asarray(t), nest)
 
 
+@pytest.mark.parametrize("name", ["lstm_actor", "q_8_leaves"])
+def test_single_threaded_executor_gives_the_same_actions(saved, name):
+  fixture = saved(name)
+  fast = SavedModelPyTFEagerPolicy(fixture.path, load_specs_from_pbtxt=True,
+                                   single_threaded_executor=True)
+  ref = SavedModelPyTFEagerPolicy(fixture.path, load_specs_from_pbtxt=True)
+  fast_state, ref_state = fast.get_initial_state(), ref.get_initial_state()
+  for step in _time_steps(ref.time_step_spec, 4):
+    a, b = fast.action(step, fast_state), ref.action(step, ref_state)
+    tf.nest.map_structure(np.testing.assert_array_equal, a, b)
+    fast_state, ref_state = a.state, b.state
+
+
 def test_returned_state_feeds_straight_back(saved):
   policy = SavedModelPyTFEagerPolicy(saved("lstm_actor").path, load_specs_from_pbtxt=True)
   state = policy.get_initial_state()

@@ -42,11 +42,14 @@ def _preprocessing(obs_spec, width: int = 8):
 
 def q_mlp_policy(num_leaves: int = 1, num_actions: int = 2, fc=(64, 64), seed: int = 0,
                  leaf_dim: int = 4):
-  """A greedy Q policy over an MLP; dict observations when `num_leaves` > 1."""
+  """A greedy Q policy over an MLP; dict observations, concatenated, when `num_leaves` > 1."""
   tf.random.set_seed(seed)
   obs_spec = observation_spec(num_leaves, leaf_dim)
   action_spec = tensor_spec.BoundedTensorSpec((), tf.int64, 0, num_actions - 1, "action")
-  layers, combiner = _preprocessing(obs_spec)
+  layers = None
+  combiner = None
+  if num_leaves > 1:
+    combiner = tf.keras.layers.Lambda(lambda obs: tf.concat(tf.nest.flatten(obs), axis=-1))
   net = q_network.QNetwork(obs_spec, action_spec, preprocessing_layers=layers,
                            preprocessing_combiner=combiner, fc_layer_params=fc)
   net.create_variables()

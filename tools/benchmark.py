@@ -1,0 +1,246 @@
+"""Side-by-side latency of `action()`: TF-Agents vs ours vs the runtime floor.
+
+For each policy (saved with PolicySaver at run time) and batch size, times in
+one process, interleaved over rounds:
+  * tf_agents: `tf_agents...SavedModelPyTFEagerPolicy.action` on numpy input,
+  * ours:      `policies.SavedModelPyTFEagerPolicy.action` on the same input,
+  * ours_st:   ours with `single_threaded_executor=True` (an explicit option),
+  * floor:     the saved `action` concrete function called with pre-built
+               tensors (`_call_flat`, no marshaling at all),
+and reports medians (us per call) and ratios. Also measures the marginal cost
+of one more observation leaf and the steady-state memory of `action()`.
+Writes benchmark.json and benchmark.png into --output.
+
+    bazel run //tools:benchmark -- [--rounds 7] [--calls 200] [--output DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import random
+import resource
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tf_agents.policies import py_tf_eager_policy as tfa_eager  # noqa: E402
+from tf_agents.specs import array_spec  # noqa: E402
+from tf_agents.trajectories import time_step as ts  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from policies import SavedModelPyTFEagerPolicy  # noqa: E402
+from tools import policy_zoo  # noqa: E402
+
+POLICIES = {
+    "mlp_q_1leaf": lambda: policy_zoo.q_mlp_policy(num_leaves=1),
+    "q_8leaves": lambda: policy_zoo.q_mlp_policy(num_leaves=8),
+    "q_32leaves": lambda: policy_zoo.q_mlp_policy(num_leaves=32),
+    "lstm_actor_dict": lambda: policy_zoo.lstm_actor_policy(greedy=True),
+    "ppo_collect_info": lambda: policy_zoo.ppo_collect_policy(),
+}
+LEAVES = {"mlp_q_1leaf": 1, "q_8leaves": 8, "q_32leaves": 32}
+
+
+@dataclasses.dataclass
+class Row:
+  policy: str
+  batch: int
+  tf_agents_us: float
+  ours_us: float
+  floor_us: float
+  ours_st_us: float
+
+  @property
+  def speedup(self) -> float:
+    return self.tf_agents_us / self.ours_us
+
+  @property
+  def over_floor(self) -> float:
+    return self.ours_us / self.floor_us
+
+
+def _time_step(spec, batch, rng):
+  outer = () if batch is None else (batch,)
+  def sample(s):
+    return rng.standard_normal(outer + s.shape).astype(s.dtype)
+  return ts.TimeStep(step_type=np.full(outer, ts.StepType.MID, np.int32),
+                     reward=np.zeros(outer, np.float32), discount=np.ones(outer, np.float32),
+                     observation=tf.nest.map_structure(sample, spec.observation))
+
+
+def _per_call_us(fn, calls: int) -> float:
+  start = time.perf_counter()
+  for _ in range(calls):
+    fn()
+  return (time.perf_counter() - start) / calls * 1e6
+
+
+def _contenders(path, batch):
+  """Zero-argument callables doing the same step: tf_agents, ours, ours_st, floor."""
+  single = batch == 1
+  ours = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, batch_time_steps=single)
+  ours_st = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, batch_time_steps=single,
+                                      single_threaded_executor=True)
+  theirs = tfa_eager.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True,
+                                               batch_time_steps=single)
+  rng = np.random.default_rng(0)
+  step = _time_step(ours.time_step_spec, None if single else batch, rng)
+  our_state = ours.get_initial_state(batch)
+  their_state = theirs.get_initial_state(batch)
+
+  concrete = ours._plan.function.concrete  # pylint: disable=protected-access
+  batched_step = step if not single else tf.nest.map_structure(lambda a: a[None], step)
+  flat = [tf.constant(a) for a in tf.nest.flatten((batched_step, our_state))]
+  captures = concrete.captured_inputs
+  return {
+      "tf_agents": lambda: theirs.action(step, their_state),
+      "ours": lambda: ours.action(step, our_state),
+      "ours_st": lambda: ours_st.action(step, our_state),
+      "floor": lambda: concrete._call_flat(flat, captures),  # pylint: disable=protected-access
+  }
+
+
+def measure(path, name, batch, rounds, calls) -> Row:
+  contenders = _contenders(path, batch)
+  for fn in contenders.values():  # warm up
+    _per_call_us(fn, 20)
+  samples = {k: [] for k in contenders}
+  order = list(contenders)
+  for _ in range(rounds):
+    random.shuffle(order)
+    for key in order:
+      samples[key].append(_per_call_us(contenders[key], calls))
+  med = {k: float(np.median(v)) for k, v in samples.items()}
+  return Row(name, batch, med["tf_agents"], med["ours"], med["floor"], med["ours_st"])
+
+
+def _rss_mb() -> float:
+  with open("/proc/self/statm") as f:
+    pages = int(f.read().split()[1])
+  return pages * resource.getpagesize() / 2**20
+
+
+def steady_memory(path, calls: int) -> dict:
+  policy = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True)
+  rng = np.random.default_rng(0)
+  steps = [_time_step(policy.time_step_spec, None, rng) for _ in range(16)]
+  for i in range(1000):
+    policy.action(steps[i % 16])
+  gc.collect()
+  after_1k = _rss_mb()
+  for i in tqdm(range(calls), desc="memory", unit="call", leave=False, mininterval=1):
+    policy.action(steps[i % 16])
+  gc.collect()
+  after = _rss_mb()
+  return {"calls": calls, "rss_after_1000_mb": after_1k, "rss_after_all_mb": after,
+          "growth_mb": after - after_1k}
+
+
+def marginal_leaf_cost(rows) -> dict:
+  """us per extra observation leaf, from the 1-, 8- and 32-leaf Q policies at batch 1."""
+  by_policy = {r.policy: r for r in rows if r.batch == 1 and r.policy in LEAVES}
+  if len(by_policy) < 2:
+    return {}
+  xs = np.array([LEAVES[p] for p in by_policy], float)
+  def slope(values):
+    return float(np.polyfit(xs, np.array(values, float), 1)[0])
+  rs = list(by_policy.values())
+  return {
+      "tf_agents_us_per_leaf": slope([r.tf_agents_us for r in rs]),
+      "ours_us_per_leaf": slope([r.ours_us for r in rs]),
+      "floor_us_per_leaf": slope([r.floor_us for r in rs]),
+      "ours_marshaling_us_per_leaf": slope([r.ours_us - r.floor_us for r in rs]),
+      "tf_agents_marshaling_us_per_leaf": slope([r.tf_agents_us - r.floor_us for r in rs]),
+  }
+
+
+def table(rows) -> str:
+  lines = ["| policy | batch | TF-Agents us | ours us | floor us | TF-Agents/ours | ours/floor "
+           "| ours, single-threaded executor us | its /floor |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  for r in rows:
+    lines.append(f"| {r.policy} | {r.batch} | {r.tf_agents_us:.0f} | {r.ours_us:.0f} | "
+                 f"{r.floor_us:.0f} | {r.speedup:.2f}x | {r.over_floor:.2f}x | "
+                 f"{r.ours_st_us:.0f} | {r.ours_st_us / r.floor_us:.2f}x |")
+  return "\n".join(lines)
+
+
+def plot(rows, path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+  leaf_rows = sorted((r for r in rows if r.batch == 1 and r.policy in LEAVES),
+                     key=lambda r: LEAVES[r.policy])
+  xs = [LEAVES[r.policy] for r in leaf_rows]
+  series = (("tf_agents_us", "TF-Agents"), ("ours_us", "ours"),
+            ("ours_st_us", "ours, single-threaded executor"), ("floor_us", "floor"))
+  for key, label in series:
+    left.plot(xs, [getattr(r, key) for r in leaf_rows], "o-", label=label)
+  left.set(xlabel="observation leaves (Q policy, batch 1)", ylabel="us per action()",
+           title="latency vs number of leaves")
+  left.legend()
+  batch_rows = sorted((r for r in rows if r.policy == "mlp_q_1leaf"), key=lambda r: r.batch)
+  bs = [r.batch for r in batch_rows]
+  for key, label in series:
+    right.plot(bs, [getattr(r, key) for r in batch_rows], "o-", label=label)
+  right.set(xscale="log", xlabel="batch size (MLP Q policy)", ylabel="us per action()",
+            title="latency vs batch size")
+  right.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--rounds", type=int, default=7)
+  parser.add_argument("--calls", type=int, default=200)
+  parser.add_argument("--batches", default="1,16,256")
+  parser.add_argument("--policies", default=",".join(POLICIES))
+  parser.add_argument("--memory-calls", type=int, default=200_000)
+  workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY", os.getcwd())
+  parser.add_argument("--output", default=os.path.join(workspace, "tools", "benchmark_results"))
+  args = parser.parse_args()
+
+  os.makedirs(args.output, exist_ok=True)
+  batches = [int(b) for b in args.batches.split(",")]
+  names = args.policies.split(",")
+  rows = []
+  with tempfile.TemporaryDirectory() as tmp:
+    paths = {}
+    for name in names:
+      paths[name] = os.path.join(tmp, name)
+      policy_zoo.save(POLICIES[name](), paths[name])
+    for name in tqdm(names, desc="policies"):
+      for batch in batches:
+        rows.append(measure(paths[name], name, batch, args.rounds, args.calls))
+    memory = steady_memory(paths[names[0]], args.memory_calls) if args.memory_calls else {}
+  leaf = marginal_leaf_cost(rows)
+
+  print(table(rows))
+  if leaf:
+    print("\nmarginal cost of one more observation leaf (batch 1, us): " +
+          ", ".join(f"{k} {v:.1f}" for k, v in leaf.items()))
+  if memory:
+    print(f"\nsteady memory ({names[0]}, batch 1): RSS {memory['rss_after_1000_mb']:.1f} MB after "
+          f"1,000 calls, {memory['rss_after_all_mb']:.1f} MB after {memory['calls']:,} "
+          f"(growth {memory['growth_mb']:+.1f} MB)")
+  result = {"rows": [dataclasses.asdict(r) | {"tf_agents_over_ours": r.speedup,
+                                              "ours_over_floor": r.over_floor} for r in rows],
+            "marginal_leaf_cost": leaf, "memory": memory,
+            "rounds": args.rounds, "calls_per_round": args.calls}
+  with open(os.path.join(args.output, "benchmark.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  plot(rows, os.path.join(args.output, "benchmark.png"))
+  print(f"\nwrote {args.output}/benchmark.json and benchmark.png")
+
+
+if __name__ == "__main__":
+  main()
