@@ -34,6 +34,11 @@ namespace {
 constexpr size_t kAlignment = 64;  // What TF's DLPack import requires.
 constexpr int kNoCallerBatch = -2;  // Leaf comes unbatched; add a batch of 1.
 constexpr int kAnyBatch = -1;       // Leaf comes batched; any consistent size.
+// Leaves at least this large are lent to TF zero-copy when they qualify; smaller
+// ones are copied into a reused staging tensor, which is cheaper than making a
+// new tensor (and TF 2.15 keeps ~16 bytes for every eager tensor ever created).
+constexpr npy_intp kZeroCopyMinBytes = 16 * 1024;
+constexpr size_t kMaxPooledStagings = 16;
 
 // ---------------------------------------------------------------------------
 // DLPack (v0.x ABI, as TensorFlow 2.15 consumes it).
@@ -178,6 +183,7 @@ struct LeafSpec {
   py::object descr;            // numpy dtype (PyArray_Descr).
   py::object tf_dtype;         // TF DataType enum, for the fallback path.
   bool dlpack = false;
+  bool fixed_inner = true;     // No unknown inner dims: the shape is set by the batch.
   DLDataType dl_type{};
 };
 
@@ -227,6 +233,7 @@ Node ParseLeaf(const py::tuple& t) {
   for (auto d : py::cast<py::tuple>(t[4])) node.leaf.dims.push_back(py::cast<npy_intp>(d));
   if (node.leaf.dims.size() > NPY_MAXDIMS - 1) throw py::value_error(node.path + ": too many dimensions");
   node.leaf.batch = py::cast<int>(t[5]);
+  for (npy_intp d : node.leaf.dims) node.leaf.fixed_inner = node.leaf.fixed_inner && d >= 0;
   node.leaf.tf_dtype = py::reinterpret_borrow<py::object>(t[6]);
   node.leaf.dlpack = descr->byteorder != '>' &&
                      DlpackType(descr->type_num, descr->elsize, &node.leaf.dl_type);
@@ -315,11 +322,24 @@ struct Range {
   uintptr_t begin, end;
 };
 
+// Reused input tensors for one batch size: one per stageable slot, each
+// aliasing an aligned buffer that calls copy their leaf into.
+struct StagedLeaf {
+  void* data = nullptr;
+  py::object tensor;
+};
+struct Staging {
+  int batch = 0;
+  std::vector<StagedLeaf> leaves;  // by argument slot
+};
+
 struct CallState {
   PyObject* args = nullptr;     // list being filled (borrowed).
   int batch = -1;               // Batch size seen so far (caller-batched leaves).
   const std::string* batch_path = nullptr;
-  std::vector<Range> aliased;   // Input buffers handed to TF without a copy.
+  std::vector<Range> aliased;   // Input buffers TF may hand back as outputs.
+  bool use_staging = false;
+  std::unique_ptr<Staging> staging;  // leased from the plan's pool
 };
 
 class Plan {
@@ -340,9 +360,14 @@ class Plan {
   }
 
   // Validates and converts; returns the list of `num_args` eager tensors.
-  py::list Flatten(py::handle time_step, py::handle policy_state) const {
+  // The argument list `Call` would pass. With `staging`, small leaves land in
+  // the plan's reused staging tensors, which the next call overwrites.
+  py::list Flatten(py::handle time_step, py::handle policy_state, bool staging) const {
     CallState state;
-    return FlattenInto(time_step, policy_state, 0, &state);
+    state.use_staging = staging;
+    py::list args = FlattenInto(time_step, policy_state, 0, &state);
+    ReturnStaging(std::move(state.staging));
+    return args;
   }
 
   // Flatten + execute + pack, all in one pass.
@@ -350,6 +375,12 @@ class Plan {
                   py::handle function_name, py::tuple captures, py::handle attrs,
                   int num_outputs) const {
     CallState state;
+    state.use_staging = true;
+    struct Lease {
+      const Plan* plan;
+      CallState* state;
+      ~Lease() { plan->ReturnStaging(std::move(state->staging)); }
+    } lease{this, &state};
     py::list args = FlattenInto(time_step, policy_state, captures.size(), &state);
     for (size_t i = 0; i < captures.size(); ++i) {
       PyObject* c = captures[i].ptr();
@@ -367,6 +398,26 @@ class Plan {
   }
 
  private:
+  std::unique_ptr<Staging> TakeStaging(int batch) const {
+    for (size_t i = pool_.size(); i-- > 0;) {
+      if (pool_[i]->batch == batch) {
+        std::unique_ptr<Staging> staging = std::move(pool_[i]);
+        pool_.erase(pool_.begin() + i);
+        return staging;
+      }
+    }
+    auto staging = std::make_unique<Staging>();
+    staging->batch = batch;
+    staging->leaves.resize(num_args_);
+    return staging;
+  }
+
+  void ReturnStaging(std::unique_ptr<Staging> staging) const {
+    if (!staging) return;
+    pool_.push_back(std::move(staging));
+    if (pool_.size() > kMaxPooledStagings) pool_.erase(pool_.begin());
+  }
+
   py::list FlattenInto(py::handle time_step, py::handle policy_state,
                        size_t extra, CallState* state) const {
     py::list args = Steal(PyList_New(num_args_ + extra));
@@ -573,44 +624,41 @@ class Plan {
     shape[0] = 1;
     for (int i = 0; i < ndim; ++i) shape[i + offset] = PyArray_DIM(arr, i);
 
+    bool zero_copy = spec.dlpack && nbytes > 0 && PyArray_IS_C_CONTIGUOUS(arr) &&
+                     PyArray_ISWRITEABLE(arr) && PyArray_ISNOTSWAPPED(arr) &&
+                     IsAligned(PyArray_DATA(arr));
     py::object tensor;
     if (!spec.dlpack) {
       tensor = FallbackTensor(spec, arr, shape, out_ndim);
+    } else if (state->use_staging && spec.fixed_inner && !(zero_copy && nbytes >= kZeroCopyMinBytes)) {
+      int batch = static_cast<int>(shape[0]);
+      if (!state->staging) state->staging = TakeStaging(batch);
+      StagedLeaf& staged = state->staging->leaves[spec.slot];
+      if (!staged.tensor) {
+        LeafPtr leaf = NewExportedLeaf();
+        leaf->buffer = AlignedAlloc(nbytes);
+        staged.data = leaf->buffer;
+        staged.tensor = DlpackTensor(spec, std::move(leaf), staged.data, shape, out_ndim);
+      }
+      Fill(arr, staged.data, want);
+      tensor = staged.tensor;
+      auto begin = reinterpret_cast<uintptr_t>(staged.data);
+      state->aliased.push_back(Range{begin, begin + static_cast<uintptr_t>(nbytes)});
     } else {
       LeafPtr leaf = NewExportedLeaf();
-      std::memcpy(leaf->shape, shape, sizeof(int64_t) * out_ndim);
-      bool zero_copy = nbytes > 0 && PyArray_IS_C_CONTIGUOUS(arr) && PyArray_ISWRITEABLE(arr) &&
-                       PyArray_ISNOTSWAPPED(arr) && IsAligned(PyArray_DATA(arr));
+      void* data;
       if (zero_copy) {
-        leaf->managed.dl_tensor.data = PyArray_DATA(arr);
+        data = PyArray_DATA(arr);
         leaf->array = held.ptr();
         Py_INCREF(leaf->array);
-        auto begin = reinterpret_cast<uintptr_t>(PyArray_DATA(arr));
-        state->aliased.push_back(Range{begin, begin + static_cast<uintptr_t>(nbytes)});
       } else {
-        size_t size = (static_cast<size_t>(nbytes) + kAlignment - 1) / kAlignment * kAlignment;
-        leaf->buffer = std::aligned_alloc(kAlignment, size == 0 ? kAlignment : size);
-        if (leaf->buffer == nullptr) throw std::bad_alloc();
-        if (PyArray_IS_C_CONTIGUOUS(arr) && PyArray_ISNOTSWAPPED(arr)) {
-          std::memcpy(leaf->buffer, PyArray_DATA(arr), static_cast<size_t>(nbytes));
-        } else {
-          CopyInto(arr, leaf->buffer, want);
-        }
-        leaf->managed.dl_tensor.data = leaf->buffer;
+        leaf->buffer = AlignedAlloc(nbytes);
+        Fill(arr, leaf->buffer, want);
+        data = leaf->buffer;
       }
-      leaf->managed.dl_tensor.device = DLDevice{kDLCPU, 0};
-      leaf->managed.dl_tensor.ndim = out_ndim;
-      leaf->managed.dl_tensor.dtype = spec.dl_type;
-      leaf->managed.dl_tensor.shape = leaf->shape;
-      leaf->managed.dl_tensor.strides = nullptr;
-      leaf->managed.dl_tensor.byte_offset = 0;
-      leaf->managed.deleter = DeleteExportedLeaf;
-      PyObject* capsule = PyCapsule_New(&leaf->managed, kDlTensorName, DestroyUnconsumedCapsule);
-      if (capsule == nullptr) throw py::error_already_set();
-      leaf.release();  // The capsule, then TF, owns it now.
-      py::object owned_capsule = Steal(capsule);
-      tensor = Steal(PyObject_CallFunctionObjArgs(from_dlpack_.ptr(), capsule,
-                                                  context_handle_.ptr(), nullptr));
+      auto begin = reinterpret_cast<uintptr_t>(data);
+      state->aliased.push_back(Range{begin, begin + static_cast<uintptr_t>(nbytes)});
+      tensor = DlpackTensor(spec, std::move(leaf), data, shape, out_ndim);
     }
     PyList_SET_ITEM(state->args, spec.slot, tensor.release().ptr());
   }
@@ -648,6 +696,43 @@ class Plan {
                                     *state->batch_path + ")");
       }
     }
+  }
+
+  static void* AlignedAlloc(npy_intp nbytes) {
+    size_t size = (static_cast<size_t>(nbytes) + kAlignment - 1) / kAlignment * kAlignment;
+    void* buffer = std::aligned_alloc(kAlignment, size == 0 ? kAlignment : size);
+    if (buffer == nullptr) throw std::bad_alloc();
+    return buffer;
+  }
+
+  // Copies `arr` (already validated against the plan) into a C-ordered buffer.
+  static void Fill(PyArrayObject* arr, void* buffer, PyArray_Descr* want) {
+    if (PyArray_IS_C_CONTIGUOUS(arr) && PyArray_ISNOTSWAPPED(arr)) {
+      std::memcpy(buffer, PyArray_DATA(arr), static_cast<size_t>(PyArray_NBYTES(arr)));
+    } else {
+      CopyInto(arr, buffer, want);
+    }
+  }
+
+  // An eager tensor over `data` (owned by `leaf`: a lent array or a buffer).
+  py::object DlpackTensor(const LeafSpec& spec, LeafPtr leaf, void* data, const int64_t* shape,
+                          int ndim) const {
+    std::memcpy(leaf->shape, shape, sizeof(int64_t) * ndim);
+    DLTensor& t = leaf->managed.dl_tensor;
+    t.data = data;
+    t.device = DLDevice{kDLCPU, 0};
+    t.ndim = ndim;
+    t.dtype = spec.dl_type;
+    t.shape = leaf->shape;
+    t.strides = nullptr;
+    t.byte_offset = 0;
+    leaf->managed.deleter = DeleteExportedLeaf;
+    PyObject* capsule = PyCapsule_New(&leaf->managed, kDlTensorName, DestroyUnconsumedCapsule);
+    if (capsule == nullptr) throw py::error_already_set();
+    leaf.release();  // The capsule, then TF, owns it now.
+    py::object owned_capsule = Steal(capsule);
+    return Steal(PyObject_CallFunctionObjArgs(from_dlpack_.ptr(), capsule,
+                                              context_handle_.ptr(), nullptr));
   }
 
   static void CopyInto(PyArrayObject* src, void* buffer, PyArray_Descr* descr) {
@@ -753,6 +838,7 @@ class Plan {
     return false;
   }
 
+  mutable std::vector<std::unique_ptr<Staging>> pool_;  // free stagings; GIL-guarded
   Node time_step_;
   Node state_;
   OutNode output_;
@@ -760,12 +846,6 @@ class Plan {
   py::object from_dlpack_, eager_tensor_, context_handle_, device_, numpy_method_, mapping_type_,
       sequence_type_;
 };
-
-bool IsZeroCopyCandidate(py::handle value) {
-  if (!PyArray_Check(value.ptr())) return false;
-  auto* arr = reinterpret_cast<PyArrayObject*>(value.ptr());
-  return PyArray_IS_C_CONTIGUOUS(arr) && PyArray_ISWRITEABLE(arr) && IsAligned(PyArray_DATA(arr));
-}
 
 }  // namespace
 
@@ -775,16 +855,17 @@ PYBIND11_MODULE(_marshal, m) {
   m.attr("ALIGNMENT") = kAlignment;
   m.attr("NO_CALLER_BATCH") = kNoCallerBatch;
   m.attr("ANY_BATCH") = kAnyBatch;
+  m.attr("ZERO_COPY_MIN_BYTES") = kZeroCopyMinBytes;
   py::class_<Plan>(m, "Plan")
       .def(py::init<py::tuple, py::tuple, py::tuple, int, py::dict>(),
            py::arg("time_step_tree"), py::arg("state_tree"), py::arg("output_tree"),
            py::arg("num_args"), py::arg("runtime"))
-      .def("flatten", &Plan::Flatten, py::arg("time_step"), py::arg("policy_state"))
+      .def("flatten", &Plan::Flatten, py::arg("time_step"), py::arg("policy_state"),
+           py::arg("staging") = false)
       .def("pack", &Plan::Pack, py::arg("outputs"))
       .def("call", &Plan::Call, py::arg("time_step"), py::arg("policy_state"),
            py::arg("execute"), py::arg("function_name"), py::arg("captures"),
            py::arg("attrs"), py::arg("num_outputs"));
   m.def("live_exported_leaves", [] { return g_live_leaves.load(); },
         "Input buffers currently lent to TensorFlow (0 when no call is running).");
-  m.def("is_zero_copy_candidate", &IsZeroCopyCandidate, py::arg("value"));
 }

@@ -16,14 +16,20 @@ Input nodes (one tree for the time step, one for the policy state):
   ("dict", path, children, sorted_keys)
   ("sequence", path, children)           # list or tuple; () accepts None/{}.
 
+Per call, a leaf that has the plan's dtype, is C-contiguous, writeable,
+64-byte aligned and at least ZERO_COPY_MIN_BYTES large is lent to TF as is
+(DLPack). Smaller leaves are copied into staging tensors that the plan reuses
+across calls (a pool keyed by batch size), which is cheaper than creating a
+tensor per leaf. Everything else is copied once into an aligned buffer.
+
 Output nodes:
   ("leaf", output_index, unbatch)
   ("namedtuple", type, children) | ("dict", keys, children)
   ("list", children) | ("tuple", children)
 """
 
-from native._marshal import (ALIGNMENT, ANY_BATCH, NO_CALLER_BATCH, Plan, is_zero_copy_candidate,
+from native._marshal import (ALIGNMENT, ANY_BATCH, NO_CALLER_BATCH, ZERO_COPY_MIN_BYTES, Plan,
                              live_exported_leaves)
 
-__all__ = ["ALIGNMENT", "ANY_BATCH", "NO_CALLER_BATCH", "Plan", "is_zero_copy_candidate",
+__all__ = ["ALIGNMENT", "ANY_BATCH", "NO_CALLER_BATCH", "ZERO_COPY_MIN_BYTES", "Plan",
            "live_exported_leaves"]

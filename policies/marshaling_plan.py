@@ -190,9 +190,13 @@ class MarshalingPlan:
     return self._native.call(time_step, policy_state, self._execute, self._name,
                              captures, self._attrs, self.function.num_outputs)
 
-  def flatten(self, time_step, policy_state) -> list:
-    """The flat eager tensors `call` would pass (for inspection and tests)."""
-    return self._native.flatten(time_step, policy_state)
+  def flatten(self, time_step, policy_state, staging: bool = False) -> list:
+    """The flat eager tensors `call` would pass (for inspection and tests).
+
+    With `staging`, small leaves are the plan's reused staging tensors, valid
+    until the next call; without, every tensor is the caller's own.
+    """
+    return self._native.flatten(time_step, policy_state, staging)
 
   def pack(self, flat_outputs) -> policy_step.PolicyStep:
     """Packs flat output tensors into the policy step nest."""

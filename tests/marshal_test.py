@@ -113,6 +113,35 @@ def test_aligned_contiguous_leaves_are_not_copied():
   np.testing.assert_array_equal(flat[3].numpy()[0], step.observation["img"])
 
 
+_BIG_TS = _SIMPLE_TS._replace(observation={"img": tf.TensorSpec([None, 84, 84, 4], tf.uint8),
+                                            "pos": tf.TensorSpec([None, 3], tf.float64)})
+
+
+def test_in_calls_large_aligned_leaves_are_lent_and_small_ones_staged():
+  plan = _plan(_BIG_TS, _STATE, batch_time_steps=True)
+  img = aligned((84, 84, 4), np.uint8)
+  assert img.nbytes >= marshal.ZERO_COPY_MIN_BYTES
+  img[:] = 3
+  step = _good_step()._replace(observation={"img": img, "pos": aligned((3,), np.float64)})
+  first = plan.flatten(step, _good_state(), staging=True)
+  assert _address(first[3]) == img.ctypes.data                     # lent as is
+  assert _address(first[4]) != step.observation["pos"].ctypes.data  # staged (small)
+  step.observation["pos"][:] = [1, 2, 3]
+  second = plan.flatten(step, _good_state(), staging=True)
+  assert second[4] is first[4]                                     # the same staging tensor
+  np.testing.assert_array_equal(second[4].numpy(), [[1, 2, 3]])
+
+
+def test_calls_leave_no_lent_buffers_behind():
+  policy = _identity_policy(True)
+  step = ts.TimeStep(np.int32(0), np.float32(0), np.float32(1), np.ones(3, np.float32))
+  policy.action(step)
+  baseline = marshal.live_exported_leaves()   # the pooled staging tensors
+  for i in range(500):
+    policy.action(step._replace(observation=np.full(3, i, np.float32)))
+  assert marshal.live_exported_leaves() == baseline
+
+
 @pytest.mark.parametrize("make", [
     lambda: aligned((4, 4, 1), np.float32, offset=4),                       # unaligned
     lambda: np.asfortranarray(aligned((4, 4, 1), np.float32)),             # not C order
@@ -158,6 +187,8 @@ def test_outputs_are_views_that_never_alias_inputs(batch_time_steps):
   action = policy.action(step).action
   np.testing.assert_array_equal(action, obs)
   obs[:] = 0
+  np.testing.assert_array_equal(action, np.reshape([1, 2, 3], outer + (3,)))
+  policy.action(step)  # reuses the staging buffers the first call copied into
   np.testing.assert_array_equal(action, np.reshape([1, 2, 3], outer + (3,)))
 
 

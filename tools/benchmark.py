@@ -127,20 +127,24 @@ def _rss_mb() -> float:
   return pages * resource.getpagesize() / 2**20
 
 
+def _rss_growth(fn, calls: int, desc: str) -> tuple:
+  for _ in range(1000):
+    fn()
+  gc.collect()
+  before = _rss_mb()
+  for _ in tqdm(range(calls), desc=desc, unit="call", leave=False, mininterval=1):
+    fn()
+  gc.collect()
+  return before, _rss_mb()
+
+
 def steady_memory(path, calls: int) -> dict:
-  policy = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True)
-  rng = np.random.default_rng(0)
-  steps = [_time_step(policy.time_step_spec, None, rng) for _ in range(16)]
-  for i in range(1000):
-    policy.action(steps[i % 16])
-  gc.collect()
-  after_1k = _rss_mb()
-  for i in tqdm(range(calls), desc="memory", unit="call", leave=False, mininterval=1):
-    policy.action(steps[i % 16])
-  gc.collect()
-  after = _rss_mb()
-  return {"calls": calls, "rss_after_1000_mb": after_1k, "rss_after_all_mb": after,
-          "growth_mb": after - after_1k}
+  """RSS after 1,000 and after `calls` action() calls, ours and the floor's."""
+  contenders = _contenders(path, 1)
+  before, after = _rss_growth(contenders["ours"], calls, "memory (ours)")
+  floor_before, floor_after = _rss_growth(contenders["floor"], calls, "memory (floor)")
+  return {"calls": calls, "rss_after_1000_mb": before, "rss_after_all_mb": after,
+          "growth_mb": after - before, "floor_growth_mb": floor_after - floor_before}
 
 
 def marginal_leaf_cost(rows) -> dict:
@@ -231,7 +235,8 @@ def main():
   if memory:
     print(f"\nsteady memory ({names[0]}, batch 1): RSS {memory['rss_after_1000_mb']:.1f} MB after "
           f"1,000 calls, {memory['rss_after_all_mb']:.1f} MB after {memory['calls']:,} "
-          f"(growth {memory['growth_mb']:+.1f} MB)")
+          f"(growth {memory['growth_mb']:+.1f} MB; the floor alone grows "
+          f"{memory['floor_growth_mb']:+.1f} MB over as many calls)")
   result = {"rows": [dataclasses.asdict(r) | {"tf_agents_over_ours": r.speedup,
                                               "ours_over_floor": r.over_floor} for r in rows],
             "marginal_leaf_cost": leaf, "memory": memory,
