@@ -69,28 +69,15 @@ def families(ops: Iterable[str]) -> Dict[str, Set[str]]:
   return result
 
 
-def policy_functions(saved) -> Dict[str, list]:
-  """Name -> concrete functions of every restored function on a loaded policy."""
-  functions = {}
-  for name in dir(saved):
-    if name.startswith("_"):
-      continue
-    try:
-      attr = getattr(saved, name)
-    except Exception:  # pylint: disable=broad-except
-      continue
-    concrete = getattr(attr, "concrete_functions", None)
-    if concrete is None and hasattr(attr, "graph") and hasattr(attr, "structured_input_signature"):
-      concrete = [attr]
-    if concrete:
-      functions[name] = list(concrete)
-  return functions
+def audit(functions: Dict[str, list], model_path: str,
+          allow_unsafe_ops: bool) -> Dict[str, Set[str]]:
+  """{function name: op types} for {name: concrete functions}.
 
-
-def audit(saved, model_path: str, allow_unsafe_ops: bool) -> Dict[str, Set[str]]:
-  """Returns {function name: op types}; raises UnsafeGraphError unless allowed."""
+  Raises:
+    UnsafeGraphError: a function uses unsafe ops and `allow_unsafe_ops` is False.
+  """
   ops_by_function = {}
-  for name, concretes in policy_functions(saved).items():
+  for name, concretes in functions.items():
     ops = set()
     for concrete in concretes:
       ops |= op_types(concrete)

@@ -1,37 +1,52 @@
-"""Loads a `PolicySaver` SavedModel and finds the functions a policy needs.
+"""Loads a `PolicySaver` SavedModel into a `LoadedPolicy`.
 
-Turns a directory into a `LoadedPolicy`: the restored object plus the concrete
-`action` function over `(time_step, policy_state)`. File problems become
-`FileNotFoundError` / `ValueError` naming the path, never TensorFlow internals.
+Two ways in:
+  * the object graph (`tf.saved_model.load`), the normal case;
+  * the flat signatures only (TF's v1 loader), for exports whose object graph
+    no longer decodes, e.g. policies saved by TF 2.3-2.12 whose `distribution`
+    function carries a TypeSpec this TensorFlow cannot decode. `action`,
+    `get_initial_state`, `get_train_step` and `get_metadata` are flat
+    signatures that need no Python objects.
+
+Either way the result offers the same members. File problems become
+`FileNotFoundError` / `ValueError` naming the path, never TF internals.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from typing import Any
+import re
+from typing import Any, Dict, List, Optional
 
+import numpy as np
 import tensorflow as tf
 # Registers TFP's TypeSpecs; PolicySaver exports reference them in the
 # `distribution` function, and loading fails without them.
 import tensorflow_probability  # noqa: F401  pylint: disable=unused-import
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.saved_model import load_v1_in_v2
+from tensorflow.python.util import nest
+from tf_agents.trajectories import policy_step
 
 from policies import marshaling_plan
+from policies import specs as specs_lib
 
 SAVED_MODEL_FILE = "saved_model.pb"
+VARIABLES_PREFIX = os.path.join(tf.saved_model.VARIABLES_DIRECTORY, tf.saved_model.VARIABLES_FILENAME)
+
+# How TF reports a saved TypeSpec it cannot decode (older exports, or a spec
+# class that is not importable here).
+_UNDECODABLE_SPEC = re.compile(r"is not supported by this version of TensorFlow|"
+                               r"has not been registered")
 
 
-@dataclasses.dataclass
-class LoadedPolicy:
-  """A restored SavedModel policy."""
-  path: str
-  saved: Any                                     # the restored object
-  action: marshaling_plan.ActionFunction
+def first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
 
 
 def check_model_dir(model_path: str) -> str:
   """Returns the path of `saved_model.pb`, raising FileNotFoundError if absent."""
-  model_path = os.fspath(model_path)
   if not os.path.isdir(model_path):
     raise FileNotFoundError(f"policy directory not found: {model_path}")
   pb = os.path.join(model_path, SAVED_MODEL_FILE)
@@ -40,39 +55,253 @@ def check_model_dir(model_path: str) -> str:
   return pb
 
 
-def _select_action_concrete(saved) -> Any:
-  """The saved `action` concrete function that takes `(time_step, policy_state)`."""
-  candidates = []
-  for concrete in saved.action.concrete_functions:
-    args, kwargs = concrete.structured_input_signature
-    if len(args) >= 2 and not kwargs and hasattr(type(args[0]), "_fields"):
-      candidates.append(concrete)
-  if not candidates:
-    raise ValueError(
-        "the saved `action` function has no (time_step, policy_state) signature "
-        "(was it exported with input_fn_and_spec?)")
-  # Prefer the variant with the fewest extra (non-tensor) arguments.
-  return min(candidates, key=lambda c: len(c.structured_input_signature[0]))
+def read_saved_model_proto(model_path: str) -> saved_model_pb2.SavedModel:
+  """Parses saved_model.pb; a truncated or corrupt file is a ValueError naming it."""
+  pb = check_model_dir(model_path)
+  proto = saved_model_pb2.SavedModel()
+  try:
+    with open(pb, "rb") as f:
+      proto.ParseFromString(f.read())
+  except Exception as e:  # protobuf's DecodeError and friends
+    raise ValueError(f"corrupt or truncated SavedModel file {pb}: {first_line(e)}") from None
+  if not proto.meta_graphs:
+    raise ValueError(f"corrupt or truncated SavedModel file {pb}: it holds no MetaGraph")
+  return proto
 
 
-def load(model_path: str) -> LoadedPolicy:
-  """Loads the SavedModel at `model_path`.
+class LoadedPolicy:
+  """One loaded copy of a policy: its action function and its other members."""
+
+  path: str
+  action: marshaling_plan.ActionFunction
+  signatures_only: bool = False
+
+  def get_initial_state(self, batch_size: Optional[int]):
+    raise NotImplementedError
+
+  def get_train_step(self) -> np.ndarray:
+    raise NotImplementedError
+
+  def get_metadata(self) -> Dict[str, np.ndarray]:
+    raise NotImplementedError
+
+  def variables(self) -> list:
+    raise NotImplementedError
+
+  def restore(self, checkpoint_prefix: str) -> None:
+    """Reads every variable from a checkpoint (raises on any mismatch)."""
+    raise NotImplementedError
+
+  def attribute(self, name: str):
+    raise AttributeError(name)
+
+  def functions(self) -> Dict[str, list]:
+    """Name -> concrete functions the policy can run (for the graph audit)."""
+    raise NotImplementedError
+
+
+class ObjectGraphPolicy(LoadedPolicy):
+  """A policy restored with its Python object graph (`tf.saved_model.load`)."""
+
+  def __init__(self, path: str, saved):
+    self.path = path
+    self.saved = saved
+    if not hasattr(saved, "action"):
+      raise ValueError(f"{os.path.join(path, SAVED_MODEL_FILE)} is not a TF-Agents PolicySaver "
+                       "export: it has no `action` function")
+    self.action = marshaling_plan.action_function_from_concrete(self._action_concrete())
+    self._checkpoint = tf.train.Checkpoint(policy=saved)
+
+  def _action_concrete(self):
+    candidates = []
+    for concrete in self.saved.action.concrete_functions:
+      args, kwargs = concrete.structured_input_signature
+      if len(args) >= 2 and not kwargs and hasattr(type(args[0]), "_fields"):
+        candidates.append(concrete)
+    if not candidates:
+      raise ValueError(f"{self.path}: the saved `action` function has no (time_step, "
+                       "policy_state) signature (was it exported with input_fn_and_spec?)")
+    # The variant with the fewest extra (non-tensor) arguments.
+    return min(candidates, key=lambda c: len(c.structured_input_signature[0]))
+
+  def get_initial_state(self, batch_size):
+    if batch_size is None:
+      return self.saved.get_initial_state()
+    try:
+      return self.saved.get_initial_state(batch_size=batch_size)
+    except (TypeError, ValueError):  # exported with a fixed batch size: no argument
+      return self.saved.get_initial_state()
+
+  def get_train_step(self):
+    return np.asarray(self.saved.get_train_step())
+
+  def get_metadata(self):
+    return {k: np.asarray(v) for k, v in self.saved.get_metadata().items()}
+
+  def variables(self):
+    return self.saved.model_variables
+
+  def restore(self, checkpoint_prefix):
+    status = self._checkpoint.read(checkpoint_prefix)
+    status.assert_existing_objects_matched().expect_partial()
+
+  def attribute(self, name):
+    return getattr(self.saved, name)
+
+  def functions(self):
+    result = {}
+    for name in dir(self.saved):
+      if name.startswith("_"):
+        continue
+      attr = getattr(self.saved, name, None)
+      concrete = getattr(attr, "concrete_functions", None)
+      if concrete is None and hasattr(attr, "graph") and hasattr(attr, "structured_input_signature"):
+        concrete = [attr]
+      if concrete:
+        result[name] = list(concrete)
+    return result
+
+
+def _nest_path_names(spec_nest, prefix: str) -> List[str]:
+  """Leaf names as PolicySaver's `rename_spec_with_nest_paths` writes them."""
+  paths = [p for p, _ in nest.flatten_with_joined_string_paths(spec_nest)]
+  return [f"{prefix}{p}" if p else prefix.rstrip("/") for p in paths]
+
+
+class SignaturePolicy(LoadedPolicy):
+  """A policy run from its flat signatures (TF's v1 loader), without its object graph.
+
+  The nested structure comes from the policy's specs (arguments or
+  policy_specs.pbtxt), matched to the signatures by PolicySaver's nest-path
+  names ("0/observation/a", "1/0", "state/0", ...). Train step, metadata and
+  variable values are read from the checkpoint last restored. Functions added
+  with `register_function` live only in the object graph: not available.
+  """
+
+  signatures_only = True
+
+  def __init__(self, path: str, policy_specs: specs_lib.PolicySpecs, reason: str):
+    self.path = path
+    self.reason = reason
+    try:
+      self.obj = load_v1_in_v2.load(path, ["serve"])
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"cannot load SavedModel {path} from its signatures either: "
+                       f"{first_line(e)} (object graph: {reason})") from None
+    self._checkpoint_prefix = os.path.join(path, VARIABLES_PREFIX)
+    self._restore_fn = self._make_restore_fn(path)
+    self.action = self._action_function(policy_specs)
+    self._state_spec = policy_specs.policy_state_spec
+
+  def _signature(self, name):
+    try:
+      return self.obj.signatures[name]
+    except KeyError:
+      raise ValueError(f"{self.path}: the SavedModel has no `{name}` signature") from None
+
+  def _action_function(self, policy_specs) -> marshaling_plan.ActionFunction:
+    sig = self._signature("action")
+    keywords = list(sig.structured_input_signature[1])
+    arg_specs = sig.structured_input_signature[1]
+    flat_names = (_nest_path_names(policy_specs.time_step_spec, "0/") +
+                  _nest_path_names(policy_specs.policy_state_spec, "1/"))
+    missing = [n for n in flat_names if n not in arg_specs]
+    if missing or len(flat_names) != len(keywords):
+      raise ValueError(f"{self.path}: the specs do not match the `action` signature "
+                       f"(signature inputs {sorted(keywords)}, specs give {flat_names})")
+    batch = arg_specs[flat_names[0]].shape[0] if flat_names else None
+
+    def batched(spec_nest):
+      return specs_lib.with_batch(spec_nest, batch)
+
+    output_structure = policy_step.PolicyStep(
+        action=batched(policy_specs.action_spec), state=batched(policy_specs.policy_state_spec),
+        info=batched(policy_specs.info_spec))
+    output_names = (_nest_path_names(policy_specs.action_spec, "action/") +
+                    _nest_path_names(policy_specs.policy_state_spec, "state/") +
+                    _nest_path_names(policy_specs.info_spec, "info/"))
+    out_tensor_names = [t.name for t in sig.outputs]
+    try:
+      output_order = [out_tensor_names.index(sig.structured_outputs[n].name)
+                      for n in output_names]
+    except KeyError as e:
+      raise ValueError(f"{self.path}: the specs do not match the `action` signature outputs "
+                       f"({sorted(sig.structured_outputs)}): no output {e}") from None
+    return marshaling_plan.ActionFunction(
+        name=sig._inference_function.name.decode(),  # pylint: disable=protected-access
+        time_step_spec=batched(policy_specs.time_step_spec),
+        policy_state_spec=batched(policy_specs.policy_state_spec),
+        output_structure=output_structure,
+        num_outputs=len(sig.outputs),
+        captures=tuple(sig.captured_inputs),
+        concrete=sig,
+        input_slots=tuple(keywords.index(n) for n in flat_names),
+        output_indices=tuple(output_order),
+    )
+
+  def _make_restore_fn(self, path):
+    saver_def = read_saved_model_proto(path).meta_graphs[0].saver_def
+    graph = self.obj.graph
+    return self.obj.prune(feeds=[graph.as_graph_element(saver_def.filename_tensor_name)],
+                          fetches=[graph.as_graph_element(saver_def.restore_op_name)])
+
+  def get_initial_state(self, batch_size):
+    if not tf.nest.flatten(self._state_spec):
+      return ()
+    sig = self._signature("get_initial_state")
+    outputs = sig(batch_size=tf.constant(batch_size or 1, tf.int32)) if sig.structured_input_signature[1] else sig()
+    names = _nest_path_names(self._state_spec, "")
+    return tf.nest.pack_sequence_as(self._state_spec, [outputs[n] for n in names])
+
+  def _checkpoint_values(self, pattern: str) -> Dict[str, np.ndarray]:
+    reader = tf.train.load_checkpoint(self._checkpoint_prefix)
+    found = {}
+    for key in reader.get_variable_to_shape_map():
+      match = re.fullmatch(pattern, key)
+      if match:
+        found[match.group(1)] = np.asarray(reader.get_tensor(key))
+    return found
+
+  def get_train_step(self):
+    values = self._checkpoint_values(r"(train_step)/\.ATTRIBUTES/VARIABLE_VALUE")
+    if "train_step" in values:
+      return values["train_step"]
+    return np.asarray(list(self._signature("get_train_step")().values())[0])
+
+  def get_metadata(self):
+    return self._checkpoint_values(r"metadata/([^/]+)/\.ATTRIBUTES/VARIABLE_VALUE")
+
+  def variables(self):
+    values = self._checkpoint_values(r"model_variables/(\d+)/\.ATTRIBUTES/VARIABLE_VALUE")
+    return [tf.Variable(values[k], trainable=False) for k in sorted(values, key=int)]
+
+  def restore(self, checkpoint_prefix):
+    self._restore_fn(tf.constant(checkpoint_prefix))
+    self._checkpoint_prefix = checkpoint_prefix
+
+  def attribute(self, name):
+    if name == "signatures":
+      return self.obj.signatures
+    raise AttributeError(
+        f"{name!r} is not available: {self.path} was loaded from its flat signatures only "
+        f"({self.reason}); functions added with register_function need the object graph")
+
+  def functions(self):
+    return {name: [fn] for name, fn in self.obj.signatures.items()}
+
+
+def load(model_path: str, policy_specs: specs_lib.PolicySpecs) -> LoadedPolicy:
+  """Loads the SavedModel at `model_path` (object graph, else signatures only).
 
   Raises:
     FileNotFoundError: the directory or its saved_model.pb is missing.
     ValueError: the SavedModel cannot be parsed or has no usable `action`.
   """
-  pb = check_model_dir(model_path)
+  read_saved_model_proto(model_path)  # clear errors for missing/corrupt files
   try:
     saved = tf.saved_model.load(model_path)
-  except (OSError, ValueError, tf.errors.OpError) as e:
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ValueError(f"cannot load SavedModel {pb}: {first_line}") from None
-  if not hasattr(saved, "action"):
-    raise ValueError(f"{pb} is not a TF-Agents PolicySaver export: it has no `action` function")
-  concrete = _select_action_concrete(saved)
-  return LoadedPolicy(
-      path=model_path,
-      saved=saved,
-      action=marshaling_plan.action_function_from_concrete(concrete),
-  )
+  except Exception as e:  # pylint: disable=broad-except
+    if _UNDECODABLE_SPEC.search(str(e)):
+      return SignaturePolicy(model_path, policy_specs, reason=first_line(e))
+    raise ValueError(f"cannot load SavedModel {model_path}: {first_line(e)}") from None
+  return ObjectGraphPolicy(model_path, saved)

@@ -10,7 +10,7 @@ then makes a single native call (`MarshalingPlan.call`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -47,28 +47,28 @@ def _is_namedtuple(value) -> bool:
   return isinstance(value, tuple) and hasattr(type(value), "_fields")
 
 
-def _input_tree(structure, path: str, slots: list, batch: int) -> tuple:
+def _input_tree(structure, path: str, slots: list, batch: int, slot_of) -> tuple:
   """Encodes a spec nest as native input nodes; appends leaf specs to `slots`."""
   if isinstance(structure, tf.TensorSpec):
-    slot = len(slots)
+    slot = slot_of(len(slots))
     slots.append(structure)
     inner = tuple(-1 if d is None else int(d) for d in structure.shape.as_list()[1:])
     return ("leaf", path, slot, np.dtype(structure.dtype.as_numpy_dtype), inner,
             batch, structure.dtype.as_datatype_enum)
   if _is_namedtuple(structure):
     children = tuple(
-        _input_tree(getattr(structure, f), f"{path}.{f}", slots, batch)
+        _input_tree(getattr(structure, f), f"{path}.{f}", slots, batch, slot_of)
         for f in structure._fields)
     return ("namedtuple", path, children, tuple(structure._fields), type(structure).__name__)
   if isinstance(structure, dict):
     keys = tuple(sorted(structure))
     children = tuple(
-        _input_tree(structure[k], f"{path}[{k!r}]", slots, batch)
+        _input_tree(structure[k], f"{path}[{k!r}]", slots, batch, slot_of)
         for k in keys)
     return ("dict", path, children, keys)
   if isinstance(structure, (list, tuple)):
     children = tuple(
-        _input_tree(v, f"{path}[{i}]", slots, batch) for i, v in enumerate(structure))
+        _input_tree(v, f"{path}[{i}]", slots, batch, slot_of) for i, v in enumerate(structure))
     return ("sequence", path, children)
   if structure is None:
     return ("sequence", path, ())
@@ -76,8 +76,9 @@ def _input_tree(structure, path: str, slots: list, batch: int) -> tuple:
 
 
 def _output_tree(structure, counter: list, unbatch: bool, top: bool = False) -> tuple:
+  """Output nodes; `counter` = [leaves seen, index_of(leaf number)]."""
   if isinstance(structure, (tf.TensorSpec, tf.Tensor)):
-    index = counter[0]
+    index = counter[1](counter[0])
     counter[0] += 1
     return ("leaf", index, unbatch)
   if _is_namedtuple(structure):
@@ -111,6 +112,10 @@ class ActionFunction:
   num_outputs: int
   captures: tuple              # captured inputs, appended to the arguments
   concrete: Any                # keeps the function registered while in use
+  # Argument slot of each (time_step, policy_state) leaf in tf.nest order, and
+  # output index of each PolicyStep leaf; None: the same order.
+  input_slots: Optional[tuple] = None
+  output_indices: Optional[tuple] = None
 
 
 def action_function_from_concrete(concrete) -> ActionFunction:
@@ -143,7 +148,9 @@ def leading_batch(spec_nest) -> int | None:
 
 
 def build_native_plan(time_step_spec, policy_state_spec, output_structure, num_outputs: int,
-                      batch_time_steps: bool, fixed_batch: int | None):
+                      batch_time_steps: bool, fixed_batch: int | None,
+                      input_slots: Optional[tuple] = None,
+                      output_indices: Optional[tuple] = None):
   """The native `Plan` for batched signature specs; also returns the flat input specs.
 
   With `batch_time_steps`, time-step leaves come unbatched (a batch of 1 is
@@ -153,10 +160,11 @@ def build_native_plan(time_step_spec, policy_state_spec, output_structure, num_o
   caller_batch = marshal.ANY_BATCH if fixed_batch is None else fixed_batch
   ts_batch = marshal.NO_CALLER_BATCH if batch_time_steps else caller_batch
   state_batch = 1 if batch_time_steps else caller_batch
+  slot_of = (lambda i: i) if input_slots is None else input_slots.__getitem__
   slots: list = []
-  ts_tree = _input_tree(time_step_spec, "time_step", slots, ts_batch)
-  state_tree = _input_tree(policy_state_spec, "policy_state", slots, state_batch)
-  counter = [0]
+  ts_tree = _input_tree(time_step_spec, "time_step", slots, ts_batch, slot_of)
+  state_tree = _input_tree(policy_state_spec, "policy_state", slots, state_batch, slot_of)
+  counter = [0, (lambda i: i) if output_indices is None else output_indices.__getitem__]
   out_tree = _output_tree(output_structure, counter, batch_time_steps, top=True)
   if counter[0] != num_outputs:
     raise ValueError(f"action function returns {num_outputs} tensors but its output "
@@ -180,15 +188,28 @@ class MarshalingPlan:
 
     self._native, self.input_specs = build_native_plan(
         function.time_step_spec, function.policy_state_spec, function.output_structure,
-        function.num_outputs, batch_time_steps, fixed)
+        function.num_outputs, batch_time_steps, fixed, function.input_slots,
+        function.output_indices)
     self._execute = pywrap_tfe.TFE_Py_Execute
-    self._name = function.name
     self._attrs = _call_attrs(executor_type)
 
-  def call(self, time_step, policy_state, captures: Sequence[Any]):
-    """Validates, converts, runs the function and packs a `PolicyStep`."""
-    return self._native.call(time_step, policy_state, self._execute, self._name,
-                             captures, self._attrs, self.function.num_outputs)
+  def call(self, time_step, policy_state, function: ActionFunction):
+    """Validates, converts, runs `function` and packs a `PolicyStep`.
+
+    `function` is `self.function` or another copy of it (same structure).
+    """
+    return self._native.call(time_step, policy_state, self._execute, function.name,
+                             function.captures, self._attrs, function.num_outputs)
+
+  def accepts(self, function: ActionFunction) -> bool:
+    """Whether `function` has this plan's structure (e.g. a second loaded copy)."""
+    mine = self.function
+    return (function.num_outputs == mine.num_outputs and
+            function.input_slots == mine.input_slots and
+            function.output_indices == mine.output_indices and
+            tf.nest.flatten(function.time_step_spec) == tf.nest.flatten(mine.time_step_spec) and
+            tf.nest.flatten(function.policy_state_spec) ==
+            tf.nest.flatten(mine.policy_state_spec))
 
   def flatten(self, time_step, policy_state, staging: bool = False) -> list:
     """The flat eager tensors `call` would pass (for inspection and tests).

@@ -10,22 +10,27 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Optional, Sequence
+import threading
+import time
+from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import core
 from tf_agents.policies import py_policy
-from tf_agents.specs import tensor_spec
-from tf_agents.trajectories import policy_step
 
 from policies import graph_audit
 from policies import loading
 from policies import marshaling_plan
 from policies import specs as specs_lib
 
+
 def _to_numpy(nest):
-  return tf.nest.map_structure(lambda t: np.asarray(t), nest)
+  return tf.nest.map_structure(np.asarray, nest)
+
+
+def _raise_runtime_error(error: core._NotOkStatusException):  # pylint: disable=protected-access
+  raise core._status_to_exception(error) from None  # pylint: disable=protected-access
 
 
 class PyTFEagerPolicyBase(py_policy.PyPolicy):
@@ -66,7 +71,7 @@ class PyTFEagerPolicyBase(py_policy.PyPolicy):
         or batches (False).
       single_threaded_executor: run the action graph's ops one after another
         in the calling thread (TF's SINGLE_THREADED_EXECUTOR) instead of on
-        the inter-op thread pool: about 10% less latency for small graphs,
+        the inter-op thread pool: a few percent less latency for small graphs,
         no op-level parallelism. Graphs it cannot run are refused at load.
 
     Raises:
@@ -81,7 +86,6 @@ class PyTFEagerPolicyBase(py_policy.PyPolicy):
     self._plan = marshaling_plan.MarshalingPlan(
         function, batch_time_steps,
         marshaling_plan.SINGLE_THREADED_EXECUTOR if single_threaded_executor else "")
-    self._captures = function.captures
     self._stochastic = any(graph_audit.RANDOM_OPS.search(op) for op in self._action_op_types())
 
   # -- Hooks for subclasses ---------------------------------------------------
@@ -97,21 +101,23 @@ class PyTFEagerPolicyBase(py_policy.PyPolicy):
   def _action_op_types(self) -> set:
     return graph_audit.op_types(self._plan.function.concrete)
 
+  def _initial_state_tensors(self, batch_size: int):
+    return self._policy.get_initial_state(batch_size=batch_size)
+
   # -- PyPolicy ----------------------------------------------------------------
 
   def _action(self, time_step, policy_state, seed: Optional[Any] = None):
     if seed is not None:
       self._check_seed(seed)
     try:
-      return self._plan.call(time_step, policy_state, self._captures)
+      return self._plan.call(time_step, policy_state, self._plan.function)
     except core._NotOkStatusException as e:  # pylint: disable=protected-access
-      raise core._status_to_exception(e) from None  # pylint: disable=protected-access
+      _raise_runtime_error(e)
 
   def _get_initial_state(self, batch_size: Optional[int]):
     if not tf.nest.flatten(self._policy_state_spec):
       return ()
-    batch_size = self._initial_state_batch(batch_size)
-    return _to_numpy(self._policy.get_initial_state(batch_size=batch_size))
+    return _to_numpy(self._initial_state_tensors(self._initial_state_batch(batch_size)))
 
   def _initial_state_batch(self, batch_size: Optional[int]) -> int:
     fixed = self._plan.fixed_batch_size
@@ -141,6 +147,14 @@ class PyTFEagerPolicyBase(py_policy.PyPolicy):
     return tf.nest.map_structure(lambda v: v.numpy(), self._policy.variables())
 
 
+class _PolicyCopy:
+  """One loaded copy of the SavedModel and the number of calls running on it."""
+
+  def __init__(self, loaded: loading.LoadedPolicy):
+    self.loaded = loaded
+    self.in_flight = 0
+
+
 class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
   """A `PyPolicy` running a SavedModel exported by TF-Agents' `PolicySaver`.
 
@@ -152,6 +166,17 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
   `action(time_step, policy_state=(), seed=None)`: `seed` must be None for
   stochastic policies (their random ops were seeded at export; a ValueError
   says so); for deterministic policies any seed is accepted and has no effect.
+
+  `update_from_checkpoint` swaps weights atomically: every `action()` runs
+  entirely on the old or entirely on the new weights, from any thread. It
+  restores into a second loaded copy of the SavedModel (made on first use)
+  and switches copies, so a failed update leaves the policy untouched.
+
+  Policies whose object graph this TensorFlow cannot decode (e.g. exported
+  by TF 2.3-2.12 with a TFP distribution spec it no longer reads) load from
+  their flat signatures; everything works except functions added with
+  `register_function`, which raise an AttributeError saying why, and
+  `variables()`, which then returns snapshots of the checkpoint's values.
   """
 
   def __init__(self,
@@ -190,21 +215,26 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
       graph_audit.UnsafeGraphError: (a ValueError) unsafe ops without opt-in.
     """
     model_path = os.fspath(model_path)
-    self._loaded = loading.load(model_path)
-    self._ops_by_function = graph_audit.audit(self._loaded.saved, model_path, allow_unsafe_ops)
+    loading.check_model_dir(model_path)
     policy_specs = specs_lib.resolve(model_path, time_step_spec, action_spec,
                                      policy_state_spec, info_spec, load_specs_from_pbtxt)
-    super().__init__(self._loaded.saved, policy_specs.time_step_spec, policy_specs.action_spec,
+    self._model_path = model_path
+    self._policy_specs = policy_specs
+    self._active = _PolicyCopy(loading.load(model_path, policy_specs))
+    self._standby: Optional[_PolicyCopy] = None
+    self._copy_lock = threading.Lock()     # guards _active and in_flight counts
+    self._update_lock = threading.Lock()   # one update at a time
+    self._ops_by_function = graph_audit.audit(self._active.loaded.functions(), model_path,
+                                              allow_unsafe_ops)
+    super().__init__(None, policy_specs.time_step_spec, policy_specs.action_spec,
                      policy_specs.policy_state_spec, policy_specs.info_spec,
                      use_tf_function, batch_time_steps,
                      single_threaded_executor=single_threaded_executor)
     if policy_specs.collect_data_spec is not None:
       self._collect_data_spec = policy_specs.collect_data_spec
-    self._model_path = model_path
-    self._checkpoint = tf.train.Checkpoint(policy=self._loaded.saved)
     self._train_step_from_last_restored_checkpoint_path = None
     try:
-      self._warm_up()
+      self._warm_up(self._active)
     except tf.errors.OpError as e:
       if not single_threaded_executor:
         raise
@@ -212,33 +242,53 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
                        f"single_threaded_executor=True: {e.message.splitlines()[0]}") from None
 
   def _action_function(self) -> marshaling_plan.ActionFunction:
-    return self._loaded.action
+    return self._active.loaded.action
 
   def _action_op_types(self) -> set:
     return self._ops_by_function.get("action") or super()._action_op_types()
+
+  def _initial_state_tensors(self, batch_size: int):
+    return self._active.loaded.get_initial_state(batch_size)
+
+  def _action(self, time_step, policy_state, seed: Optional[Any] = None):
+    if seed is not None:
+      self._check_seed(seed)
+    with self._copy_lock:
+      copy = self._active
+      copy.in_flight += 1
+    try:
+      return self._plan.call(time_step, policy_state, copy.loaded.action)
+    except core._NotOkStatusException as e:  # pylint: disable=protected-access
+      _raise_runtime_error(e)
+    finally:
+      with self._copy_lock:
+        copy.in_flight -= 1
+
+  def _warm_up(self, copy: _PolicyCopy) -> None:
+    """Runs a copy's graph once so the first real call is not slower than the rest."""
+    function = copy.loaded.action
+    specs = (function.time_step_spec, function.policy_state_spec)
+    if any(None in s.shape.as_list()[1:] for s in tf.nest.flatten(specs)):
+      return  # unknown inner dimensions: nothing sensible to feed
+    batch = self._plan.fixed_batch_size or 1
+    inner = lambda nest: tf.nest.map_structure(lambda s: tf.TensorSpec(s.shape[1:], s.dtype), nest)
+    time_step = specs_lib.zeros(inner(function.time_step_spec),
+                                () if self._batch_time_steps else (batch,))
+    state = specs_lib.zeros(inner(function.policy_state_spec), (batch,))
+    try:
+      self._plan.call(time_step, state, function)
+    except core._NotOkStatusException as e:  # pylint: disable=protected-access
+      _raise_runtime_error(e)
 
   def op_families(self) -> dict:
     """{family: op types} over every function of the policy (see `graph_audit`)."""
     return graph_audit.families(set().union(*self._ops_by_function.values()))
 
-  def _warm_up(self) -> None:
-    """Runs the graph once so the first real call is not slower than the rest."""
-    function = self._loaded.action
-    batch = self._plan.fixed_batch_size or 1
-    inner = lambda spec_nest: tf.nest.map_structure(lambda s: tf.TensorSpec(s.shape[1:], s.dtype), spec_nest)
-    if any(None in s.shape.as_list()[1:] for s in tf.nest.flatten(
-        (function.time_step_spec, function.policy_state_spec))):
-      return  # unknown inner dimensions: nothing sensible to feed
-    time_step = specs_lib.zeros(inner(function.time_step_spec),
-                                () if self._batch_time_steps else (batch,))
-    state = specs_lib.zeros(inner(function.policy_state_spec), (batch,))
-    self._action(time_step, state)
-
   # -- TF-Agents SavedModelPyTFEagerPolicy API --------------------------------
 
   def get_train_step(self):
     """The training step stored in the SavedModel (numpy scalar)."""
-    return self._loaded.saved.get_train_step().numpy()
+    return self._active.loaded.get_train_step()
 
   def get_train_step_from_last_restored_checkpoint_path(self) -> Optional[int]:
     """The train step parsed from the last checkpoint path, or None."""
@@ -246,32 +296,58 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
 
   def get_metadata(self):
     """The metadata saved with the policy, as a dict of numpy values."""
-    return _to_numpy(self._loaded.saved.get_metadata())
+    return self._active.loaded.get_metadata()
 
   def variables(self):
-    """The model variables of the SavedModel (`tf.Variable`s), as TF-Agents returns them."""
-    return self._loaded.saved.model_variables
+    """The model variables (`tf.Variable`s) of the weights `action()` uses now."""
+    return self._active.loaded.variables()
 
   def update_from_checkpoint(self, checkpoint_path: str) -> None:
-    """Loads weights from `<checkpoint_path>/variables/variables`.
+    """Swaps in the weights at `<checkpoint_path>/variables/variables`, atomically.
 
     `checkpoint_path` is a directory passed to `PolicySaver.save` or
     `PolicySaver.save_checkpoint`. The train step is taken from a trailing
     `_NNNN` of the path (see `get_train_step_from_last_restored_checkpoint_path`).
+
+    Raises:
+      FileNotFoundError: the checkpoint (or its index file) is missing.
+      ValueError: the checkpoint is truncated, corrupt or does not match the
+        policy. The policy then keeps acting on its current weights.
     """
     checkpoint_path = os.fspath(checkpoint_path)
-    prefix = os.path.join(checkpoint_path, tf.saved_model.VARIABLES_DIRECTORY,
-                          tf.saved_model.VARIABLES_FILENAME)
-    status = self._checkpoint.read(prefix)
-    status.assert_existing_objects_matched().expect_partial()
-    self._train_step_from_last_restored_checkpoint_path = _train_step_from_path(checkpoint_path)
+    prefix = os.path.join(checkpoint_path, loading.VARIABLES_PREFIX)
+    if not os.path.isdir(checkpoint_path):
+      raise FileNotFoundError(f"checkpoint directory not found: {checkpoint_path}")
+    if not os.path.isfile(prefix + ".index"):
+      raise FileNotFoundError(f"checkpoint index file not found: {prefix}.index")
+    with self._update_lock:
+      standby = self._standby or self._load_copy()
+      self._standby = standby
+      while standby.in_flight:  # calls that started before the last swap
+        time.sleep(0.0005)
+      try:
+        standby.loaded.restore(prefix)
+        self._warm_up(standby)
+      except Exception as e:  # pylint: disable=broad-except
+        # Only the standby copy was touched; the next update restores it fully.
+        raise ValueError(f"cannot restore checkpoint {checkpoint_path}: "
+                         f"{loading.first_line(e)}") from None
+      with self._copy_lock:
+        self._standby, self._active = self._active, standby
+      self._train_step_from_last_restored_checkpoint_path = _train_step_from_path(checkpoint_path)
+
+  def _load_copy(self) -> _PolicyCopy:
+    loaded = loading.load(self._model_path, self._policy_specs)
+    if not self._plan.accepts(loaded.action):
+      raise ValueError(f"{self._model_path} changed on disk since it was loaded")
+    return _PolicyCopy(loaded)
 
   def __getattr__(self, name: str):
     """Forwards other attributes (e.g. registered functions) to the SavedModel."""
-    loaded = self.__dict__.get("_loaded")
-    if loaded is None or name.startswith("__"):
+    active = self.__dict__.get("_active")
+    if active is None or name.startswith("__"):
       raise AttributeError(name)
-    return getattr(loaded.saved, name)
+    return active.loaded.attribute(name)
 
 
 def _train_step_from_path(path: str) -> Optional[int]:
