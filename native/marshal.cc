@@ -672,9 +672,9 @@ class Plan {
       ok = spec.dims[i] < 0 || spec.dims[i] == PyArray_DIM(arr, i + offset);
     if (!ok) {
       std::string hint;
-      if (spec.batch == kNoCallerBatch && ndim == static_cast<int>(spec.dims.size()) + 1)
+      if (spec.batch == kNoCallerBatch && MatchesInner(spec, arr, 1))
         hint = " (a batched step? this policy was created with batch_time_steps=True)";
-      if (spec.batch != kNoCallerBatch && ndim == static_cast<int>(spec.dims.size()))
+      if (spec.batch != kNoCallerBatch && MatchesInner(spec, arr, 0))
         hint = " (missing the batch dimension)";
       Raise(PyExc_ValueError, node.path + ": expected " + ExpectedLeaf(spec, state->batch) +
                                   ", got " + Describe(arr) + hint);
@@ -696,6 +696,14 @@ class Plan {
                                     *state->batch_path + ")");
       }
     }
+  }
+
+  // Whether `arr`'s dims from `first` on are exactly the spec's inner dims.
+  static bool MatchesInner(const LeafSpec& spec, PyArrayObject* arr, int first) {
+    if (PyArray_NDIM(arr) != static_cast<int>(spec.dims.size()) + first) return false;
+    for (size_t i = 0; i < spec.dims.size(); ++i)
+      if (spec.dims[i] >= 0 && spec.dims[i] != PyArray_DIM(arr, i + first)) return false;
+    return true;
   }
 
   static void* AlignedAlloc(npy_intp nbytes) {

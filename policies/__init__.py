@@ -5,7 +5,10 @@
     step = policy.action(time_step, policy.get_initial_state())
 """
 
+from policies.checkpoint_follower import CheckpointFollower
+from policies.graph_audit import UnsafeGraphError
 from policies.saved_model_policy import PyTFEagerPolicyBase
 from policies.saved_model_policy import SavedModelPyTFEagerPolicy
 
-__all__ = ["PyTFEagerPolicyBase", "SavedModelPyTFEagerPolicy"]
+__all__ = ["CheckpointFollower", "PyTFEagerPolicyBase", "SavedModelPyTFEagerPolicy",
+           "UnsafeGraphError"]

@@ -43,12 +43,22 @@ class UnsafeGraphError(ValueError):
 
 
 def op_types(concrete_function) -> Set[str]:
-  """Every op type in a concrete function's graph, nested functions included."""
-  graph_def = concrete_function.graph.as_graph_def()
-  types = {node.op for node in graph_def.node}
-  for function in graph_def.library.function:
-    types.update(node.op for node in function.node_def)
-  return types
+  """Op types a concrete function can run: its own and those of every function it calls."""
+  library = {f.signature.name: f
+             for f in concrete_function.graph.as_graph_def().library.function}
+  types: Set[str] = set()
+  seen = set()
+  pending = [concrete_function.function_def]
+  while pending:
+    for node in pending.pop().node_def:
+      types.add(node.op)
+      called = [node.op] + [attr.func.name for attr in node.attr.values() if attr.HasField("func")]
+      called += [f.name for attr in node.attr.values() for f in attr.list.func]
+      for name in called:
+        if name in library and name not in seen:
+          seen.add(name)
+          pending.append(library[name])
+  return types - set(library)
 
 
 def family(op_type: str) -> str:

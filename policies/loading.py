@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -34,6 +35,8 @@ from policies import specs as specs_lib
 SAVED_MODEL_FILE = "saved_model.pb"
 VARIABLES_PREFIX = os.path.join(tf.saved_model.VARIABLES_DIRECTORY, tf.saved_model.VARIABLES_FILENAME)
 
+_OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+
 # How TF reports a saved TypeSpec it cannot decode (older exports, or a spec
 # class that is not importable here).
 _UNDECODABLE_SPEC = re.compile(r"is not supported by this version of TensorFlow|"
@@ -41,8 +44,11 @@ _UNDECODABLE_SPEC = re.compile(r"is not supported by this version of TensorFlow|
 
 
 def first_line(error: BaseException) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
+  """The line of an error message worth showing (TF's graph errors bury it)."""
+  lines = [line.strip() for line in str(error).splitlines()]
+  useful = [line for line in lines if line and not line.startswith(
+      ("Graph execution error", "Detected at node", "<stack traces", "[[", "File "))]
+  return useful[0] if useful else type(error).__name__
 
 
 def check_model_dir(model_path: str) -> str:
@@ -188,8 +194,9 @@ class SignaturePolicy(LoadedPolicy):
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f"cannot load SavedModel {path} from its signatures either: "
                        f"{first_line(e)} (object graph: {reason})") from None
-    self._checkpoint_prefix = os.path.join(path, VARIABLES_PREFIX)
     self._restore_fn = self._make_restore_fn(path)
+    # Checkpoint key -> value of every saved variable, as last restored.
+    self._values = self._read_values(os.path.join(path, VARIABLES_PREFIX), keys=None)
     self.action = self._action_function(policy_specs)
     self._state_spec = policy_specs.policy_state_spec
 
@@ -253,13 +260,30 @@ class SignaturePolicy(LoadedPolicy):
     names = _nest_path_names(self._state_spec, "")
     return tf.nest.pack_sequence_as(self._state_spec, [outputs[n] for n in names])
 
+  def _read_values(self, prefix: str, keys: Optional[List[str]]) -> Dict[str, np.ndarray]:
+    """Values for `keys` (default: all) from a checkpoint.
+
+    `PolicySaver.save_checkpoint` nests the policy's keys under "policy/";
+    both layouts are accepted.
+    """
+    reader = tf.train.load_checkpoint(prefix)
+    available = reader.get_variable_to_dtype_map()
+    if keys is None:
+      keys = list(available)
+    values = {}
+    for key in keys:
+      source = key if key in available else f"policy/{key}"
+      if source not in available:
+        raise ValueError(f"the checkpoint has no value for {key!r}")
+      values[key] = reader.get_tensor(source)
+    return values
+
   def _checkpoint_values(self, pattern: str) -> Dict[str, np.ndarray]:
-    reader = tf.train.load_checkpoint(self._checkpoint_prefix)
     found = {}
-    for key in reader.get_variable_to_shape_map():
+    for key, value in self._values.items():
       match = re.fullmatch(pattern, key)
       if match:
-        found[match.group(1)] = np.asarray(reader.get_tensor(key))
+        found[match.group(1)] = np.asarray(value)
     return found
 
   def get_train_step(self):
@@ -276,8 +300,22 @@ class SignaturePolicy(LoadedPolicy):
     return [tf.Variable(values[k], trainable=False) for k in sorted(values, key=int)]
 
   def restore(self, checkpoint_prefix):
-    self._restore_fn(tf.constant(checkpoint_prefix))
-    self._checkpoint_prefix = checkpoint_prefix
+    values = self._read_values(checkpoint_prefix,
+                               keys=[k for k in self._values if k != _OBJECT_GRAPH_KEY])
+    values[_OBJECT_GRAPH_KEY] = self._values[_OBJECT_GRAPH_KEY]
+    for key, value in values.items():
+      if np.shape(value) != np.shape(self._values[key]):
+        raise ValueError(f"{key!r} has shape {np.shape(value)} in the checkpoint, "
+                         f"{np.shape(self._values[key])} in the policy")
+    # The graph's restore op reads the SavedModel's own key layout: write the
+    # values in that layout to a temporary checkpoint and run it on that.
+    with tempfile.TemporaryDirectory() as tmp:
+      prefix = os.path.join(tmp, "variables")
+      keys = sorted(values)
+      tf.raw_ops.SaveV2(prefix=prefix, tensor_names=keys, shape_and_slices=[""] * len(keys),
+                        tensors=[values[k] for k in keys])
+      self._restore_fn(tf.constant(prefix))
+    self._values = values
 
   def attribute(self, name):
     if name == "signatures":
