@@ -603,6 +603,17 @@ class Plan {
   }
 
   void ConvertLeaf(const Node& node, PyObject* value, CallState* state) const {
+    try {
+      ConvertLeafOrThrow(node, value, state);
+    } catch (const std::bad_alloc&) {
+      Raise(PyExc_ValueError, node.path + ": out of memory copying this leaf");
+    } catch (py::error_already_set& e) {
+      if (!e.matches(PyExc_MemoryError)) throw;
+      Raise(PyExc_ValueError, node.path + ": out of memory copying this leaf");
+    }
+  }
+
+  void ConvertLeafOrThrow(const Node& node, PyObject* value, CallState* state) const {
     const LeafSpec& spec = node.leaf;
     auto* want = reinterpret_cast<PyArray_Descr*>(spec.descr.ptr());
     py::object held = AsArray(node, value, state->batch);
