@@ -359,8 +359,7 @@ class Plan {
     sequence_type_ = py::module_::import("collections.abc").attr("Sequence");
   }
 
-  // Validates and converts; returns the list of `num_args` eager tensors.
-  // The argument list `Call` would pass. With `staging`, small leaves land in
+  // Validates and converts: the argument list (`num_args` tensors) `Call` would pass. With `staging`, small leaves land in
   // the plan's reused staging tensors, which the next call overwrites.
   py::list Flatten(py::handle time_step, py::handle policy_state, bool staging) const {
     CallState state;
@@ -415,7 +414,11 @@ class Plan {
   void ReturnStaging(std::unique_ptr<Staging> staging) const {
     if (!staging) return;
     pool_.push_back(std::move(staging));
-    if (pool_.size() > kMaxPooledStagings) pool_.erase(pool_.begin());
+    if (pool_.size() <= kMaxPooledStagings) return;
+    // Destroy the evicted set only once the pool is consistent again: freeing
+    // its tensors releases the GIL, letting other calls use the pool.
+    std::unique_ptr<Staging> evicted = std::move(pool_.front());
+    pool_.erase(pool_.begin());
   }
 
   py::list FlattenInto(py::handle time_step, py::handle policy_state,
@@ -526,10 +529,11 @@ class Plan {
                                   TypeName(original) + " of " + std::to_string(size));
     }
     for (size_t i = 0; i < node.children.size(); ++i) {
-      // Hold the item: converting it may run Python code that mutates a list.
-      py::object item = py::reinterpret_borrow<py::object>(PySequence_Fast_GET_ITEM(value, i));
+      // Converting an item may run Python code that mutates the list: check
+      // its size before each read and hold the item while converting it.
       if (PyList_Check(value) && PyList_GET_SIZE(value) != size)
         Raise(PyExc_ValueError, node.path + ": list changed size during the call");
+      py::object item = py::reinterpret_borrow<py::object>(PySequence_Fast_GET_ITEM(value, i));
       Walk(node.children[i], item.ptr(), state);
     }
   }

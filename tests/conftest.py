@@ -32,6 +32,18 @@ _BUILDERS = {
 }
 
 ALL_POLICIES = tuple(_BUILDERS)
+
+
+def scaled_checkpoint(fixture: SavedPolicy, directory: str, scale: float) -> str:
+  """`PolicySaver.save_checkpoint` of the fixture's policy with its weights times `scale`."""
+  for v in fixture.tf_policy.variables():
+    v.assign(v * scale)
+  try:
+    fixture.saver.save_checkpoint(directory)
+  finally:
+    for v in fixture.tf_policy.variables():
+      v.assign(v / scale)
+  return directory
 DETERMINISTIC = tuple(k for k, v in _BUILDERS.items() if v[1])
 
 

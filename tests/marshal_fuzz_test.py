@@ -17,22 +17,12 @@ from tensorflow.python.util import nest
 from policies import marshaling_plan
 from tf_agents.trajectories import policy_step
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
-_DTYPES = [tf.float32, tf.float64, tf.int32, tf.int64, tf.uint8, tf.bool, tf.float16, tf.int8]
-Pair = collections.namedtuple("Pair", ["left", "right"])
-Other = collections.namedtuple("Other", ["left", "right"])
+import spec_strategies
+from spec_strategies import Pair
 
-_LEAF_SPECS = st.builds(lambda dtype, shape: tf.TensorSpec([None] + shape, dtype),
-                        st.sampled_from(_DTYPES), st.lists(st.integers(0, 3), max_size=3))
-_KEYS = st.text("abcxyz", min_size=1, max_size=2)
-_SPEC_NESTS = st.recursive(
-    _LEAF_SPECS,
-    lambda children: st.one_of(
-        st.lists(children, min_size=1, max_size=3),
-        st.lists(children, min_size=1, max_size=3).map(tuple),
-        st.dictionaries(_KEYS, children, min_size=1, max_size=3),
-        st.builds(Pair, children, children)),
-    max_leaves=8)
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
+Other = collections.namedtuple("Other", ["left", "right"])
+_SPEC_NESTS = spec_strategies.spec_nests(max_leaves=8, min_dim=0)
 
 _JUNK = [None, "text", b"bytes", object(), 3 + 4j, {"k": 1}, [], [[1], [2, 3]], float("nan"),
          np.array(["a", "b"]), np.array([object(), None], dtype=object), np.float64(1.5),

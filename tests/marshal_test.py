@@ -1,7 +1,5 @@
 """The native marshaler: flatten order, zero-copy, output views, and validation."""
 
-import collections
-
 import hypothesis
 from hypothesis import strategies as st
 import numpy as np
@@ -13,25 +11,7 @@ from tf_agents.trajectories import time_step as ts
 from native import marshal
 from policies import PyTFEagerPolicyBase
 from policies import marshaling_plan
-
-_DTYPES = [tf.float32, tf.float64, tf.int32, tf.int64, tf.uint8, tf.bool, tf.float16]
-Pair = collections.namedtuple("Pair", ["left", "right"])
-
-
-def _spec_nests(max_leaves=12):
-  leaf = st.builds(
-      lambda dtype, shape: tf.TensorSpec([None] + shape, dtype),
-      st.sampled_from(_DTYPES), st.lists(st.integers(1, 3), max_size=3))
-  keys = st.text("abcdefgh", min_size=1, max_size=3)
-  return st.recursive(
-      leaf,
-      lambda children: st.one_of(
-          st.lists(children, min_size=1, max_size=3),
-          st.lists(children, min_size=1, max_size=3).map(tuple),
-          st.dictionaries(keys, children, min_size=1, max_size=3),
-          st.builds(Pair, children, children)),
-      max_leaves=max_leaves)
-
+import spec_strategies
 
 def _values_for(spec_nest, outer, rng):
   def make(spec):
@@ -48,7 +28,7 @@ def _plan(time_step_spec, state_spec, batch_time_steps, fixed=None):
 
 
 @hypothesis.settings(max_examples=150, deadline=None)
-@hypothesis.given(ts_spec=_spec_nests(), state_spec=_spec_nests(6), seed=st.integers(0, 2**16),
+@hypothesis.given(ts_spec=spec_strategies.spec_nests(), state_spec=spec_strategies.spec_nests(6), seed=st.integers(0, 2**16),
                   batch_time_steps=st.booleans())
 def test_flatten_order_and_values_equal_tf_nest_flatten(ts_spec, state_spec, seed, batch_time_steps):
   rng = np.random.default_rng(seed)
@@ -199,55 +179,7 @@ def test_unbatched_outputs_are_views_of_the_result():
   assert action.shape == (3,) and not action.flags.owndata and action.base is not None
 
 
-# -- Bad input: a clear first line naming the field, and the plan still works. --
-
-_BAD_INPUTS = [
-    ("wrong dtype", lambda s, st_: (s._replace(observation={**s.observation, "img": s.observation["img"].astype(np.float64)}), st_),
-     TypeError, r"^time_step\.observation\['img'\]: expected float32\[4,4,1\], got float64\[4,4,1\]"),
-    ("float step_type", lambda s, st_: (s._replace(step_type=np.float32(0)), st_),
-     TypeError, r"^time_step\.step_type: expected int32\[\], got float32\[\]"),
-    ("python float step_type", lambda s, st_: (s._replace(step_type=0.5), st_),
-     TypeError, r"^time_step\.step_type: expected int32\[\], got float"),
-    ("wrong shape", lambda s, st_: (s._replace(observation={**s.observation, "img": np.zeros((4, 4), np.float32)}), st_),
-     ValueError, r"^time_step\.observation\['img'\]: expected float32\[4,4,1\], got float32\[4,4\]"),
-    ("batched where unbatched expected", lambda s, st_: (_good_step(1), st_),
-     ValueError, r"^time_step\.step_type: expected int32\[\], got int32\[1\] \(a batched step\?"),
-    ("missing key", lambda s, st_: (s._replace(observation={"img": s.observation["img"]}), st_),
-     ValueError, r"^time_step\.observation\['pos'\]: missing key"),
-    ("extra key", lambda s, st_: (s._replace(observation={**s.observation, "zzz": np.zeros(1)}), st_),
-     ValueError, r"^time_step\.observation: unexpected key 'zzz'"),
-    ("None leaf", lambda s, st_: (s._replace(reward=None), st_),
-     TypeError, r"^time_step\.reward: expected float32\[\], got None"),
-    ("string leaf", lambda s, st_: (s._replace(reward="0.5"), st_),
-     TypeError, r"^time_step\.reward: expected float32\[\], got str"),
-    ("object array", lambda s, st_: (s._replace(observation={**s.observation, "pos": np.array([1, "a", None], dtype=object)}), st_),
-     TypeError, r"^time_step\.observation\['pos'\]: expected float64\[3\], got object\[3\]"),
-    ("arbitrary object", lambda s, st_: (s._replace(discount=object()), st_),
-     TypeError, r"^time_step\.discount: expected float32\[\], got object"),
-    ("ragged list", lambda s, st_: (s._replace(observation={**s.observation, "pos": [1.0, [2.0, 3.0]]}), st_),
-     ValueError, r"^time_step\.observation\['pos'\]: expected float64\[3\], got a list"),
-    ("dict for TimeStep", lambda s, st_: (dict(s._asdict()), st_),
-     TypeError, r"^time_step: expected TimeStep\(step_type, reward, discount, observation\), got dict"),
-    ("plain tuple for TimeStep", lambda s, st_: (tuple(s), st_),
-     TypeError, r"^time_step: expected TimeStep\(.*\), got tuple"),
-    ("missing state", lambda s, st_: (s, ()),
-     ValueError, r"^policy_state: expected a list or tuple of 2, got tuple of 0"),
-    ("state without batch", lambda s, st_: (s, [np.zeros(8, np.float32)] * 2),
-     ValueError, r"^policy_state\[0\]: expected float32\[1,8\], got float32\[8\] \(missing the batch"),
-    ("state of wrong type", lambda s, st_: (s, "state"),
-     TypeError, r"^policy_state: expected a list or tuple of 2, got str"),
-]
-
-
-@pytest.mark.parametrize("name,mutate,error,pattern", _BAD_INPUTS, ids=[c[0] for c in _BAD_INPUTS])
-def test_bad_input_raises_a_clear_error_and_plan_keeps_working(name, mutate, error, pattern):
-  plan = _plan(_SIMPLE_TS, _STATE, batch_time_steps=True)
-  step, state = mutate(_good_step(), _good_state())
-  with pytest.raises(error, match=pattern):
-    plan.flatten(step, state)
-  good = plan.flatten(_good_step(), _good_state())
-  np.testing.assert_array_equal(good[3].numpy(), np.ones((1, 4, 4, 1)))
-
+# -- Validation details (the bad-input table runs through the policy in sturdiness_test). --
 
 def test_inconsistent_batch_names_both_fields():
   plan = _plan(_SIMPLE_TS, _STATE, batch_time_steps=False)

@@ -203,20 +203,10 @@ def test_train_step_metadata_and_variables(saved):
   assert policy.get_train_step_from_last_restored_checkpoint_path() is None
 
 
-def _perturbed_checkpoint(fixture, directory, scale):
-  for v in fixture.tf_policy.variables():
-    v.assign(v * scale)
-  try:
-    fixture.saver.save_checkpoint(directory)
-  finally:
-    for v in fixture.tf_policy.variables():
-      v.assign(v / scale)
-
-
 def test_update_from_checkpoint_changes_weights_and_outputs(saved, tmp_path):
   fixture = saved("lstm_actor")
   checkpoint = str(tmp_path / "policy_checkpoint_0000001234")
-  _perturbed_checkpoint(fixture, checkpoint, scale=-2.0)
+  conftest.scaled_checkpoint(fixture, checkpoint, scale=-2.0)
   policy = SavedModelPyTFEagerPolicy(fixture.path, load_specs_from_pbtxt=True)
   theirs = tfa_eager.SavedModelPyTFEagerPolicy(fixture.path, load_specs_from_pbtxt=True)
   step = _time_steps(policy.time_step_spec, 1)[0]

@@ -14,6 +14,7 @@ from tf_agents.policies import py_tf_eager_policy as tfa_eager
 from tf_agents.trajectories import time_step as ts
 
 from policies import CheckpointFollower, SavedModelPyTFEagerPolicy, UnsafeGraphError
+from conftest import scaled_checkpoint
 from tools import policy_zoo
 
 
@@ -38,6 +39,10 @@ _BAD_CALLS = [
      TypeError, rf"^{_OBS}\['position'\]: expected float32\[3\], got float64\[3\]$"),
     ("float step_type", lambda s, st: (s._replace(step_type=np.float32(1)), st),
      TypeError, r"^time_step\.step_type: expected int32\[\], got float32\[\]$"),
+    ("python float step_type", lambda s, st: (s._replace(step_type=0.5), st),
+     TypeError, r"^time_step\.step_type: expected int32\[\], got float of float64\[\]$"),
+    ("ragged list", lambda s, st: (s._replace(observation={**s.observation, "velocity": [1.0, [2.0]]}), st),
+     ValueError, rf"^{_OBS}\['velocity'\]: expected float32\[2\], got a list that is not a regular array$"),
     ("wrong rank", lambda s, st: (s._replace(observation={**s.observation, "velocity": np.zeros((2, 1), np.float32)}), st),
      ValueError, rf"^{_OBS}\['velocity'\]: expected float32\[2\], got float32\[2,1\]$"),
     ("batched step for unbatched policy", lambda s, st: (_lstm_step(batch=1), st),
@@ -125,18 +130,6 @@ def _snapshot(policy, step, state):
   return [v.numpy().copy() for v in policy.variables()], policy.action(step, state).action.copy()
 
 
-def _checkpoint(fixture, directory, scale):
-  """A PolicySaver checkpoint of the fixture's policy with weights scaled by `scale`."""
-  for v in fixture.tf_policy.variables():
-    v.assign(v * scale)
-  try:
-    fixture.saver.save_checkpoint(directory)
-  finally:
-    for v in fixture.tf_policy.variables():
-      v.assign(v / scale)
-  return directory
-
-
 def _damage_checkpoint(directory, how):
   variables = os.path.join(directory, "variables")
   data = [f for f in os.listdir(variables) if ".data-" in f][0]
@@ -161,7 +154,7 @@ def test_failed_update_names_the_checkpoint_and_changes_nothing(saved, tmp_path,
   policy = _policy(saved)
   step, state = _lstm_step(), policy.get_initial_state()
   # A good update first, so both loaded copies exist and the standby holds older weights.
-  policy.update_from_checkpoint(_checkpoint(fixture, str(tmp_path / "good_0000000005"), 0.5))
+  policy.update_from_checkpoint(scaled_checkpoint(fixture, str(tmp_path / "good_0000000005"), 0.5))
   variables, action = _snapshot(policy, step, state)
   if how == "missing directory":
     bad = str(tmp_path / "absent_0000000009")
@@ -170,7 +163,7 @@ def test_failed_update_names_the_checkpoint_and_changes_nothing(saved, tmp_path,
     bad = str(tmp_path / "other_0000000009")
     other.saver.save_checkpoint(bad)
   else:
-    bad = _checkpoint(fixture, str(tmp_path / "bad_0000000009"), 3.0)
+    bad = scaled_checkpoint(fixture, str(tmp_path / "bad_0000000009"), 3.0)
     _damage_checkpoint(bad, how)
   with pytest.raises(error, match=bad):
     policy.update_from_checkpoint(bad)
@@ -238,8 +231,8 @@ def test_legacy_export_loads_and_acts_like_the_original(legacy, batch_time_steps
 
 def test_actions_during_100_swaps_use_old_or_new_weights_never_a_mix(saved, tmp_path):
   fixture = saved("lstm_actor")
-  a = _checkpoint(fixture, str(tmp_path / "a_0000000001"), 1.0)
-  b = _checkpoint(fixture, str(tmp_path / "b_0000000002"), -2.0)
+  a = scaled_checkpoint(fixture, str(tmp_path / "a_0000000001"), 1.0)
+  b = scaled_checkpoint(fixture, str(tmp_path / "b_0000000002"), -2.0)
   policy = _policy(saved)
   step, state = _lstm_step(), policy.get_initial_state()
   policy.update_from_checkpoint(a)
@@ -304,11 +297,11 @@ def test_follower_applies_the_newest_complete_checkpoint(saved, tmp_path):
   fixture = saved("lstm_actor")
   policy = _policy(saved)
   root = tmp_path / "learner"
-  _checkpoint(fixture, str(root / "policy_checkpoint_0000000010"), 0.5)
-  _checkpoint(fixture, str(root / "policy_checkpoint_0000000020"), 0.7)
-  _damage_checkpoint(_checkpoint(fixture, str(root / "policy_checkpoint_0000000030"), 0.9),
+  scaled_checkpoint(fixture, str(root / "policy_checkpoint_0000000010"), 0.5)
+  scaled_checkpoint(fixture, str(root / "policy_checkpoint_0000000020"), 0.7)
+  _damage_checkpoint(scaled_checkpoint(fixture, str(root / "policy_checkpoint_0000000030"), 0.9),
                      "truncated data")
-  writing = _checkpoint(fixture, str(root / "policy_checkpoint_0000000040"), 1.1)
+  writing = scaled_checkpoint(fixture, str(root / "policy_checkpoint_0000000040"), 1.1)
   index = os.path.join(writing, "variables", "variables.index")
   os.rename(index, index + ".tmp")  # still being written: no index yet
   follower = CheckpointFollower(policy, str(root))

@@ -5,7 +5,7 @@ def pytest_test(name, srcs = None, deps = [], data = [], **kwargs):
     srcs = srcs or [name + ".py"]
     native.py_test(
         name = name,
-        srcs = srcs + ["conftest.py", "pytest_main.py"],
+        srcs = srcs + ["conftest.py", "pytest_main.py", "spec_strategies.py"],
         main = srcs[0],
         python_version = "PY3",
         srcs_version = "PY3",

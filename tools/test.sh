@@ -5,14 +5,19 @@ set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash tools/setup.sh || exit 1
-bazel test //... "$@"
-status=$?
+output="$(mktemp)"
+trap 'rm -f "$output"' EXIT
+bazel test //... "$@" 2>&1 | tee "$output"
+status=${PIPESTATUS[0]}
 testlogs="$(bazel info bazel-testlogs 2>/dev/null)"
+# The test targets this run reported, e.g. "//tests:marshal_test   (cached) PASSED in 4.1s".
 read -r passed failed < <(
-  find -L "$testlogs" -name test.log 2>/dev/null | sort | while IFS= read -r log; do
+  grep -oE '^//[^ ]+' <(grep -E '^//[^ ]+ +(\(cached\) )?(PASSED|FAILED|TIMEOUT|FLAKY|NO STATUS|INCOMPLETE)' "$output") |
+  while IFS= read -r target; do
+    log="$testlogs/$(sed -E 's#^//##; s#:#/#' <<<"$target")/test.log"
     # pytest's closing line, e.g. "== 3 failed, 25 passed, 2 warnings in 9.1s =="
-    line="$(grep -E '[0-9]+ (passed|failed|error)' "$log" | tail -n 1)"
-    [ -n "$line" ] || line="1 failed"   # crashed before pytest reported
+    line="$(grep -E '[0-9]+ (passed|failed|error)' "$log" 2>/dev/null | tail -n 1)"
+    [ -n "$line" ] || line="1 failed"   # no log, or crashed before pytest reported
     echo "$line"
   done | awk '{ for (i = 1; i < NF; i++) {
                   if ($(i+1) ~ /^passed/) p += $i
