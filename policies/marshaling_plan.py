@@ -151,7 +151,7 @@ def build_native_plan(time_step_spec, policy_state_spec, output_structure, num_o
                       batch_time_steps: bool, fixed_batch: int | None,
                       input_slots: Optional[tuple] = None,
                       output_indices: Optional[tuple] = None):
-  """The native `Plan` for batched signature specs; also returns the flat input specs.
+  """The native `Plan` for nests of batched signature specs.
 
   With `batch_time_steps`, time-step leaves come unbatched (a batch of 1 is
   added) and state leaves come with a batch of 1; otherwise every leaf carries
@@ -169,7 +169,7 @@ def build_native_plan(time_step_spec, policy_state_spec, output_structure, num_o
   if counter[0] != num_outputs:
     raise ValueError(f"action function returns {num_outputs} tensors but its output "
                      f"structure has {counter[0]} leaves")
-  return marshal.Plan(ts_tree, state_tree, out_tree, len(slots), _tf_runtime()), tuple(slots)
+  return marshal.Plan(ts_tree, state_tree, out_tree, len(slots), _tf_runtime())
 
 
 class MarshalingPlan:
@@ -186,7 +186,7 @@ class MarshalingPlan:
           f"on single unbatched time steps; create it with batch_time_steps=False and "
           f"pass batches of {fixed}")
 
-    self._native, self.input_specs = build_native_plan(
+    self._native = build_native_plan(
         function.time_step_spec, function.policy_state_spec, function.output_structure,
         function.num_outputs, batch_time_steps, fixed, function.input_slots,
         function.output_indices)

@@ -129,7 +129,7 @@ def _cases(draw):
 def test_every_case_succeeds_correctly_or_raises_value_or_type_error(case):
   ts_spec, state_spec, batch_time_steps, time_step, state, staging = case
   output = policy_step.PolicyStep(tf.TensorSpec([None], tf.float32), (), ())
-  plan, _ = marshaling_plan.build_native_plan(ts_spec, state_spec, output, 1,
+  plan = marshaling_plan.build_native_plan(ts_spec, state_spec, output, 1,
                                               batch_time_steps, None)
   try:
     flat = plan.flatten(time_step, state, staging)

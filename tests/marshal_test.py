@@ -22,7 +22,7 @@ def _values_for(spec_nest, outer, rng):
 
 def _plan(time_step_spec, state_spec, batch_time_steps, fixed=None):
   output = policy_step.PolicyStep(action=tf.TensorSpec([None], tf.float32), state=(), info=())
-  plan, _ = marshaling_plan.build_native_plan(time_step_spec, state_spec, output, 1,
+  plan = marshaling_plan.build_native_plan(time_step_spec, state_spec, output, 1,
                                               batch_time_steps, fixed)
   return plan
 
