@@ -28,7 +28,7 @@ UNSAFE_FAMILIES: Dict[str, re.Pattern] = {
 # Other families, only for reporting.
 _REPORT_FAMILIES = [
     ("random", re.compile(r"Random|Multinomial|TruncatedNormal|^Stateful(Uniform|StandardNormal)|^Rng")),
-    ("variables", re.compile(r"Variable|^ReadVariableOp$|^AssignVariableOp$|^Assign")),
+    ("variables", re.compile(r"Variable|^VarHandleOp$|^Assign")),
     ("function calls", re.compile(r"PartitionedCall$|^If$|^While$|^StatelessIf$|^StatelessWhile$|^Case$")),
     ("tensor plumbing", re.compile(r"^(Identity|IdentityN|NoOp|Const|Placeholder|Shape|Reshape|"
                                    r"Pack|Unpack|ConcatV2|StridedSlice|Squeeze|ExpandDims|Fill|"

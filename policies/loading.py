@@ -80,7 +80,7 @@ class LoadedPolicy:
 
   path: str
   action: marshaling_plan.ActionFunction
-  signatures_only: bool = False
+  mode: str = "object graph"
 
   def get_initial_state(self, batch_size: Optional[int]):
     raise NotImplementedError
@@ -184,11 +184,10 @@ class SignaturePolicy(LoadedPolicy):
   with `register_function` live only in the object graph: not available.
   """
 
-  signatures_only = True
-
   def __init__(self, path: str, policy_specs: specs_lib.PolicySpecs, reason: str):
     self.path = path
     self.reason = reason
+    self.mode = f"flat signatures only ({reason})"
     try:
       self.obj = load_v1_in_v2.load(path, ["serve"])
     except Exception as e:  # pylint: disable=broad-except
@@ -283,7 +282,8 @@ class SignaturePolicy(LoadedPolicy):
     for key, value in self._values.items():
       match = re.fullmatch(pattern, key)
       if match:
-        found[match.group(1)] = np.asarray(value)
+        # Strings as TF returns them: object arrays of bytes.
+        found[match.group(1)] = np.asarray(value, dtype=object if isinstance(value, bytes) else None)
     return found
 
   def get_train_step(self):

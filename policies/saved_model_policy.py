@@ -280,6 +280,11 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     except core._NotOkStatusException as e:  # pylint: disable=protected-access
       _raise_runtime_error(e)
 
+  @property
+  def load_mode(self) -> str:
+    """"object graph", or "flat signatures only (why)" for undecodable exports."""
+    return self._active.loaded.mode
+
   def op_families(self) -> dict:
     """{family: op types} over every function of the policy (see `graph_audit`)."""
     return graph_audit.families(set().union(*self._ops_by_function.values()))

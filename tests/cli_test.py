@@ -20,7 +20,7 @@ def test_inspect_default_policy_lists_specs_signatures_and_ops():
   with contextlib.redirect_stdout(out):
     assert policy_cli.main(["inspect"]) == 0
   text = out.getvalue()
-  for expected in ("time_step_spec", "observation: float32[4]", "action(", "get_initial_state(",
+  for expected in ("loaded from: object graph", "time_step_spec", "observation: float32[4]", "action(", "get_initial_state(",
                    "train step:", "env_name: array(b'CartPole-v0'", "op families", "variables:"):
     assert expected in text, expected
 

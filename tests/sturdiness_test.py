@@ -213,11 +213,13 @@ def test_legacy_export_loads_and_acts_like_the_original(legacy, batch_time_steps
   reference = np.load(os.path.join(legacy, "reference.npz"))
   policy = SavedModelPyTFEagerPolicy(os.path.join(legacy, "policy"), load_specs_from_pbtxt=True,
                                      batch_time_steps=batch_time_steps)
+  assert policy.load_mode.startswith("flat signatures only (The type 'legacy_test.WrappedSpec'")
   np.testing.assert_allclose(_legacy_rollout(policy, batch_time_steps, reference), reference["before"],
                              rtol=1e-6, atol=1e-6)
   assert policy.get_train_step() == 42
   metadata = policy.get_metadata()
   assert metadata["env_name"] == b"test-env" and metadata["version"] == 3
+  assert metadata["env_name"].dtype == object  # as TF returns strings
   assert len(policy.variables()) == len(policy_zoo.lstm_actor_policy().variables())
   policy.update_from_checkpoint(os.path.join(legacy, "policy_checkpoint_0000000077"))
   assert policy.get_train_step_from_last_restored_checkpoint_path() == 77

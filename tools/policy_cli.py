@@ -43,6 +43,7 @@ def inspect(model_dir: str, allow_unsafe_ops: bool = False) -> None:
   policy = SavedModelPyTFEagerPolicy(model_dir, load_specs_from_pbtxt=True,
                                      allow_unsafe_ops=allow_unsafe_ops)
   print(f"policy: {_describe(model_dir)}")
+  print(f"  loaded from: {policy.load_mode}")
   for name in ("time_step_spec", "action_spec", "policy_state_spec", "info_spec"):
     print(f"  {name}:\n{_format_spec_nest(getattr(policy, name))}")
   print("  signatures:")
