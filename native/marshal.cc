@@ -392,10 +392,6 @@ class Plan {
     return PackOutputs(outputs, state.aliased);
   }
 
-  py::object Pack(py::handle outputs) const {
-    return PackOutputs(outputs, {});
-  }
-
  private:
   std::unique_ptr<Staging> TakeStaging(int batch) const {
     for (size_t i = pool_.size(); i-- > 0;) {
@@ -885,7 +881,6 @@ PYBIND11_MODULE(_marshal, m) {
            py::arg("num_args"), py::arg("runtime"))
       .def("flatten", &Plan::Flatten, py::arg("time_step"), py::arg("policy_state"),
            py::arg("staging") = false)
-      .def("pack", &Plan::Pack, py::arg("outputs"))
       .def("call", &Plan::Call, py::arg("time_step"), py::arg("policy_state"),
            py::arg("execute"), py::arg("function_name"), py::arg("captures"),
            py::arg("attrs"), py::arg("num_outputs"));

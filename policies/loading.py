@@ -14,6 +14,7 @@ Either way the result offers the same members. File problems become
 
 from __future__ import annotations
 
+import abc
 import os
 import re
 import tempfile
@@ -75,35 +76,40 @@ def read_saved_model_proto(model_path: str) -> saved_model_pb2.SavedModel:
   return proto
 
 
-class LoadedPolicy:
+class LoadedPolicy(abc.ABC):
   """One loaded copy of a policy: its action function and its other members."""
 
   path: str
   action: marshaling_plan.ActionFunction
   mode: str = "object graph"
 
-  def get_initial_state(self, batch_size: Optional[int]):
-    raise NotImplementedError
+  @abc.abstractmethod
+  def get_initial_state(self, batch_size: int):
+    """The initial policy state for `batch_size` environments (nest of tensors)."""
 
+  @abc.abstractmethod
   def get_train_step(self) -> np.ndarray:
-    raise NotImplementedError
+    """The train step variable's value."""
 
+  @abc.abstractmethod
   def get_metadata(self) -> Dict[str, np.ndarray]:
-    raise NotImplementedError
+    """The metadata variables' values by name."""
 
+  @abc.abstractmethod
   def variables(self) -> list:
-    raise NotImplementedError
+    """The model variables."""
 
+  @abc.abstractmethod
   def restore(self, checkpoint_prefix: str) -> None:
     """Reads every variable from a checkpoint (raises on any mismatch)."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def attribute(self, name: str):
-    raise AttributeError(name)
+    """Another member of the SavedModel (e.g. a registered function)."""
 
+  @abc.abstractmethod
   def functions(self) -> Dict[str, list]:
     """Name -> concrete functions the policy can run (for the graph audit)."""
-    raise NotImplementedError
 
 
 class ObjectGraphPolicy(LoadedPolicy):
@@ -117,6 +123,9 @@ class ObjectGraphPolicy(LoadedPolicy):
                        "export: it has no `action` function")
     self.action = marshaling_plan.action_function_from_concrete(self._action_concrete())
     self._checkpoint = tf.train.Checkpoint(policy=saved)
+    self._initial_state_takes_batch_size = any(
+        tf.nest.flatten(c.structured_input_signature)
+        for c in saved.get_initial_state.concrete_functions)
 
   def _action_concrete(self):
     candidates = []
@@ -131,12 +140,9 @@ class ObjectGraphPolicy(LoadedPolicy):
     return min(candidates, key=lambda c: len(c.structured_input_signature[0]))
 
   def get_initial_state(self, batch_size):
-    if batch_size is None:
-      return self.saved.get_initial_state()
-    try:
+    if self._initial_state_takes_batch_size:
       return self.saved.get_initial_state(batch_size=batch_size)
-    except (TypeError, ValueError):  # exported with a fixed batch size: no argument
-      return self.saved.get_initial_state()
+    return self.saved.get_initial_state()  # exported with a fixed batch size
 
   def get_train_step(self):
     return np.asarray(self.saved.get_train_step())

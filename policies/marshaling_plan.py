@@ -218,7 +218,3 @@ class MarshalingPlan:
     until the next call; without, every tensor is the caller's own.
     """
     return self._native.flatten(time_step, policy_state, staging)
-
-  def pack(self, flat_outputs) -> policy_step.PolicyStep:
-    """Packs flat output tensors into the policy step nest."""
-    return self._native.pack(flat_outputs)

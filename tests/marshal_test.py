@@ -50,8 +50,8 @@ def aligned(shape, dtype, offset=0):
   """An array whose data starts `offset` bytes past a 64-byte boundary."""
   dtype = np.dtype(dtype)
   nbytes = int(np.prod(shape)) * dtype.itemsize
-  raw = np.empty(nbytes + 128, np.uint8)
-  start = (-raw.ctypes.data) % 64 + offset
+  raw = np.empty(nbytes + 2 * marshal.ALIGNMENT, np.uint8)
+  start = (-raw.ctypes.data) % marshal.ALIGNMENT + offset
   return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
@@ -134,7 +134,7 @@ def test_other_leaves_are_copied_once_into_aligned_buffers(make):
   step = _good_step()._replace(observation={"img": img, "pos": np.zeros(3)})
   tensor = plan.flatten(step, _good_state())[3]
   assert _address(tensor) != img.__array_interface__["data"][0]
-  assert _address(tensor) % 64 == 0
+  assert _address(tensor) % marshal.ALIGNMENT == 0
   np.testing.assert_array_equal(tensor.numpy()[0], img)
 
 
