@@ -224,6 +224,7 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     self._standby: Optional[_PolicyCopy] = None
     self._copy_lock = threading.Lock()     # guards _active and in_flight counts
     self._update_lock = threading.Lock()   # one update at a time
+    self._allow_unsafe_ops = allow_unsafe_ops
     self._ops_by_function = graph_audit.audit(self._active.loaded.functions(), model_path,
                                               allow_unsafe_ops)
     super().__init__(None, policy_specs.time_step_spec, policy_specs.action_spec,
@@ -343,6 +344,8 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
 
   def _load_copy(self) -> _PolicyCopy:
     loaded = loading.load(self._model_path, self._policy_specs)
+    # The files are read again: audit them again.
+    graph_audit.audit(loaded.functions(), self._model_path, self._allow_unsafe_ops)
     if not self._plan.accepts(loaded.action):
       raise ValueError(f"{self._model_path} changed on disk since it was loaded")
     return _PolicyCopy(loaded)
