@@ -29,10 +29,6 @@ def _to_numpy(nest):
   return tf.nest.map_structure(np.asarray, nest)
 
 
-def _raise_runtime_error(error: core._NotOkStatusException):  # pylint: disable=protected-access
-  raise core._status_to_exception(error) from None  # pylint: disable=protected-access
-
-
 class PyTFEagerPolicyBase(py_policy.PyPolicy):
   """A `PyPolicy` running a TF policy's `action` graph on numpy inputs.
 
@@ -109,10 +105,14 @@ class PyTFEagerPolicyBase(py_policy.PyPolicy):
   def _action(self, time_step, policy_state, seed: Optional[Any] = None):
     if seed is not None:
       self._check_seed(seed)
+    return self._run(time_step, policy_state, self._plan.function)
+
+  def _run(self, time_step, policy_state, function: marshaling_plan.ActionFunction):
+    """One call of `function` through the plan, with TF runtime errors as tf.errors."""
     try:
-      return self._plan.call(time_step, policy_state, self._plan.function)
+      return self._plan.call(time_step, policy_state, function)
     except core._NotOkStatusException as e:  # pylint: disable=protected-access
-      _raise_runtime_error(e)
+      raise core._status_to_exception(e) from None  # pylint: disable=protected-access
 
   def _get_initial_state(self, batch_size: Optional[int]):
     if not tf.nest.flatten(self._policy_state_spec):
@@ -258,9 +258,7 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
       copy = self._active
       copy.in_flight += 1
     try:
-      return self._plan.call(time_step, policy_state, copy.loaded.action)
-    except core._NotOkStatusException as e:  # pylint: disable=protected-access
-      _raise_runtime_error(e)
+      return self._run(time_step, policy_state, copy.loaded.action)
     finally:
       with self._copy_lock:
         copy.in_flight -= 1
@@ -272,14 +270,14 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     if any(None in s.shape.as_list()[1:] for s in tf.nest.flatten(specs)):
       return  # unknown inner dimensions: nothing sensible to feed
     batch = self._plan.fixed_batch_size or 1
-    inner = lambda nest: tf.nest.map_structure(lambda s: tf.TensorSpec(s.shape[1:], s.dtype), nest)
-    time_step = specs_lib.zeros(inner(function.time_step_spec),
+
+    def unbatched(spec_nest):
+      return tf.nest.map_structure(lambda s: tf.TensorSpec(s.shape[1:], s.dtype), spec_nest)
+
+    time_step = specs_lib.zeros(unbatched(function.time_step_spec),
                                 () if self._batch_time_steps else (batch,))
-    state = specs_lib.zeros(inner(function.policy_state_spec), (batch,))
-    try:
-      self._plan.call(time_step, state, function)
-    except core._NotOkStatusException as e:  # pylint: disable=protected-access
-      _raise_runtime_error(e)
+    state = specs_lib.zeros(unbatched(function.policy_state_spec), (batch,))
+    self._run(time_step, state, function)
 
   @property
   def load_mode(self) -> str:
