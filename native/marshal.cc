@@ -354,6 +354,9 @@ class Plan {
     eager_tensor_ = runtime["eager_tensor"];
     context_handle_ = runtime["context_handle"];
     device_ = runtime["device"];
+    execute_ = runtime["execute"];
+    attrs_ = runtime["attrs"];
+    num_outputs_ = runtime["num_outputs"];
     numpy_method_ = py::str("_numpy_internal");
     mapping_type_ = py::module_::import("collections.abc").attr("Mapping");
     sequence_type_ = py::module_::import("collections.abc").attr("Sequence");
@@ -370,9 +373,9 @@ class Plan {
   }
 
   // Flatten + execute + pack, all in one pass.
-  py::object Call(py::handle time_step, py::handle policy_state, py::handle execute,
-                  py::handle function_name, py::tuple captures, py::handle attrs,
-                  int num_outputs) const {
+  // `function_name` and `captures` pick the loaded copy of the function to run.
+  py::object Call(py::handle time_step, py::handle policy_state, py::handle function_name,
+                  py::tuple captures) const {
     CallState state;
     state.use_staging = true;
     struct Lease {
@@ -387,8 +390,8 @@ class Plan {
       PyList_SET_ITEM(args.ptr(), num_args_ + i, c);
     }
     py::object outputs = Steal(PyObject_CallFunctionObjArgs(
-        execute.ptr(), context_handle_.ptr(), device_.ptr(), function_name.ptr(),
-        args.ptr(), attrs.ptr(), py::int_(num_outputs).ptr(), nullptr));
+        execute_.ptr(), context_handle_.ptr(), device_.ptr(), function_name.ptr(),
+        args.ptr(), attrs_.ptr(), num_outputs_.ptr(), nullptr));
     return PackOutputs(outputs, state.aliased);
   }
 
@@ -863,7 +866,7 @@ class Plan {
   OutNode output_;
   int num_args_;
   py::object from_dlpack_, eager_tensor_, context_handle_, device_, numpy_method_, mapping_type_,
-      sequence_type_;
+      sequence_type_, execute_, attrs_, num_outputs_;
 };
 
 }  // namespace
@@ -882,8 +885,7 @@ PYBIND11_MODULE(_marshal, m) {
       .def("flatten", &Plan::Flatten, py::arg("time_step"), py::arg("policy_state"),
            py::arg("staging") = false)
       .def("call", &Plan::Call, py::arg("time_step"), py::arg("policy_state"),
-           py::arg("execute"), py::arg("function_name"), py::arg("captures"),
-           py::arg("attrs"), py::arg("num_outputs"));
+           py::arg("function_name"), py::arg("captures"));
   m.def("live_exported_leaves", [] { return g_live_leaves.load(); },
         "Input buffers currently lent to TensorFlow (0 when no call is running).");
 }

@@ -190,7 +190,8 @@ class SignaturePolicy(LoadedPolicy):
   with `register_function` live only in the object graph: not available.
   """
 
-  def __init__(self, path: str, policy_specs: specs_lib.PolicySpecs, reason: str):
+  def __init__(self, path: str, proto: saved_model_pb2.SavedModel,
+               policy_specs: specs_lib.PolicySpecs, reason: str):
     self.path = path
     self.reason = reason
     self.mode = f"flat signatures only ({reason})"
@@ -199,7 +200,7 @@ class SignaturePolicy(LoadedPolicy):
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f"cannot load SavedModel {path} from its signatures either: "
                        f"{first_line(e)} (object graph: {reason})") from None
-    self._restore_fn = self._make_restore_fn(path)
+    self._restore_fn = self._make_restore_fn(proto.meta_graphs[0].saver_def)
     # Checkpoint key -> value of every saved variable, as last restored.
     self._values = self._read_values(os.path.join(path, VARIABLES_PREFIX), keys=None)
     self.action = self._action_function(policy_specs)
@@ -251,8 +252,7 @@ class SignaturePolicy(LoadedPolicy):
         output_indices=tuple(output_order),
     )
 
-  def _make_restore_fn(self, path):
-    saver_def = read_saved_model_proto(path).meta_graphs[0].saver_def
+  def _make_restore_fn(self, saver_def):
     graph = self.obj.graph
     return self.obj.prune(feeds=[graph.as_graph_element(saver_def.filename_tensor_name)],
                           fetches=[graph.as_graph_element(saver_def.restore_op_name)])
@@ -341,11 +341,11 @@ def load(model_path: str, policy_specs: specs_lib.PolicySpecs) -> LoadedPolicy:
     FileNotFoundError: the directory or its saved_model.pb is missing.
     ValueError: the SavedModel cannot be parsed or has no usable `action`.
   """
-  read_saved_model_proto(model_path)  # clear errors for missing/corrupt files
+  proto = read_saved_model_proto(model_path)  # clear errors for missing/corrupt files
   try:
     saved = tf.saved_model.load(model_path)
   except Exception as e:  # pylint: disable=broad-except
     if _UNDECODABLE_SPEC.search(str(e)):
-      return SignaturePolicy(model_path, policy_specs, reason=first_line(e))
+      return SignaturePolicy(model_path, proto, policy_specs, reason=first_line(e))
     raise ValueError(f"cannot load SavedModel {model_path}: {first_line(e)}") from None
   return ObjectGraphPolicy(model_path, saved)

@@ -22,25 +22,25 @@ from native import marshal
 from tf_agents.trajectories import policy_step
 
 
-def _tf_runtime() -> dict:
-  ctx = context.context()
-  ctx.ensure_initialized()
-  return {
-      "from_dlpack": pywrap_tfe.TFE_FromDlpackCapsule,
-      "eager_tensor": ops.EagerTensor,
-      "context_handle": ctx._handle,  # pylint: disable=protected-access
-      "device": ctx.device_name,
-  }
-
-
 SINGLE_THREADED_EXECUTOR = "SINGLE_THREADED_EXECUTOR"
 
 
-def _call_attrs(executor_type: str) -> tuple:
-  attrs = context.context().function_call_options.as_attrs()
+def _tf_runtime(num_outputs: int, executor_type: str) -> dict:
+  """What every call passes to TF's executor, resolved once."""
+  ctx = context.context()
+  ctx.ensure_initialized()
+  attrs = ctx.function_call_options.as_attrs()
   if executor_type:
     attrs["executor_type"] = executor_type
-  return tuple(item for pair in attrs.items() for item in pair)
+  return {
+      "from_dlpack": pywrap_tfe.TFE_FromDlpackCapsule,
+      "eager_tensor": ops.EagerTensor,
+      "execute": pywrap_tfe.TFE_Py_Execute,
+      "context_handle": ctx._handle,  # pylint: disable=protected-access
+      "device": ctx.device_name,
+      "attrs": tuple(item for pair in attrs.items() for item in pair),
+      "num_outputs": num_outputs,
+  }
 
 
 def _is_namedtuple(value) -> bool:
@@ -150,7 +150,8 @@ def leading_batch(spec_nest) -> int | None:
 def build_native_plan(time_step_spec, policy_state_spec, output_structure, num_outputs: int,
                       batch_time_steps: bool, fixed_batch: int | None,
                       input_slots: Optional[tuple] = None,
-                      output_indices: Optional[tuple] = None):
+                      output_indices: Optional[tuple] = None,
+                      executor_type: str = ""):
   """The native `Plan` for nests of batched signature specs.
 
   With `batch_time_steps`, time-step leaves come unbatched (a batch of 1 is
@@ -169,7 +170,8 @@ def build_native_plan(time_step_spec, policy_state_spec, output_structure, num_o
   if counter[0] != num_outputs:
     raise ValueError(f"action function returns {num_outputs} tensors but its output "
                      f"structure has {counter[0]} leaves")
-  return marshal.Plan(ts_tree, state_tree, out_tree, len(slots), _tf_runtime())
+  return marshal.Plan(ts_tree, state_tree, out_tree, len(slots),
+                     _tf_runtime(num_outputs, executor_type))
 
 
 class MarshalingPlan:
@@ -189,17 +191,14 @@ class MarshalingPlan:
     self._native = build_native_plan(
         function.time_step_spec, function.policy_state_spec, function.output_structure,
         function.num_outputs, batch_time_steps, fixed, function.input_slots,
-        function.output_indices)
-    self._execute = pywrap_tfe.TFE_Py_Execute
-    self._attrs = _call_attrs(executor_type)
+        function.output_indices, executor_type)
 
   def call(self, time_step, policy_state, function: ActionFunction):
     """Validates, converts, runs `function` and packs a `PolicyStep`.
 
     `function` is `self.function` or another copy of it (same structure).
     """
-    return self._native.call(time_step, policy_state, self._execute, function.name,
-                             function.captures, self._attrs, function.num_outputs)
+    return self._native.call(time_step, policy_state, function.name, function.captures)
 
   def accepts(self, function: ActionFunction) -> bool:
     """Whether `function` has this plan's structure (e.g. a second loaded copy)."""

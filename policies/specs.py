@@ -65,8 +65,7 @@ def with_batch(spec_nest, batch_size: Optional[int]):
 
 
 def zeros(spec_nest, outer_shape=()):
-  """Numpy zeros for every spec in `spec_nest`, with `outer_shape` prepended."""
+  """Numpy zeros for every TensorSpec in `spec_nest`, with `outer_shape` prepended."""
   def make(spec):
-    dtype = spec.dtype.as_numpy_dtype if isinstance(spec.dtype, tf.DType) else spec.dtype
-    return np.zeros(tuple(outer_shape) + tuple(spec.shape), dtype)
+    return np.zeros(tuple(outer_shape) + tuple(spec.shape), spec.dtype.as_numpy_dtype)
   return tf.nest.map_structure(make, spec_nest)
