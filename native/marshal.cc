@@ -8,16 +8,20 @@
 // Inputs reach TensorFlow without a copy when a leaf already has the plan's
 // dtype, is C-contiguous, writeable and 64-byte aligned: the leaf is handed
 // to TF as a DLPack capsule that keeps the array alive. Other leaves are
-// copied once into a 64-byte aligned buffer. Outputs come back as numpy views
-// of the result tensors.
+// copied once into a 64-byte aligned buffer. Outputs are copied into numpy
+// arrays the caller owns: a result tensor may share its buffer with a
+// variable, a constant or an input, and the caller may write to its arrays.
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+
+#include "native/copy_switch.h"
 
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -32,8 +36,8 @@ namespace py = pybind11;
 namespace {
 
 constexpr size_t kAlignment = 64;  // What TF's DLPack import requires.
-constexpr int kNoCallerBatch = -2;  // Leaf comes unbatched; add a batch of 1.
-constexpr int kAnyBatch = -1;       // Leaf comes batched; any consistent size.
+constexpr npy_intp kNoCallerBatch = -2;  // Leaf comes unbatched; add a batch of 1.
+constexpr npy_intp kAnyBatch = -1;       // Leaf comes batched; any consistent size.
 // Leaves at least this large are lent to TF zero-copy when they qualify; smaller
 // ones are copied into a reused staging tensor, which is cheaper than making a
 // new tensor (and TF 2.15 keeps ~16 bytes for every eager tensor ever created).
@@ -178,7 +182,7 @@ enum class Kind { kLeaf, kNamedTuple, kDict, kSequence };
 
 struct LeafSpec {
   int slot = 0;                // Position in the function's argument list.
-  int batch = kNoCallerBatch;  // kNoCallerBatch, kAnyBatch or a fixed size.
+  npy_intp batch = kNoCallerBatch;  // kNoCallerBatch, kAnyBatch or a fixed size.
   std::vector<npy_intp> dims;  // Inner dims (without batch); -1 = any.
   py::object descr;            // numpy dtype (PyArray_Descr).
   py::object tf_dtype;         // TF DataType enum, for the fallback path.
@@ -200,7 +204,7 @@ struct Node {
   LeafSpec leaf;
 };
 
-std::string ExpectedLeaf(const LeafSpec& spec, int batch_hint) {
+std::string ExpectedLeaf(const LeafSpec& spec, npy_intp batch_hint) {
   std::ostringstream out;
   out << DtypeName(reinterpret_cast<PyArray_Descr*>(spec.descr.ptr())) << "[";
   bool first = true;
@@ -232,7 +236,7 @@ Node ParseLeaf(const py::tuple& t) {
   node.leaf.descr = Steal(reinterpret_cast<PyObject*>(descr));
   for (auto d : py::cast<py::tuple>(t[4])) node.leaf.dims.push_back(py::cast<npy_intp>(d));
   if (node.leaf.dims.size() > NPY_MAXDIMS - 1) throw py::value_error(node.path + ": too many dimensions");
-  node.leaf.batch = py::cast<int>(t[5]);
+  node.leaf.batch = py::cast<npy_intp>(t[5]);
   for (npy_intp d : node.leaf.dims) node.leaf.fixed_inner = node.leaf.fixed_inner && d >= 0;
   node.leaf.tf_dtype = py::reinterpret_borrow<py::object>(t[6]);
   node.leaf.dlpack = descr->byteorder != '>' &&
@@ -318,10 +322,6 @@ OutNode ParseOutNode(py::handle handle) {
 // ---------------------------------------------------------------------------
 // Per-call state.
 
-struct Range {
-  uintptr_t begin, end;
-};
-
 // Reused input tensors for one batch size: one per stageable slot, each
 // aliasing an aligned buffer that calls copy their leaf into.
 struct StagedLeaf {
@@ -329,15 +329,14 @@ struct StagedLeaf {
   py::object tensor;
 };
 struct Staging {
-  int batch = 0;
+  npy_intp batch = 0;
   std::vector<StagedLeaf> leaves;  // by argument slot
 };
 
 struct CallState {
   PyObject* args = nullptr;     // list being filled (borrowed).
-  int batch = -1;               // Batch size seen so far (caller-batched leaves).
+  npy_intp batch = -1;          // Batch size seen so far (caller-batched leaves).
   const std::string* batch_path = nullptr;
-  std::vector<Range> aliased;   // Input buffers TF may hand back as outputs.
   bool use_staging = false;
   std::unique_ptr<Staging> staging;  // leased from the plan's pool
 };
@@ -358,6 +357,10 @@ class Plan {
     attrs_ = runtime["attrs"];
     num_outputs_ = runtime["num_outputs"];
     numpy_method_ = py::str("_numpy_internal");
+    eager_tensor_type_ = reinterpret_cast<PyTypeObject*>(eager_tensor_.ptr());
+    py::module_ np = py::module_::import("numpy");
+    iinfo_ = np.attr("iinfo");
+    finfo_ = np.attr("finfo");
     mapping_type_ = py::module_::import("collections.abc").attr("Mapping");
     sequence_type_ = py::module_::import("collections.abc").attr("Sequence");
   }
@@ -392,11 +395,11 @@ class Plan {
     py::object outputs = Steal(PyObject_CallFunctionObjArgs(
         execute_.ptr(), context_handle_.ptr(), device_.ptr(), function_name.ptr(),
         args.ptr(), attrs_.ptr(), num_outputs_.ptr(), nullptr));
-    return PackOutputs(outputs, state.aliased);
+    return PackOutputs(outputs);
   }
 
  private:
-  std::unique_ptr<Staging> TakeStaging(int batch) const {
+  std::unique_ptr<Staging> TakeStaging(npy_intp batch) const {
     for (size_t i = pool_.size(); i-- > 0;) {
       if (pool_[i]->batch == batch) {
         std::unique_ptr<Staging> staging = std::move(pool_[i]);
@@ -573,12 +576,19 @@ class Plan {
 
   // Returns a strong reference to an ndarray view of `value`, converting
   // Python scalars and lists; raises for anything that is not array-like.
-  py::object AsArray(const Node& node, PyObject* value, int batch_hint) const {
+  py::object AsArray(const Node& node, PyObject* value, npy_intp batch_hint) const {
     const LeafSpec& spec = node.leaf;
     auto* want = reinterpret_cast<PyArray_Descr*>(spec.descr.ptr());
     if (PyArray_Check(value)) return py::reinterpret_borrow<py::object>(value);
     if (PyArray_IsScalar(value, Generic)) {
       return Steal(PyArray_FromScalar(value, nullptr));
+    }
+    if (Py_TYPE(value) == eager_tensor_type_ || PyObject_TypeCheck(value, eager_tensor_type_)) {
+      // An eager tensor, as TF-Agents accepts: a numpy view of its buffer
+      // (dtype checked like any array; the view keeps the tensor alive).
+      py::object view = Steal(PyObject_CallMethodNoArgs(value, numpy_method_.ptr()));
+      if (PyArray_Check(view.ptr())) return view;
+      return Steal(PyArray_FromScalar(view.ptr(), nullptr));
     }
     bool python_data = PyBool_Check(value) || PyLong_Check(value) || PyFloat_Check(value) ||
                        PyList_Check(value) || PyTuple_Check(value);
@@ -601,8 +611,41 @@ class Plan {
       Raise(PyExc_TypeError, node.path + ": expected " + ExpectedLeaf(spec, batch_hint) +
                                  ", got " + TypeName(value) + " of " + Describe(a));
     }
+    CheckValuesFit(node, a, want, batch_hint);
     Py_INCREF(want);
     return Steal(PyArray_FromAny(arr.ptr(), want, 0, 0, NPY_ARRAY_DEFAULT | NPY_ARRAY_FORCECAST, nullptr));
+  }
+
+  // Python numbers are cast to the leaf's dtype only if every value fits:
+  // integers within its range, finite floats below its largest value.
+  void CheckValuesFit(const Node& node, PyArrayObject* natural, PyArray_Descr* want,
+                      npy_intp batch_hint) const {
+    if (PyArray_SIZE(natural) == 0 || PyArray_TYPE(natural) == NPY_BOOL) return;
+    if (PyArray_ISCOMPLEX(natural) || PyTypeNum_ISCOMPLEX(want->type_num)) return;
+    py::object info;
+    if (PyTypeNum_ISINTEGER(want->type_num)) {
+      info = iinfo_(py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(want)));
+    } else if (PyTypeNum_ISFLOAT(want->type_num)) {
+      info = finfo_(py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(want)));
+    } else {
+      return;
+    }
+    py::object lo = Steal(PyArray_Min(natural, NPY_MAXDIMS, nullptr));
+    py::object hi = Steal(PyArray_Max(natural, NPY_MAXDIMS, nullptr));
+    py::object min = info.attr("min"), max = info.attr("max");
+    // NaN compares false both ways and passes: it is a float32 value too.
+    int below = PyObject_RichCompareBool(lo.ptr(), min.ptr(), Py_LT);
+    int above = PyObject_RichCompareBool(hi.ptr(), max.ptr(), Py_GT);
+    if (below < 0 || above < 0) throw py::error_already_set();
+    if (below || above) {
+      bool is_inf = PyTypeNum_ISFLOAT(PyArray_TYPE(natural)) &&
+                    (std::isinf(py::cast<double>(lo)) || std::isinf(py::cast<double>(hi)));
+      if (!is_inf) {
+        Raise(PyExc_ValueError, node.path + ": expected " + ExpectedLeaf(node.leaf, batch_hint) +
+                                    ", got " + py::cast<std::string>(py::str(below ? lo : hi)) +
+                                    ", which does not fit " + DtypeName(want));
+      }
+    }
   }
 
   void ConvertLeaf(const Node& node, PyObject* value, CallState* state) const {
@@ -645,7 +688,7 @@ class Plan {
     if (!spec.dlpack) {
       tensor = FallbackTensor(spec, arr, shape, out_ndim);
     } else if (state->use_staging && spec.fixed_inner && !(zero_copy && nbytes >= kZeroCopyMinBytes)) {
-      int batch = static_cast<int>(shape[0]);
+      npy_intp batch = static_cast<npy_intp>(shape[0]);
       if (!state->staging) state->staging = TakeStaging(batch);
       StagedLeaf& staged = state->staging->leaves[spec.slot];
       if (!staged.tensor) {
@@ -656,8 +699,6 @@ class Plan {
       }
       Fill(arr, staged.data, want);
       tensor = staged.tensor;
-      auto begin = reinterpret_cast<uintptr_t>(staged.data);
-      state->aliased.push_back(Range{begin, begin + static_cast<uintptr_t>(nbytes)});
     } else {
       LeafPtr leaf = NewExportedLeaf();
       void* data;
@@ -670,8 +711,6 @@ class Plan {
         Fill(arr, leaf->buffer, want);
         data = leaf->buffer;
       }
-      auto begin = reinterpret_cast<uintptr_t>(data);
-      state->aliased.push_back(Range{begin, begin + static_cast<uintptr_t>(nbytes)});
       tensor = DlpackTensor(spec, std::move(leaf), data, shape, out_ndim);
     }
     PyList_SET_ITEM(state->args, spec.slot, tensor.release().ptr());
@@ -694,7 +733,7 @@ class Plan {
                                   ", got " + Describe(arr) + hint);
     }
     if (spec.batch == kNoCallerBatch) return;
-    int batch = static_cast<int>(PyArray_DIM(arr, 0));
+    npy_intp batch = PyArray_DIM(arr, 0);
     if (spec.batch >= 0 && batch != spec.batch) {
       Raise(PyExc_ValueError, node.path + ": expected " + ExpectedLeaf(spec, state->batch) +
                                   ", got " + Describe(arr) + " (batch size " +
@@ -784,37 +823,37 @@ class Plan {
 
   // --- outputs -------------------------------------------------------------
 
-  py::object PackOutputs(py::handle outputs, const std::vector<Range>& aliased) const {
+  py::object PackOutputs(py::handle outputs) const {
     if (!PyList_Check(outputs.ptr()) && !PyTuple_Check(outputs.ptr()))
       throw py::type_error("function outputs must be a list or tuple");
     py::object seq = Steal(PySequence_Fast(outputs.ptr(), "outputs"));
-    return PackNode(output_, seq.ptr(), aliased);
+    return PackNode(output_, seq.ptr());
   }
 
-  py::object PackNode(const OutNode& node, PyObject* seq, const std::vector<Range>& aliased) const {
+  py::object PackNode(const OutNode& node, PyObject* seq) const {
     switch (node.kind) {
       case OutKind::kLeaf: {
         if (node.index < 0 || node.index >= PySequence_Fast_GET_SIZE(seq))
           throw py::value_error("output index out of range");
-        return ToArray(PySequence_Fast_GET_ITEM(seq, node.index), node.unbatch, aliased);
+        return ToArray(PySequence_Fast_GET_ITEM(seq, node.index), node.unbatch);
       }
       case OutKind::kDict: {
         py::dict result;
         for (size_t i = 0; i < node.children.size(); ++i)
-          result[node.keys[i]] = PackNode(node.children[i], seq, aliased);
+          result[node.keys[i]] = PackNode(node.children[i], seq);
         return std::move(result);
       }
       case OutKind::kList: {
         py::list result(node.children.size());
         for (size_t i = 0; i < node.children.size(); ++i)
-          result[i] = PackNode(node.children[i], seq, aliased);
+          result[i] = PackNode(node.children[i], seq);
         return std::move(result);
       }
       case OutKind::kTuple:
       case OutKind::kNamedTuple: {
         py::tuple items(node.children.size());
         for (size_t i = 0; i < node.children.size(); ++i)
-          items[i] = PackNode(node.children[i], seq, aliased);
+          items[i] = PackNode(node.children[i], seq);
         if (node.kind == OutKind::kTuple) return std::move(items);
         // tuple.__new__(cls, items): builds the namedtuple without its Python __new__.
         py::tuple args = py::make_tuple(items);
@@ -825,39 +864,38 @@ class Plan {
     throw py::value_error("bad output node");
   }
 
-  py::object ToArray(PyObject* tensor, bool unbatch, const std::vector<Range>& aliased) const {
+  // A numpy array the caller owns, with the tensor's values (minus the batch
+  // dimension with `unbatch`). The tensor's buffer may be a variable's, a
+  // constant's or an input's, so it is always copied.
+  py::object ToArray(PyObject* tensor, bool unbatch) const {
     py::object value = Steal(PyObject_CallMethodNoArgs(tensor, numpy_method_.ptr()));
     if (!PyArray_Check(value.ptr())) value = Steal(PyArray_FromScalar(value.ptr(), nullptr));
-    auto* arr = reinterpret_cast<PyArrayObject*>(value.ptr());
-    if (!aliased.empty() && Overlaps(arr, aliased)) {
-      // The function forwarded an input buffer; never hand the caller's own
-      // memory back as an output.
-      value = Steal(PyArray_NewCopy(arr, NPY_CORDER));
-      arr = reinterpret_cast<PyArrayObject*>(value.ptr());
+    auto* view = reinterpret_cast<PyArrayObject*>(value.ptr());
+    int ndim = PyArray_NDIM(view);
+    int skip = 0;
+    if (unbatch) {
+      if (ndim < 1 || PyArray_DIM(view, 0) != 1)
+        throw py::value_error("expected an output with a batch of 1 to unbatch");
+      skip = 1;
     }
-    if (!unbatch) return value;
-    if (PyArray_NDIM(arr) < 1 || PyArray_DIM(arr, 0) != 1)
-      throw py::value_error("expected an output with a batch of 1 to unbatch");
-    PyArray_Descr* descr = PyArray_DESCR(arr);
+    PyArray_Descr* descr = PyArray_DESCR(view);
     Py_INCREF(descr);
-    PyObject* view = PyArray_NewFromDescr(&PyArray_Type, descr, PyArray_NDIM(arr) - 1,
-                                          PyArray_DIMS(arr) + 1, PyArray_STRIDES(arr) + 1,
-                                          PyArray_DATA(arr), PyArray_FLAGS(arr) & ~NPY_ARRAY_OWNDATA,
-                                          nullptr);
-    py::object result = Steal(view);
-    Py_INCREF(value.ptr());
-    if (PyArray_SetBaseObject(reinterpret_cast<PyArrayObject*>(view), value.ptr()) < 0) {
-      throw py::error_already_set();
+    py::object result = Steal(PyArray_NewFromDescr(&PyArray_Type, descr, ndim - skip,
+                                                   PyArray_DIMS(view) + skip, nullptr, nullptr,
+                                                   0, nullptr));
+    auto* out = reinterpret_cast<PyArrayObject*>(result.ptr());
+    if (!PyDataType_REFCHK(descr) && PyArray_IS_C_CONTIGUOUS(view) && PyArray_ISNOTSWAPPED(view)) {
+      std::memcpy(PyArray_DATA(out), PyArray_DATA(view), static_cast<size_t>(PyArray_NBYTES(view)));
+      return result;
     }
+    py::object source = value;
+    if (skip) {
+      PyArray_Dims shape{PyArray_DIMS(out), ndim - skip};
+      source = Steal(PyArray_Newshape(view, &shape, NPY_ANYORDER));
+    }
+    if (PyArray_CopyInto(out, reinterpret_cast<PyArrayObject*>(source.ptr())) < 0)
+      throw py::error_already_set();
     return result;
-  }
-
-  static bool Overlaps(PyArrayObject* arr, const std::vector<Range>& ranges) {
-    auto begin = reinterpret_cast<uintptr_t>(PyArray_DATA(arr));
-    auto end = begin + static_cast<uintptr_t>(PyArray_NBYTES(arr));
-    for (const Range& r : ranges)
-      if (begin < r.end && r.begin < end) return true;
-    return false;
   }
 
   mutable std::vector<std::unique_ptr<Staging>> pool_;  // free stagings; GIL-guarded
@@ -866,7 +904,8 @@ class Plan {
   OutNode output_;
   int num_args_;
   py::object from_dlpack_, eager_tensor_, context_handle_, device_, numpy_method_, mapping_type_,
-      sequence_type_, execute_, attrs_, num_outputs_;
+      sequence_type_, execute_, attrs_, num_outputs_, iinfo_, finfo_;
+  PyTypeObject* eager_tensor_type_ = nullptr;  // Borrowed from eager_tensor_.
 };
 
 }  // namespace
@@ -886,6 +925,7 @@ PYBIND11_MODULE(_marshal, m) {
            py::arg("staging") = false)
       .def("call", &Plan::Call, py::arg("time_step"), py::arg("policy_state"),
            py::arg("function_name"), py::arg("captures"));
+  policy_runtime::RegisterCopySwitch(m);
   m.def("live_exported_leaves", [] { return g_live_leaves.load(); },
         "Input buffers currently lent to TensorFlow (0 when no call is running).");
 }

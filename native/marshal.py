@@ -21,6 +21,12 @@ Per call, a leaf that has the plan's dtype, is C-contiguous, writeable,
 (DLPack). Smaller leaves are copied into staging tensors that the plan reuses
 across calls (a pool keyed by batch size), which is cheaper than creating a
 tensor per leaf. Everything else is copied once into an aligned buffer.
+Python numbers must fit the leaf's dtype; eager tensors are read as arrays.
+Outputs are always copied into arrays the caller owns.
+
+`CopySwitch` picks the loaded copy of a policy that calls run on and counts
+the calls on each copy in C++, so no exception can leave a copy marked busy;
+`wait_idle` lets an update wait (GIL released) until a copy is free.
 
 Output nodes:
   ("leaf", output_index, unbatch)
@@ -28,8 +34,8 @@ Output nodes:
   ("list", children) | ("tuple", children)
 """
 
-from native._marshal import (ALIGNMENT, ANY_BATCH, NO_CALLER_BATCH, ZERO_COPY_MIN_BYTES, Plan,
-                             live_exported_leaves)
+from native._marshal import (ALIGNMENT, ANY_BATCH, NO_CALLER_BATCH, ZERO_COPY_MIN_BYTES,
+                             CopySwitch, Plan, live_exported_leaves)
 
-__all__ = ["ALIGNMENT", "ANY_BATCH", "NO_CALLER_BATCH", "ZERO_COPY_MIN_BYTES", "Plan",
-           "live_exported_leaves"]
+__all__ = ["ALIGNMENT", "ANY_BATCH", "NO_CALLER_BATCH", "ZERO_COPY_MIN_BYTES", "CopySwitch",
+           "Plan", "live_exported_leaves"]

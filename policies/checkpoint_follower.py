@@ -5,15 +5,24 @@ The learner writes `PolicySaver.save_checkpoint(<dir>/policy_checkpoint_NNNN)`
 the newest complete checkpoint newer than the current one; checkpoints whose
 index file is not there yet are still being written and are left for later,
 broken ones are skipped (and retried only if their files change).
+
+Any subdirectory whose name ends in `_NNNN` and that holds
+`variables/variables.index` counts as a checkpoint of step NNNN. Listing and
+change detection go through TensorFlow's file layer, so the learner's
+directory can be local, `ram://`, or (with the plugins) `gs://`, `s3://`.
+Polls are serialized and never apply a step older than the current one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import threading
 from typing import Dict, List, Optional, Tuple
+
+import tensorflow as tf
 
 from policies import loading
 
@@ -23,15 +32,22 @@ log = logging.getLogger(__name__)
 
 
 def _index_file(path: str) -> str:
-  return os.path.join(path, loading.VARIABLES_PREFIX + ".index")
+  return loading.join(path, loading.VARIABLES_PREFIX + ".index")
 
 
 def _fingerprint(path: str) -> Tuple:
-  """Changes whenever any file of the checkpoint changes."""
-  variables_dir = os.path.dirname(_index_file(path))
-  return tuple(sorted((name, st.st_size, st.st_mtime_ns)
-                      for name in os.listdir(variables_dir)
-                      for st in [os.stat(os.path.join(variables_dir, name))]))
+  """Changes whenever any file of the checkpoint changes.
+
+  Sizes and modification times of every file, and a hash of the index (which
+  holds the data files' checksums): some file systems (ram://) keep no times.
+  """
+  variables_dir = loading.join(path, "variables")
+  files = []
+  for name in sorted(tf.io.gfile.listdir(variables_dir)):
+    stat = tf.io.gfile.stat(loading.join(variables_dir, name))
+    files.append((name, stat.length, stat.mtime_nsec))
+  index = hashlib.sha256(loading.read_bytes(_index_file(path))).hexdigest()
+  return tuple(files) + (index,)
 
 
 class CheckpointFollower:
@@ -48,44 +64,56 @@ class CheckpointFollower:
     self.current_step: Optional[int] = None
     self.current_path: Optional[str] = None
     self._broken: Dict[str, Tuple] = {}   # path -> fingerprint when it failed
+    self._poll_lock = threading.Lock()     # one poll at a time
     self._stop = threading.Event()
     self._thread: Optional[threading.Thread] = None
 
   def candidates(self) -> List[Tuple[int, str]]:
     """(step, path) of complete checkpoints, newest first."""
     try:
-      names = os.listdir(self.directory)
-    except FileNotFoundError:
+      names = tf.io.gfile.listdir(self.directory)
+    except tf.errors.NotFoundError:
+      log.debug("checkpoint follower: %s does not exist (yet)", self.directory)
+      return []
+    except tf.errors.OpError as e:
+      log.warning("checkpoint follower: cannot list %s: %s", self.directory,
+                  loading.first_line(e))
       return []
     found = []
     for name in names:
+      name = name.rstrip("/")  # object stores list directories as "name/"
       match = _STEP_SUFFIX.search(name)
-      path = os.path.join(self.directory, name)
-      if match and os.path.isfile(_index_file(path)):
+      path = loading.join(self.directory, name)
+      if match and loading.exists(_index_file(path)):
         found.append((int(match.group(1)), path))
     return sorted(found, reverse=True)
 
   def poll(self) -> Optional[str]:
-    """Applies the newest usable checkpoint newer than the current one; returns its path."""
-    for step, path in self.candidates():
-      if self.current_step is not None and step <= self.current_step:
-        return None
-      try:
-        fingerprint = _fingerprint(path)
-      except OSError:
-        continue  # vanished or still being moved into place
-      if self._broken.get(path) == fingerprint:
-        continue
-      try:
-        self.policy.update_from_checkpoint(path)
-      except (ValueError, FileNotFoundError) as e:
-        log.warning("skipping checkpoint %s: %s", path, e)
-        self._broken[path] = fingerprint
-        continue
-      self.current_step, self.current_path = step, path
-      self._broken.pop(path, None)
-      return path
-    return None
+    """Applies the newest usable checkpoint newer than the current one; returns its path.
+
+    Concurrent calls run one after another, so an older step is never
+    applied after a newer one.
+    """
+    with self._poll_lock:
+      for step, path in self.candidates():
+        if self.current_step is not None and step <= self.current_step:
+          return None
+        try:
+          fingerprint = _fingerprint(path)
+        except (OSError, ValueError, tf.errors.OpError):
+          continue  # vanished or still being moved into place
+        if self._broken.get(path) == fingerprint:
+          continue
+        try:
+          self.policy.update_from_checkpoint(path)
+        except (ValueError, FileNotFoundError) as e:
+          log.warning("skipping checkpoint %s: %s", path, e)
+          self._broken[path] = fingerprint
+          continue
+        self.current_step, self.current_path = step, path
+        self._broken.pop(path, None)
+        return path
+      return None
 
   def start(self) -> "CheckpointFollower":
     if self._thread is None:

@@ -1,74 +1,156 @@
-"""Audits the graphs a policy runs for ops with side effects outside TensorFlow.
+"""Audits a SavedModel's graphs, statically, before TensorFlow loads any of it.
 
-Loading a SavedModel and calling its functions runs whatever graph was saved.
-`audit()` lists the op types of every function the policy calls (`action`,
-`get_initial_state`, `get_train_step`, `get_metadata`, registered functions)
-and raises `UnsafeGraphError` when any of them touches the file system, the
-network or runs Python, unless the caller opted in.
+`tf.saved_model.load` runs code from the file (resource initializers, the
+variable restore), and calling a policy's functions runs whatever graph was
+saved. `audit()` therefore reads `saved_model.pb` itself: every node of every
+MetaGraph and every function in its library, whether reachable from `action`,
+a registered function, an initializer, a signature or nothing at all. Each op
+type must be on an allow-list of ops with no effect outside the TensorFlow
+runtime (math, NN, control flow, random, variables, tensor plumbing,
+in-memory strings and tables). The only exception is the checkpoint I/O of
+the SavedModel's own saver (`saver_def`), which the loader uses to restore
+the variables: `SaveV2`/`RestoreV2`/`MergeV2Checkpoints` are allowed in the
+functions only the saver reaches. Anything else is refused, naming the
+function (by its object-graph path, e.g. `action`, `leak`,
+`sneaky/_initialize`) and the ops, unless the caller opted in.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import re
-from typing import Dict, Iterable, Set
+from typing import Dict, Iterable, List, Set
 
-# Op families that reach outside the TensorFlow runtime.
-UNSAFE_FAMILIES: Dict[str, re.Pattern] = {
-    "file system": re.compile(
-        r"^(ReadFile|WriteFile|MatchingFiles|DeleteFile|Save|SaveV2|SaveSlices|Restore|RestoreV2|"
-        r"RestoreSlice|MergeV2Checkpoints|ImmutableConst|FileSystemSetConfiguration|"
-        r"InitializeTableFromTextFile(V2)?|.*Reader(V2)?|.*RecordDataset(V2)?|TextLineDataset|"
-        r"DatasetToTFRecord|.*SummaryFileWriter|Write.*Summary|CreateSummaryDbWriter|"
-        r"ImportEvent|FlushSummaryWriter|CloseSummaryWriter|LoadAndRemapMatrix|"
-        r"GenerateVocabRemapping)$"),
-    "network": re.compile(r"^(Rpc|TryRpc|.*GcsConfigure.*|BigQuery.*|Collective.*|.*Send|.*Recv)$"),
-    "python": re.compile(r"^(PyFunc|PyFuncStateless|EagerPyFunc)$"),
-}
-
-# Other families, only for reporting.
-_REPORT_FAMILIES = [
-    ("random", re.compile(r"Random|Multinomial|TruncatedNormal|^Stateful(Uniform|StandardNormal)|^Rng")),
-    ("variables", re.compile(r"Variable|^VarHandleOp$|^Assign")),
-    ("function calls", re.compile(r"PartitionedCall$|^If$|^While$|^StatelessIf$|^StatelessWhile$|^Case$")),
-    ("tensor plumbing", re.compile(r"^(Identity|IdentityN|NoOp|Const|Placeholder|Shape|Reshape|"
-                                   r"Pack|Unpack|ConcatV2|StridedSlice|Squeeze|ExpandDims|Fill|"
-                                   r"Cast|GatherV2|Select(V2)?|Tile|Range|ZerosLike|OnesLike)$")),
-]
-
-RANDOM_OPS = _REPORT_FAMILIES[0][1]
+from tensorflow.core.protobuf import saved_model_pb2
 
 
 class UnsafeGraphError(ValueError):
-  """A policy function uses ops that reach outside TensorFlow."""
+  """A SavedModel uses ops outside the allow-list (see `graph_audit`)."""
 
 
-def op_types(concrete_function) -> Set[str]:
-  """Op types a concrete function can run: its own and those of every function it calls."""
-  library = {f.signature.name: f
-             for f in concrete_function.graph.as_graph_def().library.function}
-  types: Set[str] = set()
-  seen = set()
-  pending = [concrete_function.function_def]
-  while pending:
-    for node in pending.pop().node_def:
-      types.add(node.op)
-      called = [node.op] + [attr.func.name for attr in node.attr.values() if attr.HasField("func")]
-      called += [f.name for attr in node.attr.values() for f in attr.list.func]
-      for name in called:
-        if name in library and name not in seen:
-          seen.add(name)
-          pending.append(library[name])
-  return types - set(library)
+def _names(text: str) -> frozenset:
+  return frozenset(text.split())
+
+
+# Ops known to have no effect outside the TensorFlow runtime, by family.
+ALLOWED_FAMILIES: Dict[str, frozenset] = {
+    "math": _names("""
+        Abs Acos Acosh Add AddN AddV2 All Any ApproximateEqual ArgMax ArgMin Asin Asinh Atan
+        Atan2 Atanh BatchMatMul BatchMatMulV2 BatchMatMulV3 Betainc BitwiseAnd BitwiseOr
+        BitwiseXor Bucketize Ceil Cholesky ClipByValue Complex ComplexAbs Conj Cos Cosh Cross
+        Cumprod Cumsum CumulativeLogsumexp Digamma Div DivNoNan Einsum Equal Erf Erfc Erfinv
+        EuclideanNorm Exp Expm1 Floor FloorDiv FloorMod Greater GreaterEqual Igamma Igammac
+        IgammaGradA Imag InTopKV2 Inv Invert IsFinite IsInf IsNan LeftShift Less LessEqual
+        Lgamma LinSpace Log Log1p LogMatrixDeterminant LogicalAnd LogicalNot LogicalOr
+        LowerBound MatMul MatrixBandPart MatrixDeterminant MatrixDiag MatrixDiagPart
+        MatrixDiagPartV2 MatrixDiagPartV3 MatrixDiagV2 MatrixDiagV3 MatrixInverse
+        MatrixSetDiag MatrixSetDiagV2 MatrixSetDiagV3 MatrixSolve MatrixTriangularSolve Max
+        Maximum Mean Min Minimum Mod Mul MulNoNan Ndtri Neg NextAfter NotEqual
+        PopulationCount Polygamma Pow Prod Qr Real RealDiv Reciprocal RightShift Rint Round
+        Rsqrt SegmentMax SegmentMean SegmentMin SegmentProd SegmentSum SelfAdjointEigV2
+        Sigmoid Sign Sin Sinh Sqrt Square SquaredDifference Sub Sum Svd Tan Tanh TopKV2
+        TruncateDiv TruncateMod UnsortedSegmentMax UnsortedSegmentMin UnsortedSegmentProd
+        UnsortedSegmentSum UpperBound Xdivy Xlog1py Xlogy Zeta
+        """),
+    "nn": _names("""
+        AvgPool AvgPool3D BiasAdd BiasAddV1 BlockLSTM BlockLSTMV2 Conv2D Conv2DBackpropInput
+        Conv3D Conv3DBackpropInputV2 CropAndResize DepthwiseConv2dNative Dilation2D Elu
+        ExtractImagePatches FusedBatchNorm FusedBatchNormV2 FusedBatchNormV3 GRUBlockCell
+        L2Loss LRN LSTMBlockCell LeakyRelu LogSoftmax MaxPool MaxPool3D MaxPoolV2 Relu Relu6
+        ResizeArea ResizeBicubic ResizeBilinear ResizeNearestNeighbor Selu Softmax
+        SoftmaxCrossEntropyWithLogits Softplus Softsign SparseSoftmaxCrossEntropyWithLogits
+        """),
+    "control flow": _names("""
+        Assert Case CheckNumerics CheckNumericsV2 Enter EnsureShape Exit If LoopCond Merge
+        NextIteration NoOp PartitionedCall StatefulPartitionedCall StatelessCase StatelessIf
+        StatelessWhile StopGradient PreventGradient Switch While
+        """),
+    "random": _names("""
+        Multinomial NonDeterministicInts ParameterizedTruncatedNormal RandomGamma
+        RandomGammaGrad RandomPoisson RandomPoissonV2 RandomShuffle RandomStandardNormal
+        RandomUniform RandomUniformInt RngReadAndSkip RngSkip StatefulRandomBinomial
+        StatefulStandardNormalV2 StatefulTruncatedNormal StatefulUniform
+        StatefulUniformFullInt StatefulUniformInt StatelessMultinomial
+        StatelessParameterizedTruncatedNormal StatelessRandomBinomial StatelessRandomGammaV2
+        StatelessRandomGammaV3 StatelessRandomGetAlg StatelessRandomGetKeyCounter
+        StatelessRandomGetKeyCounterAlg StatelessRandomNormal StatelessRandomNormalV2
+        StatelessRandomPoisson StatelessRandomUniform StatelessRandomUniformFullInt
+        StatelessRandomUniformFullIntV2 StatelessRandomUniformInt StatelessRandomUniformIntV2
+        StatelessRandomUniformV2 StatelessShuffle StatelessTruncatedNormal
+        StatelessTruncatedNormalV2 TruncatedNormal
+        """),
+    "variables": _names("""
+        Assign AssignAdd AssignAddVariableOp AssignSub AssignSubVariableOp AssignVariableOp
+        DestroyResourceOp DisableCopyOnRead IsVariableInitialized ReadVariableOp
+        ResourceGather ResourceGatherNd ResourceScatterAdd ResourceScatterUpdate
+        VarHandleOp VarIsInitializedOp Variable VariableShape VariableV2
+        """),
+    "tensor plumbing": _names("""
+        BatchToSpaceND Bitcast BroadcastArgs BroadcastGradientArgs BroadcastTo Cast Concat
+        ConcatOffset ConcatV2 Const DepthToSpace Diag DiagPart DynamicPartition
+        DynamicStitch Empty EmptyTensorList ExpandDims Fill Gather GatherNd GatherV2
+        Identity IdentityN InvertPermutation ListDiff MirrorPad OneHot OnesLike Pack Pad
+        PadV2 ParallelDynamicStitch Placeholder PlaceholderWithDefault Range Rank Reshape
+        Reverse ReverseSequence ReverseV2 ScatterNd Select SelectV2 Shape ShapeN Size Slice
+        SpaceToBatchND SpaceToDepth Split SplitV Squeeze StridedSlice TensorArrayCloseV3
+        TensorArrayConcatV3 TensorArrayGatherV3 TensorArrayReadV3 TensorArrayScatterV3
+        TensorArraySizeV3 TensorArraySplitV3 TensorArrayV3 TensorArrayWriteV3
+        TensorListConcatV2 TensorListElementShape TensorListFromTensor TensorListGather
+        TensorListGetItem TensorListLength TensorListPopBack TensorListPushBack
+        TensorListReserve TensorListResize TensorListScatterIntoExistingList
+        TensorListScatterV2 TensorListSetItem TensorListSplit TensorListStack
+        TensorScatterAdd TensorScatterUpdate Tile Transpose ConjugateTranspose Unique
+        UniqueV2 UniqueWithCounts Unpack Where ZerosLike
+        SparseFillEmptyRows SparseReshape SparseSegmentMean SparseSegmentSqrtN
+        SparseSegmentSum SparseTensorDenseMatMul SparseToDense
+        """),
+    "strings and tables": _names("""
+        AsString DecodeBase64 EncodeBase64 Fingerprint HashTableV2 InitializeTableV2
+        LookupTableExportV2 LookupTableFindV2 LookupTableImportV2 LookupTableInsertV2
+        LookupTableSizeV2 MutableHashTableV2 ReduceJoin RegexFullMatch RegexReplace
+        StaticRegexFullMatch StaticRegexReplace StringFormat StringJoin StringLength
+        StringLower StringSplitV2 StringStrip StringToHashBucket StringToHashBucketFast
+        StringToHashBucketStrong StringToNumber StringUpper Substr
+        """),
+}
+
+# Checkpoint I/O, allowed only where the SavedModel's own saver runs it.
+SAVER_OPS = _names("""
+    MergeV2Checkpoints Restore RestoreSlice RestoreV2 Save SaveSlices SaveV2 ShardedFilename
+    ShardedFilespec
+    """)
+
+ALLOWED_OPS = frozenset().union(*ALLOWED_FAMILIES.values())
+
+# Families of refused ops, to say what a refused op does.
+UNSAFE_FAMILIES: Dict[str, re.Pattern] = {
+    "file system": re.compile(
+        r"^(ReadFile|WriteFile|MatchingFiles|DeleteFile|FileSystemSetConfiguration|"
+        r"ImmutableConst|InitializeTableFromTextFile(V2)?|LoadAndRemapMatrix|"
+        r"GenerateVocabRemapping|.*Reader(V2)?|.*Summary.*|ImportEvent|DecodeProtoV2|"
+        r"EncodeProto|PrintV2|Print|DebugIdentity.*|DebugNumericSummary.*|DebugNanCount|"
+        r"Copy|CopyHost|.*Checkpoints?|Save.*|Restore.*|ShardedFile.*)$"),
+    "datasets": re.compile(r"Dataset|Iterator|DataService|Snapshot|^Optional"),
+    "network": re.compile(r"^(Rpc.*|TryRpc|.*Gcs.*|BigQuery.*|Collective.*|.*Send|.*Recv|"
+                          r".*Nccl.*)$"),
+    "python": re.compile(r"^(PyFunc|PyFuncStateless|EagerPyFunc)$"),
+}
+
+RANDOM_OPS = ALLOWED_FAMILIES["random"]
 
 
 def family(op_type: str) -> str:
+  """The family of an op type: an allowed family, an unsafe family, or "not allow-listed"."""
+  for name, ops in ALLOWED_FAMILIES.items():
+    if op_type in ops:
+      return name
+  if op_type in SAVER_OPS:
+    return "checkpoint I/O"
   for name, pattern in UNSAFE_FAMILIES.items():
     if pattern.search(op_type):
       return name
-  for name, pattern in _REPORT_FAMILIES:
-    if pattern.search(op_type):
-      return name
-  return "compute"
+  return "not allow-listed"
 
 
 def families(ops: Iterable[str]) -> Dict[str, Set[str]]:
@@ -79,27 +161,195 @@ def families(ops: Iterable[str]) -> Dict[str, Set[str]]:
   return result
 
 
-def audit(functions: Dict[str, list], model_path: str,
-          allow_unsafe_ops: bool) -> Dict[str, Set[str]]:
-  """{function name: op types} for {name: concrete functions}.
+@dataclasses.dataclass
+class AuditReport:
+  """What `audit()` found.
+
+  ops_by_function: display name -> every op type it can run (its own and
+    those of the functions it calls). Names are object-graph paths
+    ("action", "get_initial_state", "leak", "resource/_initialize"),
+    signatures ("signature 'action'"), "saver", or, for functions nothing
+    names, their library name.
+  refused: display name -> op types outside the allow-list.
+  """
+  ops_by_function: Dict[str, Set[str]]
+  refused: Dict[str, Set[str]]
+
+  def all_ops(self) -> Set[str]:
+    return set().union(*self.ops_by_function.values()) if self.ops_by_function else set()
+
+
+def op_types(concrete_function) -> Set[str]:
+  """Op types a live concrete function can run: its own and those of every function it calls."""
+  graph_def = concrete_function.graph.as_graph_def()
+  library = {f.signature.name: f for f in graph_def.library.function}
+  types: Set[str] = set()
+  seen: Set[str] = set()
+  pending = [concrete_function.function_def]
+  while pending:
+    for node in pending.pop().node_def:
+      types.add(node.op)
+      for name in _called_functions(node, library):
+        if name not in seen:
+          seen.add(name)
+          pending.append(library[name])
+  return types - set(library)
+
+
+def _called_functions(node, library: Dict[str, object]) -> List[str]:
+  names = [node.op]
+  for attr in node.attr.values():
+    if attr.HasField("func"):
+      names.append(attr.func.name)
+    names.extend(f.name for f in attr.list.func)
+  return [n for n in names if n in library]
+
+
+def _node_name(tensor_name: str) -> str:
+  return tensor_name.lstrip("^").split(":")[0]
+
+
+def _object_graph_roots(meta_graph) -> Dict[str, List[str]]:
+  """Object-graph path -> concrete function names, shortest path first."""
+  nodes = meta_graph.object_graph_def.nodes
+  roots: Dict[str, List[str]] = {}
+  if not nodes:
+    return roots
+  seen = {0}
+  queue = collections.deque([(0, "")])
+  while queue:
+    index, path = queue.popleft()
+    node = nodes[index]
+    kind = node.WhichOneof("kind")
+    functions = []
+    if kind == "function":
+      functions = list(node.function.concrete_functions)
+    elif kind == "bare_concrete_function":
+      functions = [node.bare_concrete_function.concrete_function_name]
+    if functions and path:
+      roots.setdefault(path, []).extend(functions)
+    for child in node.children:
+      if child.node_id not in seen and child.node_id < len(nodes):
+        seen.add(child.node_id)
+        queue.append((child.node_id, f"{path}/{child.local_name}" if path else child.local_name))
+  return roots
+
+
+def _saver_nodes(graph_def, saver_def) -> Set[str]:
+  """Graph nodes that only serve the saver: its save/restore nodes and their inputs."""
+  by_name = {n.name: n for n in graph_def.node}
+  pending = [_node_name(t) for t in (saver_def.save_tensor_name, saver_def.restore_op_name) if t]
+  found: Set[str] = set()
+  while pending:
+    name = pending.pop()
+    if name in found or name not in by_name:
+      continue
+    found.add(name)
+    pending.extend(_node_name(i) for i in by_name[name].input)
+  return found
+
+
+def audit(proto: saved_model_pb2.SavedModel, model_path: str,
+          allow_unsafe_ops: bool) -> AuditReport:
+  """Audits every graph and function of a parsed SavedModel.
 
   Raises:
-    UnsafeGraphError: a function uses unsafe ops and `allow_unsafe_ops` is False.
+    UnsafeGraphError: an op outside the allow-list and no `allow_unsafe_ops`.
   """
-  ops_by_function = {}
-  for name, concretes in functions.items():
-    ops = set()
-    for concrete in concretes:
-      ops |= op_types(concrete)
-    ops_by_function[name] = ops
-  if not allow_unsafe_ops:
+  ops_by_function: Dict[str, Set[str]] = {}
+  refused: Dict[str, Set[str]] = {}
+  for meta_graph in proto.meta_graphs:
+    _audit_meta_graph(meta_graph, ops_by_function, refused)
+  report = AuditReport(ops_by_function, refused)
+  if refused and not allow_unsafe_ops:
     problems = []
-    for name, ops in sorted(ops_by_function.items()):
-      unsafe = {f: sorted(o) for f, o in families(ops).items() if f in UNSAFE_FAMILIES}
-      for fam, found in sorted(unsafe.items()):
-        problems.append(f"function '{name}' uses {fam} ops ({', '.join(found)})")
-    if problems:
-      raise UnsafeGraphError(
-          f"refusing to load {model_path}: " + "; ".join(problems) +
-          ". Pass allow_unsafe_ops=True if you trust this SavedModel.")
-  return ops_by_function
+    for name, ops in sorted(refused.items()):
+      for fam, found in sorted(families(ops).items()):
+        problems.append(f"{_describe(name)} uses {fam} ops ({', '.join(sorted(found))})")
+    raise UnsafeGraphError(
+        f"refusing to load {model_path}: " + "; ".join(problems) +
+        ". Nothing from it was run. Pass allow_unsafe_ops=True if you trust this SavedModel.")
+  return report
+
+
+def _describe(name: str) -> str:
+  if name.startswith(("signature ", "graph node ", "library function ")) or name == "saver":
+    return name
+  return f"function '{name}'"
+
+
+def _audit_meta_graph(meta_graph, ops_by_function, refused) -> None:
+  graph_def = meta_graph.graph_def
+  library = {f.signature.name: f for f in graph_def.library.function}
+  saver_nodes = _saver_nodes(graph_def, meta_graph.saver_def)
+
+  # Roots: named entry points and the function names each starts from.
+  roots: Dict[str, List[str]] = dict(_object_graph_roots(meta_graph))
+  nodes_by_name = {n.name: n for n in graph_def.node}
+  for key, signature in meta_graph.signature_def.items():
+    called = []
+    for tensor in signature.outputs.values():
+      node = nodes_by_name.get(_node_name(tensor.name))
+      if node is not None:
+        called += _called_functions(node, library)
+    if called:
+      roots.setdefault(f"signature '{key}'", []).extend(called)
+
+  # Functions the saver reaches, and those anything else reaches.
+  def closure(starts: Iterable[str]) -> Set[str]:
+    found: Set[str] = set()
+    pending = [s for s in starts if s in library]
+    while pending:
+      name = pending.pop()
+      if name in found:
+        continue
+      found.add(name)
+      for node in library[name].node_def:
+        pending.extend(_called_functions(node, library))
+    return found
+
+  saver_starts, other_starts = [], []
+  for node in graph_def.node:
+    (saver_starts if node.name in saver_nodes else other_starts).extend(
+        _called_functions(node, library))
+  for functions in roots.values():
+    other_starts.extend(functions)
+  saver_only = closure(saver_starts) - closure(other_starts)
+
+  def bad(op: str, in_saver: bool) -> bool:
+    return op not in ALLOWED_OPS and not (in_saver and op in SAVER_OPS)
+
+  direct_bad = {name: {n.op for n in f.node_def
+                       if n.op not in library and bad(n.op, name in saver_only)}
+                for name, f in library.items()}
+  direct_ops = {name: {n.op for n in f.node_def if n.op not in library}
+                for name, f in library.items()}
+
+  # Each function is reported under the first (shortest) name that reaches it.
+  owner: Dict[str, str] = {}
+  for root, starts in roots.items():
+    reach = closure(starts)
+    ops_by_function.setdefault(root, set()).update(*(direct_ops[f] for f in reach))
+    for f in reach:
+      owner.setdefault(f, root)
+
+  # Graph nodes: TF1-style graphs, the saver, and the signatures' call nodes.
+  saver_ops: Set[str] = set()
+  for node in graph_def.node:
+    in_saver = node.name in saver_nodes
+    name = "saver" if in_saver else f"graph node '{node.name}'"
+    reach = closure(_called_functions(node, library))
+    for f in reach:
+      owner.setdefault(f, name)
+    own = {node.op} - set(library)
+    if in_saver:
+      saver_ops |= own.union(*(direct_ops[f] for f in reach))
+    own_bad = {op for op in own if bad(op, in_saver)}
+    if own_bad:
+      refused.setdefault(name, set()).update(own_bad)
+  if saver_ops:
+    ops_by_function.setdefault("saver", set()).update(saver_ops)
+
+  for f, ops in direct_bad.items():
+    if ops:
+      refused.setdefault(owner.get(f, f"library function '{f}'"), set()).update(ops)

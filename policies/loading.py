@@ -1,5 +1,16 @@
 """Loads a `PolicySaver` SavedModel into a `LoadedPolicy`.
 
+Every file is read through TensorFlow's file layer (`tf.io.gfile` and TF's own
+readers), so a policy loads from any path TensorFlow reads: local, `ram://`,
+and, with their plugins, `gs://`, `s3://`, `hdfs://`.
+
+`SavedModelSource.read()` reads `saved_model.pb` once, audits it
+(`graph_audit`) before anything is handed to TF's loader, and keeps a
+snapshot of exactly those bytes and the variables in TF's in-memory file
+system. Every loaded copy (the active one, and the standby that
+`update_from_checkpoint` restores into) loads from that snapshot, so both run
+the audited graph even if the directory is later deleted or overwritten.
+
 Two ways in:
   * the object graph (`tf.saved_model.load`), the normal case;
   * the flat signatures only (TF's v1 loader), for exports whose object graph
@@ -15,10 +26,11 @@ Either way the result offers the same members. File problems become
 from __future__ import annotations
 
 import abc
-import os
+import hashlib
 import re
-import tempfile
-from typing import Any, Dict, List, Optional
+import uuid
+import weakref
+from typing import Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -27,14 +39,19 @@ import tensorflow as tf
 import tensorflow_probability  # noqa: F401  pylint: disable=unused-import
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.saved_model import load_v1_in_v2
+from tensorflow.python.training import py_checkpoint_reader
 from tensorflow.python.util import nest
 from tf_agents.trajectories import policy_step
 
+from policies import graph_audit
 from policies import marshaling_plan
 from policies import specs as specs_lib
 
 SAVED_MODEL_FILE = "saved_model.pb"
-VARIABLES_PREFIX = os.path.join(tf.saved_model.VARIABLES_DIRECTORY, tf.saved_model.VARIABLES_FILENAME)
+VARIABLES_PREFIX = f"{tf.saved_model.VARIABLES_DIRECTORY}/{tf.saved_model.VARIABLES_FILENAME}"
+# What a loaded copy needs from the SavedModel directory, besides saved_model.pb.
+_SNAPSHOT_PARTS = (tf.saved_model.VARIABLES_DIRECTORY, tf.saved_model.ASSETS_DIRECTORY,
+                   "fingerprint.pb")
 
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
@@ -52,28 +69,159 @@ def first_line(error: BaseException) -> str:
   return useful[0] if useful else type(error).__name__
 
 
+def join(path: str, *parts: str) -> str:
+  """Joins path parts for any file system TF reads (local, ram://, gs://, ...)."""
+  return "/".join([path.rstrip("/")] + [p.strip("/") for p in parts])
+
+
 def check_model_dir(model_path: str) -> str:
   """Returns the path of `saved_model.pb`, raising FileNotFoundError if absent."""
-  if not os.path.isdir(model_path):
+  if not is_dir(model_path):
     raise FileNotFoundError(f"policy directory not found: {model_path}")
-  pb = os.path.join(model_path, SAVED_MODEL_FILE)
-  if not os.path.isfile(pb):
+  pb = join(model_path, SAVED_MODEL_FILE)
+  if not exists(pb):
     raise FileNotFoundError(f"not a SavedModel directory, {SAVED_MODEL_FILE} is missing: {pb}")
   return pb
 
 
-def read_saved_model_proto(model_path: str) -> saved_model_pb2.SavedModel:
-  """Parses saved_model.pb; a truncated or corrupt file is a ValueError naming it."""
-  pb = check_model_dir(model_path)
+def is_dir(path: str) -> bool:
+  try:
+    return tf.io.gfile.isdir(path)
+  except tf.errors.OpError:  # e.g. a scheme with no file system registered
+    return False
+
+
+def exists(path: str) -> bool:
+  try:
+    return tf.io.gfile.exists(path)
+  except tf.errors.OpError:
+    return False
+
+
+def read_bytes(path: str) -> bytes:
+  """A whole file through TF's file layer; FileNotFoundError / ValueError naming it."""
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      return f.read()
+  except tf.errors.NotFoundError:
+    raise FileNotFoundError(f"file not found: {path}") from None
+  except tf.errors.OpError as e:
+    raise ValueError(f"cannot read {path}: {first_line(e)}") from None
+
+
+def parse_saved_model(pb: str, data: bytes) -> saved_model_pb2.SavedModel:
+  """Parses saved_model.pb bytes; a truncated or corrupt file is a ValueError naming it."""
   proto = saved_model_pb2.SavedModel()
   try:
-    with open(pb, "rb") as f:
-      proto.ParseFromString(f.read())
+    proto.ParseFromString(data)
   except Exception as e:  # protobuf's DecodeError and friends
     raise ValueError(f"corrupt or truncated SavedModel file {pb}: {first_line(e)}") from None
   if not proto.meta_graphs:
     raise ValueError(f"corrupt or truncated SavedModel file {pb}: it holds no MetaGraph")
   return proto
+
+
+def read_saved_model_proto(model_path: str) -> saved_model_pb2.SavedModel:
+  """Parses `<model_path>/saved_model.pb` (see `parse_saved_model`)."""
+  pb = check_model_dir(model_path)
+  return parse_saved_model(pb, read_bytes(pb))
+
+
+def _copy_tree(source: str, target: str) -> int:
+  """Copies a directory tree through TF's file layer; returns the bytes copied."""
+  copied = 0
+  for root, _, files in tf.io.gfile.walk(source):
+    relative = root[len(source):].strip("/")
+    destination = join(target, relative) if relative else target
+    tf.io.gfile.makedirs(destination)
+    for name in files:
+      tf.io.gfile.copy(join(root, name), join(destination, name), overwrite=True)
+      copied += tf.io.gfile.stat(join(destination, name)).length
+  return copied
+
+
+class SavedModelSource:
+  """The audited bytes of one SavedModel, from which every copy of it loads.
+
+  `read()` parses and audits `saved_model.pb` before TF's loader sees it, then
+  snapshots those bytes with `variables/` and `assets/` into TF's in-memory
+  file system (`ram://`). Loading from the snapshot means the loader runs
+  exactly the audited graph, and a later standby copy needs nothing from
+  `model_path`. `release()` drops the snapshot once no more copies are needed.
+  """
+
+  def __init__(self, model_path: str, proto: saved_model_pb2.SavedModel, pb_bytes: bytes,
+               report: graph_audit.AuditReport):
+    self.path = model_path
+    self.proto = proto
+    self.audit = report
+    self.fingerprint = hashlib.sha256(pb_bytes).hexdigest()
+    self.snapshot: Optional[str] = f"ram://policy_runtime/{uuid.uuid4().hex}"
+    try:
+      tf.io.gfile.makedirs(self.snapshot)
+      with tf.io.gfile.GFile(join(self.snapshot, SAVED_MODEL_FILE), "wb") as f:
+        f.write(pb_bytes)
+      self.snapshot_bytes = len(pb_bytes)
+      for part in _SNAPSHOT_PARTS:
+        source = join(model_path, part)
+        if is_dir(source):
+          self.snapshot_bytes += _copy_tree(source, join(self.snapshot, part))
+        elif exists(source):
+          tf.io.gfile.copy(source, join(self.snapshot, part), overwrite=True)
+          self.snapshot_bytes += tf.io.gfile.stat(source).length
+    except tf.errors.OpError as e:
+      self.release()
+      raise ValueError(f"cannot read SavedModel {model_path}: {first_line(e)}") from None
+    self._finalizer = weakref.finalize(self, _remove_snapshot, self.snapshot)
+
+  @classmethod
+  def read(cls, model_path: str, allow_unsafe_ops: bool) -> "SavedModelSource":
+    """Reads and audits `model_path` (nothing from it runs before the audit).
+
+    Raises:
+      FileNotFoundError: the directory or its saved_model.pb is missing.
+      ValueError: saved_model.pb is corrupt or truncated.
+      graph_audit.UnsafeGraphError: (a ValueError) ops outside the allow-list.
+    """
+    pb = check_model_dir(model_path)
+    data = read_bytes(pb)
+    proto = parse_saved_model(pb, data)
+    report = graph_audit.audit(proto, model_path, allow_unsafe_ops)
+    return cls(model_path, proto, data, report)
+
+  def load(self, policy_specs: specs_lib.PolicySpecs) -> "LoadedPolicy":
+    """Loads one copy from the snapshot (object graph, else signatures only).
+
+    Raises:
+      ValueError: the SavedModel cannot be loaded or has no usable `action`.
+    """
+    if self.snapshot is None:
+      raise RuntimeError(f"{self.path}: the snapshot was released")
+    try:
+      saved = tf.saved_model.load(self.snapshot)
+    except Exception as e:  # pylint: disable=broad-except
+      reason = self._user_path(first_line(e))
+      if _UNDECODABLE_SPEC.search(str(e)):
+        return SignaturePolicy(self, policy_specs, reason=reason)
+      raise ValueError(f"cannot load SavedModel {self.path}: {reason}") from None
+    return ObjectGraphPolicy(self.path, saved)
+
+  def release(self) -> None:
+    """Drops the in-memory snapshot."""
+    if self.snapshot is not None:
+      _remove_snapshot(self.snapshot)
+      self.snapshot = None
+
+  def _user_path(self, text: str) -> str:
+    return text.replace(self.snapshot, self.path) if self.snapshot else text
+
+
+def _remove_snapshot(path: str) -> None:
+  try:
+    if tf.io.gfile.exists(path):
+      tf.io.gfile.rmtree(path)
+  except Exception:  # pylint: disable=broad-except
+    pass  # interpreter shutdown
 
 
 class LoadedPolicy(abc.ABC):
@@ -107,10 +255,6 @@ class LoadedPolicy(abc.ABC):
   def attribute(self, name: str):
     """Another member of the SavedModel (e.g. a registered function)."""
 
-  @abc.abstractmethod
-  def functions(self) -> Dict[str, list]:
-    """Name -> concrete functions the policy can run (for the graph audit)."""
-
 
 class ObjectGraphPolicy(LoadedPolicy):
   """A policy restored with its Python object graph (`tf.saved_model.load`)."""
@@ -119,7 +263,7 @@ class ObjectGraphPolicy(LoadedPolicy):
     self.path = path
     self.saved = saved
     if not hasattr(saved, "action"):
-      raise ValueError(f"{os.path.join(path, SAVED_MODEL_FILE)} is not a TF-Agents PolicySaver "
+      raise ValueError(f"{join(path, SAVED_MODEL_FILE)} is not a TF-Agents PolicySaver "
                        "export: it has no `action` function")
     self.action = marshaling_plan.action_function_from_concrete(self._action_concrete())
     self._checkpoint = tf.train.Checkpoint(policy=saved)
@@ -160,19 +304,6 @@ class ObjectGraphPolicy(LoadedPolicy):
   def attribute(self, name):
     return getattr(self.saved, name)
 
-  def functions(self):
-    result = {}
-    for name in dir(self.saved):
-      if name.startswith("_"):
-        continue
-      attr = getattr(self.saved, name, None)
-      concrete = getattr(attr, "concrete_functions", None)
-      if concrete is None and hasattr(attr, "graph") and hasattr(attr, "structured_input_signature"):
-        concrete = [attr]
-      if concrete:
-        result[name] = list(concrete)
-    return result
-
 
 def _nest_path_names(spec_nest, prefix: str) -> List[str]:
   """Leaf names as PolicySaver's `rename_spec_with_nest_paths` writes them."""
@@ -190,19 +321,19 @@ class SignaturePolicy(LoadedPolicy):
   with `register_function` live only in the object graph: not available.
   """
 
-  def __init__(self, path: str, proto: saved_model_pb2.SavedModel,
-               policy_specs: specs_lib.PolicySpecs, reason: str):
-    self.path = path
+  def __init__(self, source: SavedModelSource, policy_specs: specs_lib.PolicySpecs,
+               reason: str):
+    self.path = path = source.path
     self.reason = reason
     self.mode = f"flat signatures only ({reason})"
     try:
-      self.obj = load_v1_in_v2.load(path, ["serve"])
+      self.obj = load_v1_in_v2.load(source.snapshot, ["serve"])
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f"cannot load SavedModel {path} from its signatures either: "
-                       f"{first_line(e)} (object graph: {reason})") from None
-    self._restore_fn = self._make_restore_fn(proto.meta_graphs[0].saver_def)
+                       f"{source._user_path(first_line(e))} (object graph: {reason})") from None  # pylint: disable=protected-access
+    self._restore_fn = self._make_restore_fn(source.proto.meta_graphs[0].saver_def)
     # Checkpoint key -> value of every saved variable, as last restored.
-    self._values = self._read_values(os.path.join(path, VARIABLES_PREFIX), keys=None)
+    self._values = self._read_values(join(source.snapshot, VARIABLES_PREFIX), keys=None)
     self.action = self._action_function(policy_specs)
     self._state_spec = policy_specs.policy_state_spec
 
@@ -271,7 +402,8 @@ class SignaturePolicy(LoadedPolicy):
     `PolicySaver.save_checkpoint` nests the policy's keys under "policy/";
     both layouts are accepted.
     """
-    reader = tf.train.load_checkpoint(prefix)
+    # Not tf.train.load_checkpoint: on ram:// a prefix also looks like a directory.
+    reader = py_checkpoint_reader.NewCheckpointReader(prefix)
     available = reader.get_variable_to_dtype_map()
     if keys is None:
       keys = list(available)
@@ -314,13 +446,16 @@ class SignaturePolicy(LoadedPolicy):
         raise ValueError(f"{key!r} has shape {np.shape(value)} in the checkpoint, "
                          f"{np.shape(self._values[key])} in the policy")
     # The graph's restore op reads the SavedModel's own key layout: write the
-    # values in that layout to a temporary checkpoint and run it on that.
-    with tempfile.TemporaryDirectory() as tmp:
-      prefix = os.path.join(tmp, "variables")
+    # values in that layout to a temporary in-memory checkpoint and run it on that.
+    scratch = f"ram://policy_runtime/restore-{uuid.uuid4().hex}"
+    try:
+      prefix = join(scratch, "variables")
       keys = sorted(values)
       tf.raw_ops.SaveV2(prefix=prefix, tensor_names=keys, shape_and_slices=[""] * len(keys),
                         tensors=[values[k] for k in keys])
       self._restore_fn(tf.constant(prefix))
+    finally:
+      _remove_snapshot(scratch)
     self._values = values
 
   def attribute(self, name):
@@ -329,23 +464,3 @@ class SignaturePolicy(LoadedPolicy):
     raise AttributeError(
         f"{name!r} is not available: {self.path} was loaded from its flat signatures only "
         f"({self.reason}); functions added with register_function need the object graph")
-
-  def functions(self):
-    return {name: [fn] for name, fn in self.obj.signatures.items()}
-
-
-def load(model_path: str, policy_specs: specs_lib.PolicySpecs) -> LoadedPolicy:
-  """Loads the SavedModel at `model_path` (object graph, else signatures only).
-
-  Raises:
-    FileNotFoundError: the directory or its saved_model.pb is missing.
-    ValueError: the SavedModel cannot be parsed or has no usable `action`.
-  """
-  proto = read_saved_model_proto(model_path)  # clear errors for missing/corrupt files
-  try:
-    saved = tf.saved_model.load(model_path)
-  except Exception as e:  # pylint: disable=broad-except
-    if _UNDECODABLE_SPEC.search(str(e)):
-      return SignaturePolicy(model_path, proto, policy_specs, reason=first_line(e))
-    raise ValueError(f"cannot load SavedModel {model_path}: {first_line(e)}") from None
-  return ObjectGraphPolicy(model_path, saved)

@@ -193,6 +193,11 @@ class MarshalingPlan:
         function.num_outputs, batch_time_steps, fixed, function.input_slots,
         function.output_indices, executor_type)
 
+  @property
+  def native_call(self):
+    """The native `call(time_step, policy_state, function_name, captures)`."""
+    return self._native.call
+
   def call(self, time_step, policy_state, function: ActionFunction):
     """Validates, converts, runs `function` and packs a `PolicyStep`.
 

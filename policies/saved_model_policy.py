@@ -8,11 +8,9 @@ hands it to the graph without copying where it can, and returns numpy views.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import threading
-import time
 from typing import Any, Optional
 
 import numpy as np
@@ -20,6 +18,7 @@ import tensorflow as tf
 from tensorflow.python.eager import core
 from tf_agents.policies import py_policy
 
+from native import marshal
 from policies import graph_audit
 from policies import loading
 from policies import marshaling_plan
@@ -83,7 +82,7 @@ class PyTFEagerPolicyBase(py_policy.PyPolicy):
     self._plan = marshaling_plan.MarshalingPlan(
         function, batch_time_steps,
         marshaling_plan.SINGLE_THREADED_EXECUTOR if single_threaded_executor else "")
-    self._stochastic = any(graph_audit.RANDOM_OPS.search(op) for op in self._action_op_types())
+    self._stochastic = bool(graph_audit.RANDOM_OPS & self._action_op_types())
 
   # -- Hooks for subclasses ---------------------------------------------------
 
@@ -149,20 +148,33 @@ class PyTFEagerPolicyBase(py_policy.PyPolicy):
 
 
 class _PolicyCopy:
-  """One loaded copy of the SavedModel and the number of calls running on it."""
+  """One loaded copy of the SavedModel (the switch counts the calls running on it)."""
 
   def __init__(self, loaded: loading.LoadedPolicy):
     self.loaded = loaded
-    self.in_flight = 0
+
+  @property
+  def call_args(self) -> tuple:
+    """What the native plan needs to run this copy's `action`."""
+    return (self.loaded.action.name, self.loaded.action.captures)
+
+
+# How long an update waits for calls still running on the standby copy.
+_IDLE_TIMEOUT_S = 60.0
 
 
 class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
   """A `PyPolicy` running a SavedModel exported by TF-Agents' `PolicySaver`.
 
   Same constructor, methods and specs as TF-Agents'
-  `SavedModelPyTFEagerPolicy`. Attributes it does not define are forwarded to
-  the loaded SavedModel object, so functions added with
-  `PolicySaver.register_function` can be called.
+  `SavedModelPyTFEagerPolicy`. Public attributes it does not define are
+  forwarded to the loaded SavedModel, so functions added with
+  `PolicySaver.register_function` can be called (on the weights active at
+  the time of the call).
+
+  `model_path` is any path TensorFlow's file layer reads: local, `ram://`,
+  and with their plugins `gs://`, `s3://`, `hdfs://`. Nothing from the
+  SavedModel runs before `graph_audit` has checked every op in it.
 
   `action(time_step, policy_state=(), seed=None)`: `seed` must be None for
   stochastic policies (their random ops were seeded at export; a ValueError
@@ -170,14 +182,18 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
 
   `update_from_checkpoint` swaps weights atomically: every `action()` runs
   entirely on the old or entirely on the new weights, from any thread. It
-  restores into a second loaded copy of the SavedModel (made on first use)
-  and switches copies, so a failed update leaves the policy untouched.
+  restores into a second loaded copy of the SavedModel (made on first use,
+  from the audited in-memory snapshot taken at load) and switches copies, so
+  a failed update leaves the policy untouched.
 
   Policies whose object graph this TensorFlow cannot decode (e.g. exported
   by TF 2.3-2.12 with a TFP distribution spec it no longer reads) load from
   their flat signatures; everything works except functions added with
   `register_function`, which raise an AttributeError saying why, and
   `variables()`, which then returns snapshots of the checkpoint's values.
+
+  The policy cannot be pickled or copied (it holds loaded TensorFlow state):
+  pass the model path and load it where it is used.
   """
 
   def __init__(self,
@@ -195,7 +211,8 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     """Loads the policy.
 
     Args:
-      model_path: directory written by `PolicySaver.save`.
+      model_path: directory written by `PolicySaver.save` (str or PathLike),
+        on any file system TensorFlow reads.
       time_step_spec: `TimeStep` of ArraySpecs; optional with
         `load_specs_from_pbtxt`.
       action_spec: nest of ArraySpecs of the actions.
@@ -204,8 +221,8 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
       load_specs_from_pbtxt: read the specs from `policy_specs.pbtxt`.
       use_tf_function: accepted for compatibility (see PyTFEagerPolicyBase).
       batch_time_steps: single unbatched steps (True) or batches (False).
-      allow_unsafe_ops: load even if the policy's functions use ops that touch
-        the file system, the network or run Python (see `graph_audit`).
+      allow_unsafe_ops: load even if the SavedModel uses ops outside the
+        allow-list of `graph_audit` (files, network, datasets, Python, ...).
       single_threaded_executor: see `PyTFEagerPolicyBase`.
 
     Raises:
@@ -213,7 +230,8 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
         `load_specs_from_pbtxt`) its policy_specs.pbtxt is missing.
       ValueError: no specs, an unreadable SavedModel, or a batch mode the
         saved signature cannot take.
-      graph_audit.UnsafeGraphError: (a ValueError) unsafe ops without opt-in.
+      graph_audit.UnsafeGraphError: (a ValueError) unsafe ops without opt-in;
+        nothing from the SavedModel has run.
     """
     model_path = os.fspath(model_path)
     loading.check_model_dir(model_path)
@@ -221,22 +239,22 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
                                      policy_state_spec, info_spec, load_specs_from_pbtxt)
     self._model_path = model_path
     self._policy_specs = policy_specs
-    self._active = _PolicyCopy(loading.load(model_path, policy_specs))
+    self._source = loading.SavedModelSource.read(model_path, allow_unsafe_ops)
+    active = _PolicyCopy(self._source.load(policy_specs))
+    self._switch = marshal.CopySwitch(active, active.call_args)
     self._standby: Optional[_PolicyCopy] = None
-    self._copy_lock = threading.Lock()     # guards _active and in_flight counts
     self._update_lock = threading.Lock()   # one update at a time
-    self._allow_unsafe_ops = allow_unsafe_ops
-    self._ops_by_function = graph_audit.audit(self._active.loaded.functions(), model_path,
-                                              allow_unsafe_ops)
+    self._ops_by_function = self._source.audit.ops_by_function
     super().__init__(None, policy_specs.time_step_spec, policy_specs.action_spec,
                      policy_specs.policy_state_spec, policy_specs.info_spec,
                      use_tf_function, batch_time_steps,
                      single_threaded_executor=single_threaded_executor)
+    self._native_call = self._plan.native_call
     if policy_specs.collect_data_spec is not None:
       self._collect_data_spec = policy_specs.collect_data_spec
     self._train_step_from_last_restored_checkpoint_path = None
     try:
-      self._warm_up(self._active)
+      self._warm_up(active)
     except tf.errors.OpError as e:
       if not single_threaded_executor:
         raise
@@ -244,39 +262,22 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
                        f"single_threaded_executor=True: {e.message.splitlines()[0]}") from None
 
   def _action_function(self) -> marshaling_plan.ActionFunction:
-    return self._active.loaded.action
+    return self._switch.active.loaded.action
 
   def _action_op_types(self) -> set:
-    return self._ops_by_function.get("action") or super()._action_op_types()
+    ops = self._ops_by_function
+    return ops.get("action") or ops.get("signature 'action'") or super()._action_op_types()
 
   def _initial_state_tensors(self, batch_size: int):
-    with self._using_active() as copy:
-      return copy.loaded.get_initial_state(batch_size)
-
-  @contextlib.contextmanager
-  def _using_active(self):
-    """The active copy, which no update restores into while it is in use."""
-    with self._copy_lock:
-      copy = self._active
-      copy.in_flight += 1
-    try:
-      yield copy
-    finally:
-      with self._copy_lock:
-        copy.in_flight -= 1
+    return self._switch.with_active(lambda copy: copy.loaded.get_initial_state(batch_size))
 
   def _action(self, time_step, policy_state, seed: Optional[Any] = None):
     if seed is not None:
       self._check_seed(seed)
-    # `_using_active`, inlined: a generator context manager costs ~1 us per call.
-    with self._copy_lock:
-      copy = self._active
-      copy.in_flight += 1
     try:
-      return self._run(time_step, policy_state, copy.loaded.action)
-    finally:
-      with self._copy_lock:
-        copy.in_flight -= 1
+      return self._switch.call(self._native_call, time_step, policy_state)
+    except core._NotOkStatusException as e:  # pylint: disable=protected-access
+      raise core._status_to_exception(e) from None  # pylint: disable=protected-access
 
   def _warm_up(self, copy: _PolicyCopy) -> None:
     """Runs a copy's graph once so the first real call is not slower than the rest."""
@@ -297,18 +298,22 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
   @property
   def load_mode(self) -> str:
     """"object graph", or "flat signatures only (why)" for undecodable exports."""
-    return self._active.loaded.mode
+    return self._switch.active.loaded.mode
+
+  @property
+  def fingerprint(self) -> str:
+    """SHA-256 of the saved_model.pb that was audited and loaded."""
+    return self._source.fingerprint
 
   def op_families(self) -> dict:
-    """{family: op types} over every function of the policy (see `graph_audit`)."""
-    return graph_audit.families(set().union(*self._ops_by_function.values()))
+    """{family: op types} over every graph and function of the SavedModel (see `graph_audit`)."""
+    return graph_audit.families(self._source.audit.all_ops())
 
   # -- TF-Agents SavedModelPyTFEagerPolicy API --------------------------------
 
   def get_train_step(self):
     """The training step stored in the SavedModel (numpy scalar)."""
-    with self._using_active() as copy:
-      return copy.loaded.get_train_step()
+    return self._switch.with_active(lambda copy: copy.loaded.get_train_step())
 
   def get_train_step_from_last_restored_checkpoint_path(self) -> Optional[int]:
     """The train step parsed from the last checkpoint path, or None."""
@@ -316,36 +321,40 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
 
   def get_metadata(self):
     """The metadata saved with the policy, as a dict of numpy values."""
-    with self._using_active() as copy:
-      return copy.loaded.get_metadata()
+    return self._switch.with_active(lambda copy: copy.loaded.get_metadata())
 
   def variables(self):
     """The model variables (`tf.Variable`s) of the weights `action()` uses now."""
-    return self._active.loaded.variables()
+    return self._switch.active.loaded.variables()
 
   def update_from_checkpoint(self, checkpoint_path: str) -> None:
     """Swaps in the weights at `<checkpoint_path>/variables/variables`, atomically.
 
     `checkpoint_path` is a directory passed to `PolicySaver.save` or
-    `PolicySaver.save_checkpoint`. The train step is taken from a trailing
-    `_NNNN` of the path (see `get_train_step_from_last_restored_checkpoint_path`).
+    `PolicySaver.save_checkpoint`, on any file system TensorFlow reads. The
+    train step is taken from a trailing `_NNNN` of the path (see
+    `get_train_step_from_last_restored_checkpoint_path`).
 
     Raises:
       FileNotFoundError: the checkpoint (or its index file) is missing.
       ValueError: the checkpoint is truncated, corrupt or does not match the
-        policy. The policy then keeps acting on its current weights.
+        policy, or calls on the standby copy did not finish in time. The
+        policy then keeps acting on its current weights.
     """
     checkpoint_path = os.fspath(checkpoint_path)
-    prefix = os.path.join(checkpoint_path, loading.VARIABLES_PREFIX)
-    if not os.path.isdir(checkpoint_path):
+    prefix = loading.join(checkpoint_path, loading.VARIABLES_PREFIX)
+    if not loading.is_dir(checkpoint_path):
       raise FileNotFoundError(f"checkpoint directory not found: {checkpoint_path}")
-    if not os.path.isfile(prefix + ".index"):
+    if not loading.exists(prefix + ".index"):
       raise FileNotFoundError(f"checkpoint index file not found: {prefix}.index")
     with self._update_lock:
       standby = self._standby or self._load_copy()
       self._standby = standby
-      while standby.in_flight:  # calls that started before the last swap
-        time.sleep(0.0005)
+      # Calls that leased this copy before the last swap.
+      if not self._switch.wait_idle(standby, _IDLE_TIMEOUT_S):
+        raise ValueError(f"cannot restore checkpoint {checkpoint_path}: "
+                         f"{self._switch.in_flight(standby)} calls still running on the "
+                         f"standby copy after {_IDLE_TIMEOUT_S:.0f} s")
       try:
         standby.loaded.restore(prefix)
         self._warm_up(standby)
@@ -353,26 +362,48 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
         # Only the standby copy was touched; the next update restores it fully.
         raise ValueError(f"cannot restore checkpoint {checkpoint_path}: "
                          f"{loading.first_line(e)}") from None
-      with self._copy_lock:
-        self._standby, self._active = self._active, standby
+      previous = self._switch.active
+      self._switch.activate(standby, standby.call_args)
+      self._standby = previous
       self._train_step_from_last_restored_checkpoint_path = _train_step_from_path(checkpoint_path)
 
   def _load_copy(self) -> _PolicyCopy:
-    loaded = loading.load(self._model_path, self._policy_specs)
-    # The files are read again: audit them again.
-    graph_audit.audit(loaded.functions(), self._model_path, self._allow_unsafe_ops)
+    """The standby copy, from the snapshot of the audited SavedModel."""
+    loaded = self._source.load(self._policy_specs)
     if not self._plan.accepts(loaded.action):
-      raise ValueError(f"{self._model_path} changed on disk since it was loaded")
+      raise ValueError(f"{self._model_path}: a second copy does not match the first")
+    self._source.release()  # both copies exist; the snapshot is not needed again
     return _PolicyCopy(loaded)
 
   def __getattr__(self, name: str):
-    """Forwards other attributes (e.g. registered functions) to the SavedModel."""
-    active = self.__dict__.get("_active")
-    if active is None or name.startswith("__"):
+    """Forwards public attributes (e.g. registered functions) to the SavedModel.
+
+    A forwarded function runs on the copy that is active when it is called,
+    which no update restores into while it runs.
+    """
+    switch = self.__dict__.get("_switch")
+    if switch is None or name.startswith("_"):
       raise AttributeError(name)
-    return active.loaded.attribute(name)
+    value = switch.active.loaded.attribute(name)
+    if not callable(value):
+      return value
+
+    def forwarded(*args, **kwargs):
+      return switch.with_active(lambda copy: copy.loaded.attribute(name)(*args, **kwargs))
+
+    forwarded.__name__ = name
+    forwarded.__doc__ = getattr(value, "__doc__", None)
+    return forwarded
+
+  def _not_copyable(self, *unused):
+    raise TypeError(
+        f"a SavedModelPyTFEagerPolicy cannot be pickled or copied (it holds loaded TensorFlow "
+        f"state): pass the model path ({self._model_path!r}) to where the policy is needed, "
+        f"e.g. a Ray worker, and load it there with SavedModelPyTFEagerPolicy(path, ...)")
+
+  __reduce__ = __reduce_ex__ = __copy__ = __deepcopy__ = _not_copyable
 
 
 def _train_step_from_path(path: str) -> Optional[int]:
-  match = re.search(r"_(\d+)$", path.rstrip(os.sep))
+  match = re.search(r"_(\d+)$", path.rstrip("/" + os.sep))
   return int(match.group(1)) if match else None

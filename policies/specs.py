@@ -40,10 +40,14 @@ def resolve(model_path: str, time_step_spec, action_spec, policy_state_spec, inf
         "action_spec (and policy_state_spec / info_spec if any), or pass "
         "load_specs_from_pbtxt=True to read them from the policy_specs.pbtxt that "
         "PolicySaver writes next to saved_model.pb")
-  path = os.path.join(os.fspath(model_path), policy_saver.POLICY_SPECS_PBTXT)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"load_specs_from_pbtxt=True but the spec file is missing: {path}")
+  path = f"{os.fspath(model_path).rstrip('/')}/{policy_saver.POLICY_SPECS_PBTXT}"
   try:
+    found = tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+  except tf.errors.OpError:
+    found = False
+  if not found:
+    raise FileNotFoundError(f"load_specs_from_pbtxt=True but the spec file is missing: {path}")
+  try:  # through TF's file layer, like every other read
     loaded = policy_saver.specs_from_collect_data_spec(tensor_spec.from_pbtxt_file(path))
   except Exception as e:  # text_format.ParseError and friends
     raise ValueError(f"cannot parse spec file {path}: {str(e).splitlines()[0] if str(e) else e!r}") from None

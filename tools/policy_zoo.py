@@ -21,7 +21,9 @@ from tf_agents.policies import greedy_policy
 from tf_agents.policies import policy_saver
 from tf_agents.policies import q_policy
 from tf_agents.policies import random_tf_policy
+from tf_agents.policies import tf_policy
 from tf_agents.specs import tensor_spec
+from tf_agents.trajectories import policy_step
 from tf_agents.trajectories import time_step as ts
 
 
@@ -116,3 +118,87 @@ def save(policy, path: str, batch_size: Optional[int] = None, train_step: int = 
   saver = make_saver(policy, batch_size, train_step, metadata)
   saver.save(os.fspath(path))
   return saver
+
+
+class BiasInfoPolicy(tf_policy.TFPolicy):
+  """A deterministic policy whose info is one of its weights, forwarded as is.
+
+  `info["bias"]` is `tf.expand_dims(self.bias, 0)` at batch 1 (tiled for larger
+  batches): TF hands back the variable's own buffer, which is what a caller
+  must never be able to write through.
+  """
+
+  def __init__(self):
+    obs_spec = tf.TensorSpec([3], tf.float32, "observation")
+    action_spec = tensor_spec.BoundedTensorSpec((), tf.int64, 0, 2, "action")
+    self.bias = tf.Variable([10.0, 20.0, 30.0], name="bias")
+    super().__init__(ts.time_step_spec(obs_spec), action_spec,
+                     info_spec={"bias": tf.TensorSpec([3], tf.float32, "bias")})
+
+  def _variables(self):
+    return [self.bias]
+
+  def _action(self, time_step, policy_state, seed):
+    obs = time_step.observation
+    action = tf.argmax(obs * self.bias, axis=-1)
+    bias = tf.expand_dims(self.bias, 0)
+    batch = tf.shape(obs)[0]
+    bias = tf.cond(tf.equal(batch, 1), lambda: bias, lambda: tf.tile(bias, [batch, 1]))
+    return policy_step.PolicyStep(action, policy_state, {"bias": bias})
+
+  def _distribution(self, time_step, policy_state):
+    raise NotImplementedError("BiasInfoPolicy has no distribution")
+
+
+def published_kinds():
+  """Builders of the policies TF-Agents' agents publish, beyond the fixtures above.
+
+  SAC (tanh-normal actor), C51 (categorical Q, collect), DQN over an LSTM with
+  epsilon-greedy exploration, DDPG with OU noise, and a Boltzmann Q policy.
+  """
+  from tf_agents.agents.ddpg import actor_network as ddpg_actor_network
+  from tf_agents.agents.sac import tanh_normal_projection_network
+  from tf_agents.networks import categorical_q_network
+  from tf_agents.networks import q_rnn_network
+  from tf_agents.policies import boltzmann_policy
+  from tf_agents.policies import categorical_q_policy
+  from tf_agents.policies import epsilon_greedy_policy
+  from tf_agents.policies import ou_noise_policy
+
+  obs = tf.TensorSpec([5], tf.float32, "observation")
+  continuous = tensor_spec.BoundedTensorSpec([2], tf.float32, -1.0, 1.0, "action")
+  discrete = tensor_spec.BoundedTensorSpec((), tf.int64, 0, 3, "action")
+  time_steps = ts.time_step_spec(obs)
+
+  def sac():
+    net = actor_distribution_network.ActorDistributionNetwork(
+        obs, continuous, fc_layer_params=(16,),
+        continuous_projection_net=tanh_normal_projection_network.TanhNormalProjectionNetwork)
+    net.create_variables()
+    return actor_policy.ActorPolicy(time_steps, continuous, net, training=False)
+
+  def c51():
+    net = categorical_q_network.CategoricalQNetwork(obs, discrete, fc_layer_params=(16,))
+    net.create_variables()
+    return epsilon_greedy_policy.EpsilonGreedyPolicy(
+        categorical_q_policy.CategoricalQPolicy(time_steps, discrete, net,
+                                                min_q_value=-10.0, max_q_value=10.0), 0.1)
+
+  def q_rnn_epsilon_greedy():
+    net = q_rnn_network.QRnnNetwork(obs, discrete, lstm_size=(8,))
+    net.create_variables()
+    return epsilon_greedy_policy.EpsilonGreedyPolicy(
+        q_policy.QPolicy(time_steps, discrete, net), 0.1)
+
+  def ddpg_ou():
+    net = ddpg_actor_network.ActorNetwork(obs, continuous, fc_layer_params=(16,))
+    net.create_variables()
+    return ou_noise_policy.OUNoisePolicy(actor_policy.ActorPolicy(time_steps, continuous, net))
+
+  def boltzmann():
+    net = q_network.QNetwork(obs, discrete, fc_layer_params=(16,))
+    net.create_variables()
+    return boltzmann_policy.BoltzmannPolicy(q_policy.QPolicy(time_steps, discrete, net), 0.5)
+
+  return {"sac": sac, "c51_epsilon_greedy": c51, "q_rnn_epsilon_greedy": q_rnn_epsilon_greedy,
+          "ddpg_ou_noise": ddpg_ou, "boltzmann": boltzmann}

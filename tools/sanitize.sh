@@ -16,7 +16,7 @@ read -r py_inc pybind_inc numpy_inc < <("$py" -c \
   "import sysconfig, pybind11, numpy; print(sysconfig.get_paths()['include'], pybind11.get_include(), numpy.get_include())")
 g++ -O1 -g -std=c++17 -fPIC -shared -fvisibility=hidden -fno-omit-frame-pointer \
   -fsanitize=address,undefined -I"$py_inc" -I"$pybind_inc" -I"$numpy_inc" \
-  "$work/native/marshal.cc" -o "$work/native/_marshal.so"
+  -I"$work" "$work/native/marshal.cc" "$work/native/copy_switch.cc" -o "$work/native/_marshal.so"
 status=0
 (cd "$work" &&
   LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)" \
