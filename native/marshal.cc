@@ -370,9 +370,8 @@ class Plan {
   py::list Flatten(py::handle time_step, py::handle policy_state, bool staging) const {
     CallState state;
     state.use_staging = staging;
-    py::list args = FlattenInto(time_step, policy_state, 0, &state);
-    ReturnStaging(std::move(state.staging));
-    return args;
+    StagingLease lease{this, &state};
+    return FlattenInto(time_step, policy_state, 0, &state);
   }
 
   // Flatten + execute + pack, all in one pass.
@@ -381,11 +380,7 @@ class Plan {
                   py::tuple captures) const {
     CallState state;
     state.use_staging = true;
-    struct Lease {
-      const Plan* plan;
-      CallState* state;
-      ~Lease() { plan->ReturnStaging(std::move(state->staging)); }
-    } lease{this, &state};
+    StagingLease lease{this, &state};
     py::list args = FlattenInto(time_step, policy_state, captures.size(), &state);
     for (size_t i = 0; i < captures.size(); ++i) {
       PyObject* c = captures[i].ptr();
@@ -399,6 +394,13 @@ class Plan {
   }
 
  private:
+  // Returns a call's staging tensors to the pool however the call ends.
+  struct StagingLease {
+    const Plan* plan;
+    CallState* state;
+    ~StagingLease() { plan->ReturnStaging(std::move(state->staging)); }
+  };
+
   std::unique_ptr<Staging> TakeStaging(npy_intp batch) const {
     for (size_t i = pool_.size(); i-- > 0;) {
       if (pool_[i]->batch == batch) {
@@ -605,8 +607,12 @@ class Plan {
     py::object arr = Steal(natural);
     auto* a = reinterpret_cast<PyArrayObject*>(arr.ptr());
     // Python numbers follow numpy's same-kind rule (int -> float is fine,
-    // float -> int is not); numpy arrays must match the dtype exactly.
-    if (!PyArray_CanCastTypeTo(PyArray_DESCR(a), want, NPY_SAME_KIND_CASTING) ||
+    // float -> int is not), and ints may fill unsigned leaves; the values must
+    // then fit (CheckValuesFit). numpy arrays must match the dtype exactly.
+    bool int_to_unsigned = PyTypeNum_ISSIGNED(PyArray_TYPE(a)) &&
+                           PyTypeNum_ISINTEGER(PyArray_TYPE(a)) &&
+                           PyTypeNum_ISUNSIGNED(want->type_num);
+    if ((!int_to_unsigned && !PyArray_CanCastTypeTo(PyArray_DESCR(a), want, NPY_SAME_KIND_CASTING)) ||
         PyArray_TYPE(a) == NPY_OBJECT) {
       Raise(PyExc_TypeError, node.path + ": expected " + ExpectedLeaf(spec, batch_hint) +
                                  ", got " + TypeName(value) + " of " + Describe(a));

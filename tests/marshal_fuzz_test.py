@@ -29,18 +29,22 @@ _JUNK = [None, "text", b"bytes", object(), 3 + 4j, {"k": 1}, [], [[1], [2, 3]], 
          np.datetime64("2020-01-01"), slice(1, 2), Ellipsis]
 
 
-def _leaf_value(draw, spec, outer):
+_VALID_KINDS = ["good", "fortran", "strided", "readonly", "swapped", "unaligned", "python",
+                "eager", "aligned_big"]
+_ALL_KINDS = ["good", "good", "good", "fortran", "strided", "readonly", "swapped", "unaligned",
+              "wrong_dtype", "wrong_shape", "extra_dim", "missing_dim", "python", "list", "junk",
+              "huge", "huge_valid_shape", "zero_size", "eager"]
+
+
+def _leaf_value(draw, spec, outer, kinds=tuple(_ALL_KINDS)):
   shape = tuple(outer) + tuple(spec.shape[1:])
   dtype = spec.dtype.as_numpy_dtype
   good = (np.arange(int(np.prod(shape))) % 7).astype(dtype).reshape(shape)
-  kind = draw(st.sampled_from(
-      ["good", "good", "good", "fortran", "strided", "readonly", "swapped", "unaligned",
-       "wrong_dtype", "wrong_shape", "extra_dim", "missing_dim", "python", "list", "junk",
-       "huge", "zero_size"]))
+  kind = draw(st.sampled_from(kinds))
   if kind == "good":
     return good
   if kind == "fortran":
-    return np.asfortranarray(good)
+    return np.asfortranarray(good) if good.ndim else good  # asfortranarray makes 0-d 1-d
   if kind == "strided":
     return np.repeat(good, 2, axis=-1)[..., ::2] if good.ndim else good
   if kind == "readonly":
@@ -61,16 +65,37 @@ def _leaf_value(draw, spec, outer):
     return good[None]
   if kind == "missing_dim":
     return good.reshape(-1)[0] if good.size else np.zeros((), dtype)
-  if kind == "python":
-    return good.tolist()
+  if kind == "python":  # a list cannot say the shape or dtype of an empty array
+    return good.tolist() if good.size else good
   if kind == "list":
     return [good.tolist(), good.tolist()]
   if kind == "huge":
     return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape=(2**40,) + shape[1:],
                                            strides=(0,) * (len(shape[1:]) + 1))
+  if kind == "huge_valid_shape":  # the right shape, far too large to copy
+    if not outer:
+      return good
+    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape=(2**44,) + shape[1:],
+                                           strides=(0,) * len(shape))
+  if kind == "eager":
+    return tf.constant(good)
+  if kind == "aligned_big":
+    return good.copy()
   if kind == "zero_size":
     return np.zeros((0,) + shape[1:], dtype)
   return draw(st.sampled_from(_JUNK))
+
+
+def _valid_value(draw, spec, outer):
+  """A value for `spec` in any form the marshaler must accept."""
+  if isinstance(spec, tf.TensorSpec):
+    return _leaf_value(draw, spec, outer, tuple(_VALID_KINDS))
+  if isinstance(spec, dict):
+    return {k: _valid_value(draw, v, outer) for k, v in spec.items()}
+  children = [_valid_value(draw, v, outer) for v in spec]
+  if isinstance(spec, Pair):
+    return Pair(*children)
+  return type(spec)(children)
 
 
 def _value(draw, spec, outer):
@@ -149,6 +174,36 @@ def test_every_case_succeeds_correctly_or_raises_value_or_type_error(case):
     expected = _expected(spec, leaf, batch_time_steps and i < num_ts)
     assert tensor.dtype == spec.dtype
     assert tuple(tensor.shape) == expected.shape
+    np.testing.assert_array_equal(tensor.numpy(), expected)
+
+
+@st.composite
+def _valid_cases(draw):
+  ts_spec = draw(_SPEC_NESTS)
+  state_spec = draw(st.one_of(st.just(()), _SPEC_NESTS))
+  batch_time_steps = draw(st.booleans())
+  batch = 1 if batch_time_steps else draw(st.integers(1, 3))
+  time_step = _valid_value(draw, ts_spec, () if batch_time_steps else (batch,))
+  state = _valid_value(draw, state_spec, (batch,)) if state_spec != () else ()
+  return ts_spec, state_spec, batch_time_steps, time_step, state, draw(st.booleans())
+
+
+@hypothesis.settings(max_examples=EXAMPLES, deadline=None, database=None,
+                     derandomize="FUZZ_EXAMPLES" not in os.environ,
+                     suppress_health_check=list(hypothesis.HealthCheck))
+@hypothesis.given(_valid_cases())
+def test_valid_inputs_are_never_rejected(case):
+  ts_spec, state_spec, batch_time_steps, time_step, state, staging = case
+  output = policy_step.PolicyStep(tf.TensorSpec([None], tf.float32), (), ())
+  plan = marshaling_plan.build_native_plan(ts_spec, state_spec, output, 1, batch_time_steps, None)
+  flat = plan.flatten(time_step, state, staging)   # must not raise
+  leaves = (nest.flatten_up_to(ts_spec, time_step, check_types=False) +
+            (nest.flatten_up_to(state_spec, state, check_types=False) if state_spec != () else []))
+  specs = tf.nest.flatten(ts_spec) + tf.nest.flatten(state_spec)
+  num_ts = len(tf.nest.flatten(ts_spec))
+  for i, (tensor, spec, leaf) in enumerate(zip(flat, specs, leaves)):
+    expected = _expected(spec, leaf, batch_time_steps and i < num_ts)
+    assert tensor.dtype == spec.dtype and tuple(tensor.shape) == expected.shape
     np.testing.assert_array_equal(tensor.numpy(), expected)
 
 

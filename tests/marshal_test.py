@@ -223,6 +223,124 @@ def test_deep_nesting_and_huge_declared_shapes_raise_cleanly():
                  _good_state())
 
 
+def test_huge_leaf_with_a_valid_shape_is_an_out_of_memory_value_error():
+  plan = _plan(_SIMPLE_TS._replace(observation=tf.TensorSpec([None, 4], tf.float32)), (),
+               batch_time_steps=False)
+  batch = 2**46  # 2**50 bytes: more than any address space
+  huge = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=(batch, 4), strides=(0, 0))
+  step = ts.TimeStep(*(np.lib.stride_tricks.as_strided(np.zeros(1, d), shape=(batch,), strides=(0,))
+                       for d in (np.int32, np.float32, np.float32)), huge)
+  for staging in (False, True):
+    with pytest.raises(ValueError, match=r"^time_step\.\w+: out of memory copying this leaf"):
+      plan.flatten(step, (), staging=staging)
+
+
+_EMPTY_PAIR = {"a": tf.TensorSpec([None, 0], tf.float32), "b": tf.TensorSpec([None, 0], tf.float32)}
+
+
+def test_batch_sizes_beyond_int32_are_neither_truncated_nor_mixed_up():
+  plan = _plan(_EMPTY_PAIR, (), batch_time_steps=False)
+  big = 2**32 + 3
+  with pytest.raises(ValueError, match=r"^time_step\['b'\]: expected float32\[4294967299,0\], "
+                                       r"got float32\[3,0\] \(batch size differs"):
+    plan.flatten({"a": np.zeros((big, 0), np.float32), "b": np.zeros((3, 0), np.float32)}, (),
+                 staging=True)
+  flat = plan.flatten({"a": np.zeros((big, 0), np.float32), "b": np.zeros((big, 0), np.float32)},
+                      (), staging=True)
+  assert [tuple(t.shape) for t in flat] == [(big, 0)] * 2
+  flat = plan.flatten({"a": np.zeros((3, 0), np.float32), "b": np.zeros((3, 0), np.float32)}, (),
+                      staging=True)
+  assert [tuple(t.shape) for t in flat] == [(3, 0)] * 2
+
+
+@pytest.mark.parametrize("field,value,pattern", [
+    ("step_type", 2**33 + 1, r"^time_step\.step_type: expected int32\[\], got 8589934593, which does not fit int32$"),
+    ("step_type", -2**31 - 1, r"^time_step\.step_type: expected int32\[\], got -2147483649, which does not fit int32$"),
+    ("reward", 1e300, r"^time_step\.reward: expected float32\[\], got 1e\+300, which does not fit float32$"),
+    ("observation", [1.0, 2.0, 3e39], r"^time_step\.observation: expected float32\[3\], got 3e\+39, which does not fit float32$"),
+])
+def test_python_numbers_that_do_not_fit_the_dtype_are_errors(field, value, pattern):
+  policy = _identity_policy(True)
+  step = ts.TimeStep(np.int32(0), np.float32(0), np.float32(1), np.ones(3, np.float32))
+  with pytest.raises(ValueError, match=pattern):
+    policy.action(step._replace(**{field: value}))
+
+
+def test_python_numbers_that_fit_are_converted_exactly():
+  policy = _identity_policy(True)
+  step = ts.TimeStep(2**31 - 1, -1e30, float("inf"), [float("nan"), -3, 2**24])
+  np.testing.assert_array_equal(policy.action(step).action, np.array([np.nan, -3, 2**24], np.float32))
+
+
+def test_eager_tensor_leaves_are_accepted_like_arrays():
+  policy = _identity_policy(False)
+  obs = np.arange(6, dtype=np.float32).reshape(2, 3)
+  step = ts.TimeStep(tf.constant([0, 1]), tf.zeros(2), tf.ones(2), tf.constant(obs))
+  np.testing.assert_array_equal(policy.action(step).action, obs)
+  with pytest.raises(TypeError, match=r"^time_step\.observation: expected float32\[2,3\], got float64\[2,3\]$"):
+    policy.action(step._replace(observation=tf.constant(obs, tf.float64)))
+
+
+class _BoolIdentityPolicy:
+  """A live TF policy whose action is its bool observation (forwarded buffer)."""
+
+  time_step_spec = ts.time_step_spec(tf.TensorSpec([64], tf.bool))
+  policy_state_spec = ()
+
+  def action(self, time_step, policy_state=()):
+    return policy_step.PolicyStep(tf.identity(time_step.observation), (), ())
+
+
+def test_fallback_path_outputs_never_share_the_callers_buffer():
+  from tf_agents.specs import tensor_spec
+  spec = _BoolIdentityPolicy.time_step_spec
+  policy = PyTFEagerPolicyBase(_BoolIdentityPolicy(), tensor_spec.to_nest_array_spec(spec),
+                               tensor_spec.to_nest_array_spec(spec.observation), (), ())
+  shared = 0
+  for i in range(400):
+    obs = np.zeros(64, bool)
+    obs[i % 64] = True
+    action = policy.action(ts.TimeStep(np.int32(0), np.float32(0), np.float32(1), obs)).action
+    before = action.copy()
+    obs[:] = ~obs
+    shared += not np.array_equal(action, before)
+  assert shared == 0
+
+
+def test_no_buffers_or_references_are_leaked_on_any_path():
+  import sys
+  plan = _plan(_BIG_TS, _STATE, batch_time_steps=True)
+  img = aligned((84, 84, 4), np.uint8)                 # lent zero-copy
+  pos = aligned((3,), np.float64)                      # staged
+  step = _good_step()._replace(observation={"img": img, "pos": pos})
+  plan.flatten(step, _good_state(), staging=True)
+  baseline = marshal.live_exported_leaves()
+  refs = sys.getrefcount(img), sys.getrefcount(pos)
+  for i in range(200):
+    plan.flatten(step, _good_state(), staging=True)    # zero-copy + staged
+    plan.flatten(step, _good_state(), staging=False)   # zero-copy + copies
+    with pytest.raises(TypeError):                     # fails after some leaves were converted
+      plan.flatten(step, [_good_state()[0], np.zeros((1, 8), np.int64)], staging=bool(i % 2))
+  assert marshal.live_exported_leaves() == baseline
+  assert (sys.getrefcount(img), sys.getrefcount(pos)) == refs
+
+  bool_policy = PyTFEagerPolicyBase(_BoolIdentityPolicy(), *_bool_specs())
+  obs = np.zeros(64, bool)
+  bool_policy.action(ts.TimeStep(np.int32(0), np.float32(0), np.float32(1), obs))
+  baseline, ref = marshal.live_exported_leaves(), sys.getrefcount(obs)
+  for _ in range(200):
+    bool_policy.action(ts.TimeStep(np.int32(0), np.float32(0), np.float32(1), obs))
+    with pytest.raises(ValueError):
+      bool_policy.action(ts.TimeStep(np.int32(0), np.float32(0), np.float32(1), obs[:3]))
+  assert marshal.live_exported_leaves() == baseline and sys.getrefcount(obs) == ref
+
+
+def _bool_specs():
+  from tf_agents.specs import tensor_spec
+  spec = _BoolIdentityPolicy.time_step_spec
+  return tensor_spec.to_nest_array_spec(spec), tensor_spec.to_nest_array_spec(spec.observation), (), ()
+
+
 if __name__ == "__main__":
   import pytest_main
   pytest_main.main(__file__)

@@ -1,0 +1,181 @@
+"""Races and sharing: interrupted calls, forwarded functions, concurrent polls, copies, owned outputs."""
+
+import copy
+import os
+import pickle
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tf_agents.policies import py_tf_eager_policy as tfa_eager
+from tf_agents.trajectories import time_step as ts
+
+from policies import CheckpointFollower, SavedModelPyTFEagerPolicy
+from conftest import scaled_checkpoint
+from tools import policy_zoo
+
+
+def _q_step(value=1.0):
+  return ts.TimeStep(np.int32(1), np.float32(0), np.float32(1), np.full(4, value, np.float32))
+
+
+def _in_flight(policy):
+  switch = policy._switch  # pylint: disable=protected-access
+  copies = [switch.active] + ([policy._standby] if policy._standby else [])  # pylint: disable=protected-access
+  return [switch.in_flight(c) for c in copies]
+
+
+def test_an_exception_at_any_point_of_a_call_leaves_no_copy_busy(saved, tmp_path):
+  """KeyboardInterrupt injected at every Python line an action() call runs."""
+  fixture = saved("q_mlp")
+  policy = SavedModelPyTFEagerPolicy(fixture.path, load_specs_from_pbtxt=True)
+  checkpoint = scaled_checkpoint(fixture, str(tmp_path / "c_0000000001"), 1.0)
+  policy.update_from_checkpoint(checkpoint)   # both copies exist from here on
+  step = _q_step()
+  for n in range(1, 10_000):
+    events = [0]
+
+    def tracer(frame, event, arg):
+      if event in ("line", "call"):
+        events[0] += 1
+        if events[0] == n:
+          raise KeyboardInterrupt
+      return tracer
+
+    sys.settrace(tracer)
+    try:
+      policy.action(step)
+      finished = True
+    except KeyboardInterrupt:
+      finished = False
+    finally:
+      sys.settrace(None)
+    assert _in_flight(policy) == [0, 0], f"interrupted at Python event {n}"
+    if finished:
+      break
+  assert n > 1, "the call ran no Python code to interrupt"
+  start = time.monotonic()
+  policy.update_from_checkpoint(checkpoint)   # would wait forever on a leaked count
+  assert time.monotonic() - start < 30
+
+
+def test_forwarded_functions_hold_the_copy_they_run_on(tmp_path):
+  policy = policy_zoo.q_mlp_policy()
+  saver = policy_zoo.make_saver(policy)
+
+  def spin(n):
+    return tf.while_loop(lambda i, acc: i < n[0], lambda i, acc: (i + 1, acc + 1.0),
+                         (tf.constant(0), tf.constant(0.0)))[1]
+
+  saver.register_function("spin", spin, tf.TensorSpec([], tf.int32))
+  saver.save(str(tmp_path / "p"))
+  loaded = SavedModelPyTFEagerPolicy(str(tmp_path / "p"), load_specs_from_pbtxt=True)
+  seen = []
+  done = threading.Event()
+
+  def watch():
+    while not done.is_set():
+      seen.append(_in_flight(loaded)[0])
+
+  watcher = threading.Thread(target=watch)
+  watcher.start()
+  try:
+    assert float(loaded.spin(tf.constant([3_000_000]))) == 3_000_000
+  finally:
+    done.set()
+    watcher.join()
+  assert max(seen) == 1 and _in_flight(loaded) == [0]
+
+
+def test_concurrent_polls_never_go_back_to_older_weights(saved, tmp_path):
+  fixture = saved("q_mlp")
+  policy = SavedModelPyTFEagerPolicy(fixture.path, load_specs_from_pbtxt=True)
+  root = tmp_path / "learner"
+  scaled_checkpoint(fixture, str(root / "policy_checkpoint_0000000030"), 0.5)
+  applied = []
+  newer_applied = threading.Event()
+
+  class Recording:
+    """Records the order of updates; the update to step 30 is slow to start."""
+
+    def update_from_checkpoint(self, path):
+      if path.endswith("30"):
+        newer_applied.wait(timeout=2.0)   # a poll for step 40 may run meanwhile
+      policy.update_from_checkpoint(path)
+      applied.append(int(path[-10:]))
+      if path.endswith("40"):
+        newer_applied.set()
+
+  follower = CheckpointFollower(Recording(), str(root))
+  first = threading.Thread(target=follower.poll)
+  first.start()
+  time.sleep(0.3)                        # the first poll has picked step 30
+  scaled_checkpoint(fixture, str(root / "policy_checkpoint_0000000040"), 0.7)
+  second = threading.Thread(target=follower.poll)
+  second.start()
+  first.join()
+  second.join()
+  assert applied == sorted(applied) and applied[-1] == 40
+  assert follower.current_step == 40
+  reference = SavedModelPyTFEagerPolicy(fixture.path, load_specs_from_pbtxt=True)
+  reference.update_from_checkpoint(str(root / "policy_checkpoint_0000000040"))
+  obs = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
+  assert [int(policy.action(_q_step()._replace(observation=o)).action) for o in obs] == \
+         [int(reference.action(_q_step()._replace(observation=o)).action) for o in obs]
+
+
+@pytest.mark.parametrize("how", ["copy", "deepcopy", "pickle"])
+def test_copying_or_pickling_is_a_clear_error(saved, how):
+  policy = SavedModelPyTFEagerPolicy(saved("q_mlp").path, load_specs_from_pbtxt=True)
+  do = {"copy": copy.copy, "deepcopy": copy.deepcopy, "pickle": pickle.dumps}[how]
+  with pytest.raises(TypeError, match=r"cannot be pickled or copied .* pass the model path"):
+    do(policy)
+
+
+@pytest.fixture(scope="module")
+def bias_policy(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("bias") / "policy")
+  policy_zoo.save(policy_zoo.BiasInfoPolicy(), path)
+  return path
+
+
+def _bias_step(batch=None):
+  outer = () if batch is None else (batch,)
+  return ts.TimeStep(np.ones(outer, np.int32), np.zeros(outer, np.float32),
+                     np.ones(outer, np.float32), np.ones(outer + (3,), np.float32))
+
+
+@pytest.mark.parametrize("batch_time_steps", [True, False])
+def test_writing_to_outputs_never_changes_the_weights(bias_policy, batch_time_steps):
+  batch = None if batch_time_steps else 1
+  expected = np.array([10.0, 20.0, 30.0], np.float32)
+  tfa = tfa_eager.SavedModelPyTFEagerPolicy(bias_policy, load_specs_from_pbtxt=True,
+                                            batch_time_steps=batch_time_steps)
+  ours = SavedModelPyTFEagerPolicy(bias_policy, load_specs_from_pbtxt=True,
+                                   batch_time_steps=batch_time_steps)
+  for policy in (tfa, ours):
+    step = policy.action(_bias_step(batch))
+    step.info["bias"] *= 0
+    if policy is ours:   # numpy arrays the caller owns, writable in place
+      assert isinstance(step.action, np.ndarray) and step.action.flags.writeable
+      np.add(step.action, 1, out=step.action)
+    np.testing.assert_array_equal(np.reshape(policy.action(_bias_step(batch)).info["bias"], (3,)),
+                                  expected)
+  np.testing.assert_array_equal(ours.variables()[0].numpy(), expected)
+
+
+def test_outputs_stay_as_returned_when_later_calls_run(bias_policy):
+  policy = SavedModelPyTFEagerPolicy(bias_policy, load_specs_from_pbtxt=True, batch_time_steps=False)
+  first = policy.action(_bias_step(1))
+  kept = first.info["bias"].copy()
+  for batch in (1, 2, 1):
+    policy.action(_bias_step(batch))
+  np.testing.assert_array_equal(first.info["bias"], kept)
+
+
+if __name__ == "__main__":
+  import pytest_main
+  pytest_main.main(__file__)
