@@ -20,6 +20,7 @@
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -337,6 +338,7 @@ struct CallState {
   PyObject* args = nullptr;     // list being filled (borrowed).
   npy_intp batch = -1;          // Batch size seen so far (caller-batched leaves).
   const std::string* batch_path = nullptr;
+  bool validate_only = false;   // Collect the validated arrays, make no tensors.
   bool use_staging = false;
   std::unique_ptr<Staging> staging;  // leased from the plan's pool
 };
@@ -349,6 +351,9 @@ class Plan {
         state_(ParseNode(state_tree)),
         output_(ParseOutNode(output_tree)),
         num_args_(num_args) {
+    slot_specs_.assign(num_args_, nullptr);
+    CollectSlots(time_step_);
+    CollectSlots(state_);
     from_dlpack_ = runtime["from_dlpack"];
     eager_tensor_ = runtime["eager_tensor"];
     context_handle_ = runtime["context_handle"];
@@ -393,7 +398,188 @@ class Plan {
     return PackOutputs(outputs);
   }
 
+  // Validates one caller's (time_step, policy_state) as `Call` would, and
+  // returns its leaves as arrays in argument-slot order (for `CallRows`).
+  py::list Validate(py::handle time_step, py::handle policy_state) const {
+    CallState state;
+    state.validate_only = true;
+    return FlattenInto(time_step, policy_state, 0, &state);
+  }
+
+  // Runs the function once on many callers' validated rows (from `Validate`
+  // of a plan whose time-step leaves come unbatched and state leaves with a
+  // batch of 1): row r of every batched input is caller r's leaf, rows from
+  // len(rows) to `pad_to` are zeros. Returns the function's outputs as owned
+  // arrays, in output order, for `PackRow`.
+  py::list CallRows(py::list rows, npy_intp pad_to, py::handle function_name,
+                    py::tuple captures) const {
+    npy_intp n = static_cast<npy_intp>(rows.size());
+    if (n == 0) throw py::value_error("call_rows: no rows");
+    npy_intp batch = std::max(n, pad_to);
+    std::vector<PyObject*> row_lists(n);
+    for (npy_intp r = 0; r < n; ++r) {
+      row_lists[r] = rows[r].ptr();
+      if (!PyList_Check(row_lists[r]) || PyList_GET_SIZE(row_lists[r]) != num_args_)
+        throw py::value_error("call_rows: every row must come from validate()");
+    }
+    py::list args = Steal(PyList_New(num_args_ + captures.size()));
+    for (int slot = 0; slot < num_args_; ++slot) {
+      py::object tensor = GatherSlot(slot, row_lists, batch);
+      PyList_SET_ITEM(args.ptr(), slot, tensor.release().ptr());
+    }
+    for (size_t i = 0; i < captures.size(); ++i) {
+      PyObject* c = captures[i].ptr();
+      Py_INCREF(c);
+      PyList_SET_ITEM(args.ptr(), num_args_ + i, c);
+    }
+    py::object outputs = Steal(PyObject_CallFunctionObjArgs(
+        execute_.ptr(), context_handle_.ptr(), device_.ptr(), function_name.ptr(),
+        args.ptr(), attrs_.ptr(), num_outputs_.ptr(), nullptr));
+    py::object seq = Steal(PySequence_Fast(outputs.ptr(), "outputs"));
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq.ptr());
+    py::list result(count);
+    for (Py_ssize_t i = 0; i < count; ++i)
+      result[i] = ToArray(PySequence_Fast_GET_ITEM(seq.ptr(), i), false);
+    return result;
+  }
+
+  // Row `row` of `CallRows`' outputs, packed like `Call` packs its outputs.
+  py::object PackRow(py::list outputs, npy_intp row) const {
+    for (auto item : outputs) {
+      if (!PyArray_Check(item.ptr()))
+        throw py::type_error("pack_row: outputs must come from call_rows()");
+      auto* arr = reinterpret_cast<PyArrayObject*>(item.ptr());
+      if (PyArray_NDIM(arr) < 1 || row < 0 || row >= PyArray_DIM(arr, 0))
+        throw py::value_error("pack_row: row out of range");
+    }
+    return PackRowNode(output_, outputs.ptr(), row);
+  }
+
  private:
+  void CollectSlots(const Node& node) {
+    if (node.kind == Kind::kLeaf) {
+      if (node.leaf.slot < 0 || node.leaf.slot >= num_args_)
+        throw py::value_error(node.path + ": argument slot out of range");
+      slot_specs_[node.leaf.slot] = &node.leaf;
+      return;
+    }
+    for (const Node& child : node.children) CollectSlots(child);
+  }
+
+  // Caller rows of one argument slot, stacked into a batched input tensor.
+  py::object GatherSlot(int slot, const std::vector<PyObject*>& rows, npy_intp batch) const {
+    const LeafSpec* spec = slot_specs_[slot];
+    if (spec == nullptr) throw py::value_error("call_rows: unused argument slot");
+    auto* want = reinterpret_cast<PyArray_Descr*>(spec->descr.ptr());
+    int skip = spec->batch == kNoCallerBatch ? 0 : 1;  // state rows carry a batch of 1
+    auto* first = reinterpret_cast<PyArrayObject*>(PyList_GET_ITEM(rows[0], slot));
+    int inner_ndim = PyArray_NDIM(first) - skip;
+    std::vector<npy_intp> dims(1 + inner_ndim);
+    dims[0] = batch;
+    for (int i = 0; i < inner_ndim; ++i) dims[i + 1] = PyArray_DIM(first, i + skip);
+    for (PyObject* row : rows) {
+      auto* a = reinterpret_cast<PyArrayObject*>(PyList_GET_ITEM(row, slot));
+      bool same = PyArray_NDIM(a) == inner_ndim + skip;
+      for (int i = 0; same && i < inner_ndim; ++i) same = PyArray_DIM(a, i + skip) == dims[i + 1];
+      if (!same) throw py::value_error("call_rows: rows of one leaf differ in shape");
+    }
+    Py_INCREF(want);
+    py::object stacked;
+    void* buffer = nullptr;
+    LeafPtr leaf;
+    if (spec->dlpack) {
+      npy_intp row_bytes = want->elsize;
+      for (int i = 0; i < inner_ndim; ++i) row_bytes *= dims[i + 1];
+      leaf = NewExportedLeaf();
+      leaf->buffer = AlignedAlloc(row_bytes * batch);
+      buffer = leaf->buffer;
+      std::memset(buffer, 0, static_cast<size_t>(row_bytes * batch));
+      stacked = Steal(PyArray_NewFromDescr(&PyArray_Type, want, 1 + inner_ndim, dims.data(),
+                                           nullptr, buffer, NPY_ARRAY_CARRAY, nullptr));
+    } else {
+      stacked = Steal(PyArray_Zeros(1 + inner_ndim, dims.data(), want, 0));
+    }
+    auto* out = reinterpret_cast<PyArrayObject*>(stacked.ptr());
+    char* base = static_cast<char*>(PyArray_DATA(out));
+    npy_intp stride = PyArray_STRIDE(out, 0);
+    for (size_t r = 0; r < rows.size(); ++r) {
+      auto* a = reinterpret_cast<PyArrayObject*>(PyList_GET_ITEM(rows[r], slot));
+      if (!PyDataType_REFCHK(want) && PyArray_IS_C_CONTIGUOUS(a) && PyArray_ISNOTSWAPPED(a)) {
+        std::memcpy(base + r * stride, PyArray_DATA(a), static_cast<size_t>(PyArray_NBYTES(a)));
+        continue;
+      }
+      Py_INCREF(want);
+      py::object dst = Steal(PyArray_NewFromDescr(&PyArray_Type, want, inner_ndim, dims.data() + 1,
+                                                  PyArray_STRIDES(out) + 1, base + r * stride,
+                                                  NPY_ARRAY_CARRAY, nullptr));
+      Py_INCREF(out);
+      if (PyArray_SetBaseObject(reinterpret_cast<PyArrayObject*>(dst.ptr()),
+                                reinterpret_cast<PyObject*>(out)) < 0)
+        throw py::error_already_set();
+      PyArray_Dims shape{dims.data() + 1, inner_ndim};
+      py::object src = Steal(PyArray_Newshape(a, &shape, NPY_ANYORDER));
+      if (PyArray_CopyInto(reinterpret_cast<PyArrayObject*>(dst.ptr()),
+                           reinterpret_cast<PyArrayObject*>(src.ptr())) < 0)
+        throw py::error_already_set();
+    }
+    if (!spec->dlpack) {
+      return Steal(PyObject_CallFunctionObjArgs(eager_tensor_.ptr(), stacked.ptr(), device_.ptr(),
+                                                spec->tf_dtype.ptr(), nullptr));
+    }
+    stacked = py::object();  // the view over the buffer goes before the buffer changes hands
+    int64_t shape[NPY_MAXDIMS + 1];
+    for (int i = 0; i <= inner_ndim; ++i) shape[i] = dims[i];
+    return DlpackTensor(*spec, std::move(leaf), buffer, shape, 1 + inner_ndim);
+  }
+
+  py::object PackRowNode(const OutNode& node, PyObject* outputs, npy_intp row) const {
+    switch (node.kind) {
+      case OutKind::kLeaf: {
+        if (node.index < 0 || node.index >= PyList_GET_SIZE(outputs))
+          throw py::value_error("output index out of range");
+        auto* arr = reinterpret_cast<PyArrayObject*>(PyList_GET_ITEM(outputs, node.index));
+        int ndim = PyArray_NDIM(arr);
+        std::vector<npy_intp> dims(PyArray_DIMS(arr), PyArray_DIMS(arr) + ndim);
+        char* data = static_cast<char*>(PyArray_DATA(arr)) + row * PyArray_STRIDE(arr, 0);
+        int offset = node.unbatch ? 1 : 0;  // unbatched: drop the batch dim; state: keep 1
+        dims[0] = 1;
+        PyArray_Descr* descr = PyArray_DESCR(arr);
+        Py_INCREF(descr);
+        py::object view = Steal(PyArray_NewFromDescr(
+            &PyArray_Type, descr, ndim - offset, dims.data() + offset, PyArray_STRIDES(arr) + offset,
+            data, PyArray_FLAGS(arr) & ~NPY_ARRAY_OWNDATA, nullptr));
+        Py_INCREF(arr);
+        if (PyArray_SetBaseObject(reinterpret_cast<PyArrayObject*>(view.ptr()),
+                                  reinterpret_cast<PyObject*>(arr)) < 0)
+          throw py::error_already_set();
+        return Steal(PyArray_NewCopy(reinterpret_cast<PyArrayObject*>(view.ptr()), NPY_CORDER));
+      }
+      case OutKind::kDict: {
+        py::dict result;
+        for (size_t i = 0; i < node.children.size(); ++i)
+          result[node.keys[i]] = PackRowNode(node.children[i], outputs, row);
+        return std::move(result);
+      }
+      case OutKind::kList: {
+        py::list result(node.children.size());
+        for (size_t i = 0; i < node.children.size(); ++i)
+          result[i] = PackRowNode(node.children[i], outputs, row);
+        return std::move(result);
+      }
+      case OutKind::kTuple:
+      case OutKind::kNamedTuple: {
+        py::tuple items(node.children.size());
+        for (size_t i = 0; i < node.children.size(); ++i)
+          items[i] = PackRowNode(node.children[i], outputs, row);
+        if (node.kind == OutKind::kTuple) return std::move(items);
+        py::tuple args = py::make_tuple(items);
+        return Steal(PyTuple_Type.tp_new(reinterpret_cast<PyTypeObject*>(node.type.ptr()),
+                                         args.ptr(), nullptr));
+      }
+    }
+    throw py::value_error("bad output node");
+  }
+
   // Returns a call's staging tensors to the pool however the call ends.
   struct StagingLease {
     const Plan* plan;
@@ -676,6 +862,10 @@ class Plan {
                                  ", got " + Describe(arr));
     }
     CheckShape(node, arr, state);
+    if (state->validate_only) {
+      PyList_SET_ITEM(state->args, spec.slot, held.release().ptr());
+      return;
+    }
 
     // Target shape: the caller's, with a leading 1 when we add the batch.
     int ndim = PyArray_NDIM(arr);
@@ -904,6 +1094,7 @@ class Plan {
     return result;
   }
 
+  std::vector<const LeafSpec*> slot_specs_;  // by argument slot (into the trees below)
   mutable std::vector<std::unique_ptr<Staging>> pool_;  // free stagings; GIL-guarded
   Node time_step_;
   Node state_;
@@ -930,7 +1121,11 @@ PYBIND11_MODULE(_marshal, m) {
       .def("flatten", &Plan::Flatten, py::arg("time_step"), py::arg("policy_state"),
            py::arg("staging") = false)
       .def("call", &Plan::Call, py::arg("time_step"), py::arg("policy_state"),
-           py::arg("function_name"), py::arg("captures"));
+           py::arg("function_name"), py::arg("captures"))
+      .def("validate", &Plan::Validate, py::arg("time_step"), py::arg("policy_state"))
+      .def("call_rows", &Plan::CallRows, py::arg("rows"), py::arg("pad_to"),
+           py::arg("function_name"), py::arg("captures"))
+      .def("pack_row", &Plan::PackRow, py::arg("outputs"), py::arg("row"));
   policy_runtime::RegisterCopySwitch(m);
   m.def("live_exported_leaves", [] { return g_live_leaves.load(); },
         "Input buffers currently lent to TensorFlow (0 when no call is running).");

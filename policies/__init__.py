@@ -6,9 +6,11 @@
 """
 
 from policies.checkpoint_follower import CheckpointFollower
+from policies.dynamic_batching import BatcherClosedError
+from policies.dynamic_batching import DynamicBatchingPolicy
 from policies.graph_audit import UnsafeGraphError
 from policies.saved_model_policy import PyTFEagerPolicyBase
 from policies.saved_model_policy import SavedModelPyTFEagerPolicy
 
-__all__ = ["CheckpointFollower", "PyTFEagerPolicyBase", "SavedModelPyTFEagerPolicy",
-           "UnsafeGraphError"]
+__all__ = ["BatcherClosedError", "CheckpointFollower", "DynamicBatchingPolicy",
+           "PyTFEagerPolicyBase", "SavedModelPyTFEagerPolicy", "UnsafeGraphError"]

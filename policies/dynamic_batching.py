@@ -1,0 +1,231 @@
+"""Dynamic batching: many threads' single-step `action()` calls, one batched call.
+
+`DynamicBatchingPolicy` wraps a `SavedModelPyTFEagerPolicy` created with
+`batch_time_steps=False`. Each caller's time step (and policy state) is
+validated in the caller's thread by the native plan, exactly as the unbatched
+policy validates it, and queued. One batcher thread takes up to
+`max_batch_size` waiting calls as soon as it is free (or after `max_wait_us`,
+to let a batch fill), stacks their rows natively, runs the wrapped policy once
+on the active weights, and hands each caller its own row.
+"""
+
+from __future__ import annotations
+
+import _thread
+import queue
+import threading
+import time
+from typing import Any, List, Optional
+
+from tf_agents.policies import py_policy
+
+from policies import marshaling_plan
+from policies.saved_model_policy import SavedModelPyTFEagerPolicy
+
+_CLOSE = object()
+
+
+class BatcherClosedError(RuntimeError):
+  """The DynamicBatchingPolicy was closed before the call got its action."""
+
+
+class _Request:
+  __slots__ = ("row", "done", "outputs", "index", "error")
+
+  def __init__(self, row: list):
+    self.row = row
+    self.done = _thread.allocate_lock()
+    self.done.acquire()            # released by the batcher when the result is in
+    self.outputs: Optional[list] = None
+    self.index = 0
+    self.error: Optional[BaseException] = None
+
+
+class DynamicBatchingPolicy(py_policy.PyPolicy):
+  """A `PyPolicy` that batches concurrent single-step calls into one call.
+
+  Same specs as the wrapped policy. `action(time_step, policy_state=())`
+  takes one unbatched time step (and a policy state with a batch of 1, as
+  `get_initial_state()` returns it) from any number of threads at once and
+  returns an unbatched action and info, like `batch_time_steps=True`.
+
+  Use it as a context manager, or call `close()`: callers whose call is not
+  already running get a `BatcherClosedError`.
+  """
+
+  def __init__(self, policy: SavedModelPyTFEagerPolicy, max_batch_size: int = 64,
+               max_wait_us: float = 0.0):
+    """Starts the batcher.
+
+    Args:
+      policy: a `SavedModelPyTFEagerPolicy` created with `batch_time_steps=False`.
+      max_batch_size: most calls run in one batch. A policy exported with a
+        fixed batch size runs batches of at most that size, padded to it.
+      max_wait_us: once a call is waiting and the batcher is free, how long
+        to wait for more calls to fill the batch. 0 (the default, best in the
+        measurements in the README) runs whatever is waiting at once; calls
+        that arrive meanwhile form the next batch.
+
+    Raises:
+      ValueError: the policy batches its own time steps, a bad batch size, or
+        a signature with unknown inner dimensions (rows must stack).
+    """
+    if not isinstance(policy, SavedModelPyTFEagerPolicy):
+      raise TypeError(f"DynamicBatchingPolicy wraps a SavedModelPyTFEagerPolicy, got "
+                      f"{type(policy).__name__}")
+    if policy._batch_time_steps:  # pylint: disable=protected-access
+      raise ValueError("DynamicBatchingPolicy needs the wrapped policy created with "
+                       "batch_time_steps=False (it runs batches of callers)")
+    if max_batch_size < 1:
+      raise ValueError(f"max_batch_size: expected at least 1, got {max_batch_size}")
+    super().__init__(policy.time_step_spec, policy.action_spec, policy.policy_state_spec,
+                     policy.info_spec)
+    self._policy = policy
+    function = policy._plan.function  # pylint: disable=protected-access
+    fixed = policy._plan.fixed_batch_size  # pylint: disable=protected-access
+    self._pad_to = fixed or 0
+    self.max_batch_size = min(max_batch_size, fixed) if fixed else max_batch_size
+    self.max_wait_us = max_wait_us
+    # Validates one caller's unbatched step (state with a batch of 1), and
+    # packs one row of the batched outputs, as batch_time_steps=True would.
+    self._rows = marshaling_plan.build_native_plan(
+        function.time_step_spec, function.policy_state_spec, function.output_structure,
+        function.num_outputs, batch_time_steps=True, fixed_batch=None,
+        input_slots=function.input_slots, output_indices=function.output_indices)
+    self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
+    self._lock = threading.Lock()          # orders close() against new calls
+    self._closed = False
+    self.batches = 0                       # statistics: batches run, calls served
+    self.calls = 0
+    self._thread = threading.Thread(target=self._serve, name="dynamic-batcher", daemon=True)
+    self._thread.start()
+
+  # -- PyPolicy -----------------------------------------------------------------
+
+  def _action(self, time_step, policy_state, seed: Optional[Any] = None):
+    if seed is not None:
+      self._policy._check_seed(seed)  # pylint: disable=protected-access
+    request = _Request(self._rows.validate(time_step, policy_state))
+    with self._lock:
+      if self._closed:
+        raise BatcherClosedError("DynamicBatchingPolicy is closed")
+      self._queue.put(request)
+    request.done.acquire()
+    if request.error is not None:
+      raise request.error
+    return self._rows.pack_row(request.outputs, request.index)
+
+  def _get_initial_state(self, batch_size: Optional[int]):
+    return self._policy.get_initial_state(1 if batch_size is None else batch_size)
+
+  # -- Wrapped policy -------------------------------------------------------------
+
+  @property
+  def wrapped_policy(self) -> SavedModelPyTFEagerPolicy:
+    return self._policy
+
+  def update_from_checkpoint(self, checkpoint_path: str) -> None:
+    """Updates the wrapped policy's weights; every batch runs on one set of weights."""
+    self._policy.update_from_checkpoint(checkpoint_path)
+
+  def get_train_step_from_last_restored_checkpoint_path(self) -> Optional[int]:
+    return self._policy.get_train_step_from_last_restored_checkpoint_path()
+
+  def get_train_step(self):
+    return self._policy.get_train_step()
+
+  def get_metadata(self):
+    return self._policy.get_metadata()
+
+  def variables(self):
+    return self._policy.variables()
+
+  @property
+  def mean_batch_size(self) -> float:
+    return self.calls / self.batches if self.batches else 0.0
+
+  # -- Lifetime ---------------------------------------------------------------------
+
+  def close(self) -> None:
+    """Stops the batcher; calls still waiting get a BatcherClosedError."""
+    with self._lock:
+      if self._closed:
+        return
+      self._closed = True
+      self._queue.put(_CLOSE)
+    self._thread.join()
+
+  def __enter__(self) -> "DynamicBatchingPolicy":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def __del__(self):
+    try:
+      self.close()
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+  # -- The batcher ------------------------------------------------------------------
+
+  def _serve(self) -> None:
+    switch = self._policy._switch  # pylint: disable=protected-access
+    call_rows = self._rows.call_rows
+    get, get_nowait = self._queue.get, self._queue.get_nowait
+    closing = False
+    while not closing:
+      first = get()
+      if first is _CLOSE:
+        break
+      batch: List[_Request] = [first]
+      deadline = time.perf_counter() + self.max_wait_us * 1e-6 if self.max_wait_us else None
+      while len(batch) < self.max_batch_size:
+        try:
+          if deadline is None:
+            item = get_nowait()
+          else:
+            item = get(timeout=max(0.0, deadline - time.perf_counter()))
+        except queue.Empty:
+          break
+        if item is _CLOSE:
+          closing = True
+          break
+        batch.append(item)
+      if closing or self._closed:   # closed while the batch was filling: do not run it
+        for request in batch:
+          request.error = BatcherClosedError("DynamicBatchingPolicy was closed before this call ran")
+          request.done.release()
+        break
+      try:
+        outputs = switch.call(call_rows, [r.row for r in batch], self._pad_to)
+      except BaseException as e:  # pylint: disable=broad-except
+        error = _batch_error(e)
+        for request in batch:
+          request.error = error
+          request.done.release()
+        continue
+      self.batches += 1
+      self.calls += len(batch)
+      for index, request in enumerate(batch):
+        request.outputs, request.index = outputs, index
+        request.done.release()
+    self._fail_waiting()
+
+  def _fail_waiting(self) -> None:
+    while True:
+      try:
+        item = self._queue.get_nowait()
+      except queue.Empty:
+        return
+      if item is not _CLOSE:
+        item.error = BatcherClosedError("DynamicBatchingPolicy was closed before this call ran")
+        item.done.release()
+
+
+def _batch_error(error: BaseException) -> BaseException:
+  """The error every caller of a failed batch gets."""
+  from tensorflow.python.eager import core  # pylint: disable=g-import-not-at-top
+  if isinstance(error, core._NotOkStatusException):  # pylint: disable=protected-access
+    error = core._status_to_exception(error)  # pylint: disable=protected-access
+  return RuntimeError(f"the batched call failed: {type(error).__name__}: {error}")
