@@ -22,13 +22,13 @@ namespace {
 
 struct Slot {
   py::object copy;       // The Python object standing for one loaded copy.
-  py::tuple call_args;   // Appended to the arguments of `call`.
+  py::tuple call_args;   // copy.call_args, appended to the arguments of `call`.
   int64_t in_flight = 0;
 };
 
 class CopySwitch {
  public:
-  CopySwitch(py::object copy, py::tuple call_args) { Activate(std::move(copy), std::move(call_args)); }
+  explicit CopySwitch(py::object copy) { Activate(std::move(copy)); }
 
   py::object Active() const { return active_->copy; }
 
@@ -56,8 +56,9 @@ class CopySwitch {
     return fn(*full);
   }
 
-  // Makes `copy` the one new calls run on.
-  void Activate(py::object copy, py::tuple call_args) {
+  // Makes `copy` the one new calls run on (reading its `call_args` once, here).
+  void Activate(py::object copy) {
+    py::tuple call_args = copy.attr("call_args");
     Slot* slot = Find(copy);
     if (slot == nullptr) {
       slots_.push_back(std::make_unique<Slot>());
@@ -118,12 +119,12 @@ class CopySwitch {
 void RegisterCopySwitch(py::module_& m) {
   py::class_<CopySwitch>(m, "CopySwitch",
                          "Calls lease the active copy; updates swap copies and wait for idle ones.")
-      .def(py::init<py::object, py::tuple>(), py::arg("copy"), py::arg("call_args"))
+      .def(py::init<py::object>(), py::arg("copy"))
       .def_property_readonly("active", &CopySwitch::Active)
       .def("call", &CopySwitch::Call, "call(fn, *args): fn(*args, *active call_args), leased")
       .def("with_active", &CopySwitch::WithActive, py::arg("fn"),
            "with_active(fn, *args): fn(active copy, *args), leased")
-      .def("activate", &CopySwitch::Activate, py::arg("copy"), py::arg("call_args"))
+      .def("activate", &CopySwitch::Activate, py::arg("copy"))
       .def("wait_idle", &CopySwitch::WaitIdle, py::arg("copy"), py::arg("timeout_s"))
       .def("in_flight", &CopySwitch::InFlight, py::arg("copy"));
 }

@@ -190,6 +190,7 @@ struct LeafSpec {
   bool dlpack = false;
   bool fixed_inner = true;     // No unknown inner dims: the shape is set by the batch.
   DLDataType dl_type{};
+  py::object min_value, max_value;  // Integer/float range, for Python numbers; else None.
 };
 
 struct Node {
@@ -242,6 +243,13 @@ Node ParseLeaf(const py::tuple& t) {
   node.leaf.tf_dtype = py::reinterpret_borrow<py::object>(t[6]);
   node.leaf.dlpack = descr->byteorder != '>' &&
                      DlpackType(descr->type_num, descr->elsize, &node.leaf.dl_type);
+  const char* info = PyTypeNum_ISINTEGER(descr->type_num) ? "iinfo"
+                     : PyTypeNum_ISFLOAT(descr->type_num) ? "finfo" : nullptr;
+  if (info != nullptr) {
+    py::object limits = py::module_::import("numpy").attr(info)(node.leaf.descr);
+    node.leaf.min_value = limits.attr("min");
+    node.leaf.max_value = limits.attr("max");
+  }
   return node;
 }
 
@@ -354,6 +362,7 @@ class Plan {
     slot_specs_.assign(num_args_, nullptr);
     CollectSlots(time_step_);
     CollectSlots(state_);
+    min_outputs_ = MaxOutputIndex(output_) + 1;
     from_dlpack_ = runtime["from_dlpack"];
     eager_tensor_ = runtime["eager_tensor"];
     context_handle_ = runtime["context_handle"];
@@ -363,9 +372,6 @@ class Plan {
     num_outputs_ = runtime["num_outputs"];
     numpy_method_ = py::str("_numpy_internal");
     eager_tensor_type_ = reinterpret_cast<PyTypeObject*>(eager_tensor_.ptr());
-    py::module_ np = py::module_::import("numpy");
-    iinfo_ = np.attr("iinfo");
-    finfo_ = np.attr("finfo");
     mapping_type_ = py::module_::import("collections.abc").attr("Mapping");
     sequence_type_ = py::module_::import("collections.abc").attr("Sequence");
   }
@@ -387,15 +393,10 @@ class Plan {
     state.use_staging = true;
     StagingLease lease{this, &state};
     py::list args = FlattenInto(time_step, policy_state, captures.size(), &state);
-    for (size_t i = 0; i < captures.size(); ++i) {
-      PyObject* c = captures[i].ptr();
-      Py_INCREF(c);
-      PyList_SET_ITEM(args.ptr(), num_args_ + i, c);
-    }
-    py::object outputs = Steal(PyObject_CallFunctionObjArgs(
-        execute_.ptr(), context_handle_.ptr(), device_.ptr(), function_name.ptr(),
-        args.ptr(), attrs_.ptr(), num_outputs_.ptr(), nullptr));
-    return PackOutputs(outputs);
+    py::object outputs = Execute(args, function_name, captures);
+    return PackTree(output_, [&](const OutNode& leaf) {
+      return ToArray(PySequence_Fast_GET_ITEM(outputs.ptr(), leaf.index), leaf.unbatch);
+    });
   }
 
   // Validates one caller's (time_step, policy_state) as `Call` would, and
@@ -427,24 +428,18 @@ class Plan {
       py::object tensor = GatherSlot(slot, row_lists, batch);
       PyList_SET_ITEM(args.ptr(), slot, tensor.release().ptr());
     }
-    for (size_t i = 0; i < captures.size(); ++i) {
-      PyObject* c = captures[i].ptr();
-      Py_INCREF(c);
-      PyList_SET_ITEM(args.ptr(), num_args_ + i, c);
-    }
-    py::object outputs = Steal(PyObject_CallFunctionObjArgs(
-        execute_.ptr(), context_handle_.ptr(), device_.ptr(), function_name.ptr(),
-        args.ptr(), attrs_.ptr(), num_outputs_.ptr(), nullptr));
-    py::object seq = Steal(PySequence_Fast(outputs.ptr(), "outputs"));
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq.ptr());
+    py::object outputs = Execute(args, function_name, captures);
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(outputs.ptr());
     py::list result(count);
     for (Py_ssize_t i = 0; i < count; ++i)
-      result[i] = ToArray(PySequence_Fast_GET_ITEM(seq.ptr(), i), false);
+      result[i] = ToArray(PySequence_Fast_GET_ITEM(outputs.ptr(), i), false);
     return result;
   }
 
   // Row `row` of `CallRows`' outputs, packed like `Call` packs its outputs.
   py::object PackRow(py::list outputs, npy_intp row) const {
+    if (PyList_GET_SIZE(outputs.ptr()) < min_outputs_)
+      throw py::value_error("pack_row: outputs must come from call_rows()");
     for (auto item : outputs) {
       if (!PyArray_Check(item.ptr()))
         throw py::type_error("pack_row: outputs must come from call_rows()");
@@ -452,10 +447,36 @@ class Plan {
       if (PyArray_NDIM(arr) < 1 || row < 0 || row >= PyArray_DIM(arr, 0))
         throw py::value_error("pack_row: row out of range");
     }
-    return PackRowNode(output_, outputs.ptr(), row);
+    return PackTree(output_, [&](const OutNode& leaf) {
+      // Row `row` with a batch of 1, then (unbatch) without it, as the caller's copy.
+      auto* arr = reinterpret_cast<PyArrayObject*>(PyList_GET_ITEM(outputs.ptr(), leaf.index));
+      std::vector<npy_intp> dims(PyArray_DIMS(arr), PyArray_DIMS(arr) + PyArray_NDIM(arr));
+      dims[0] = 1;
+      PyArray_Descr* descr = PyArray_DESCR(arr);
+      Py_INCREF(descr);
+      py::object view = Steal(PyArray_NewFromDescr(
+          &PyArray_Type, descr, PyArray_NDIM(arr), dims.data(), PyArray_STRIDES(arr),
+          static_cast<char*>(PyArray_DATA(arr)) + row * PyArray_STRIDE(arr, 0),
+          PyArray_FLAGS(arr) & ~NPY_ARRAY_OWNDATA, nullptr));
+      Py_INCREF(arr);
+      if (PyArray_SetBaseObject(reinterpret_cast<PyArrayObject*>(view.ptr()),
+                                reinterpret_cast<PyObject*>(arr)) < 0)
+        throw py::error_already_set();
+      return OwnedCopy(view, leaf.unbatch);
+    });
   }
 
  private:
+  static Py_ssize_t MaxOutputIndex(const OutNode& node) {
+    if (node.kind == OutKind::kLeaf) {
+      if (node.index < 0) throw py::value_error("output index out of range");
+      return node.index;
+    }
+    Py_ssize_t most = -1;
+    for (const OutNode& child : node.children) most = std::max(most, MaxOutputIndex(child));
+    return most;
+  }
+
   void CollectSlots(const Node& node) {
     if (node.kind == Kind::kLeaf) {
       if (node.leaf.slot < 0 || node.leaf.slot >= num_args_)
@@ -532,52 +553,23 @@ class Plan {
     return DlpackTensor(*spec, std::move(leaf), buffer, shape, 1 + inner_ndim);
   }
 
-  py::object PackRowNode(const OutNode& node, PyObject* outputs, npy_intp row) const {
-    switch (node.kind) {
-      case OutKind::kLeaf: {
-        if (node.index < 0 || node.index >= PyList_GET_SIZE(outputs))
-          throw py::value_error("output index out of range");
-        auto* arr = reinterpret_cast<PyArrayObject*>(PyList_GET_ITEM(outputs, node.index));
-        int ndim = PyArray_NDIM(arr);
-        std::vector<npy_intp> dims(PyArray_DIMS(arr), PyArray_DIMS(arr) + ndim);
-        char* data = static_cast<char*>(PyArray_DATA(arr)) + row * PyArray_STRIDE(arr, 0);
-        int offset = node.unbatch ? 1 : 0;  // unbatched: drop the batch dim; state: keep 1
-        dims[0] = 1;
-        PyArray_Descr* descr = PyArray_DESCR(arr);
-        Py_INCREF(descr);
-        py::object view = Steal(PyArray_NewFromDescr(
-            &PyArray_Type, descr, ndim - offset, dims.data() + offset, PyArray_STRIDES(arr) + offset,
-            data, PyArray_FLAGS(arr) & ~NPY_ARRAY_OWNDATA, nullptr));
-        Py_INCREF(arr);
-        if (PyArray_SetBaseObject(reinterpret_cast<PyArrayObject*>(view.ptr()),
-                                  reinterpret_cast<PyObject*>(arr)) < 0)
-          throw py::error_already_set();
-        return Steal(PyArray_NewCopy(reinterpret_cast<PyArrayObject*>(view.ptr()), NPY_CORDER));
-      }
-      case OutKind::kDict: {
-        py::dict result;
-        for (size_t i = 0; i < node.children.size(); ++i)
-          result[node.keys[i]] = PackRowNode(node.children[i], outputs, row);
-        return std::move(result);
-      }
-      case OutKind::kList: {
-        py::list result(node.children.size());
-        for (size_t i = 0; i < node.children.size(); ++i)
-          result[i] = PackRowNode(node.children[i], outputs, row);
-        return std::move(result);
-      }
-      case OutKind::kTuple:
-      case OutKind::kNamedTuple: {
-        py::tuple items(node.children.size());
-        for (size_t i = 0; i < node.children.size(); ++i)
-          items[i] = PackRowNode(node.children[i], outputs, row);
-        if (node.kind == OutKind::kTuple) return std::move(items);
-        py::tuple args = py::make_tuple(items);
-        return Steal(PyTuple_Type.tp_new(reinterpret_cast<PyTypeObject*>(node.type.ptr()),
-                                         args.ptr(), nullptr));
-      }
+  // Appends the captures to `args` and runs the function; its outputs as a fast sequence.
+  py::object Execute(const py::list& args, py::handle function_name,
+                     const py::tuple& captures) const {
+    for (size_t i = 0; i < captures.size(); ++i) {
+      PyObject* c = captures[i].ptr();
+      Py_INCREF(c);
+      PyList_SET_ITEM(args.ptr(), num_args_ + i, c);
     }
-    throw py::value_error("bad output node");
+    py::object outputs = Steal(PyObject_CallFunctionObjArgs(
+        execute_.ptr(), context_handle_.ptr(), device_.ptr(), function_name.ptr(),
+        args.ptr(), attrs_.ptr(), num_outputs_.ptr(), nullptr));
+    if (!PyList_Check(outputs.ptr()) && !PyTuple_Check(outputs.ptr()))
+      throw py::type_error("function outputs must be a list or tuple");
+    py::object seq = Steal(PySequence_Fast(outputs.ptr(), "outputs"));
+    if (PySequence_Fast_GET_SIZE(seq.ptr()) < min_outputs_)
+      throw py::value_error("output index out of range");
+    return seq;
   }
 
   // Returns a call's staging tensors to the pool however the call ends.
@@ -771,7 +763,7 @@ class Plan {
     if (PyArray_IsScalar(value, Generic)) {
       return Steal(PyArray_FromScalar(value, nullptr));
     }
-    if (Py_TYPE(value) == eager_tensor_type_ || PyObject_TypeCheck(value, eager_tensor_type_)) {
+    if (PyObject_TypeCheck(value, eager_tensor_type_)) {
       // An eager tensor, as TF-Agents accepts: a numpy view of its buffer
       // (dtype checked like any array; the view keeps the tensor alive).
       py::object view = Steal(PyObject_CallMethodNoArgs(value, numpy_method_.ptr()));
@@ -793,12 +785,10 @@ class Plan {
     py::object arr = Steal(natural);
     auto* a = reinterpret_cast<PyArrayObject*>(arr.ptr());
     // Python numbers follow numpy's same-kind rule (int -> float is fine,
-    // float -> int is not), and ints may fill unsigned leaves; the values must
-    // then fit (CheckValuesFit). numpy arrays must match the dtype exactly.
-    bool int_to_unsigned = PyTypeNum_ISSIGNED(PyArray_TYPE(a)) &&
-                           PyTypeNum_ISINTEGER(PyArray_TYPE(a)) &&
-                           PyTypeNum_ISUNSIGNED(want->type_num);
-    if ((!int_to_unsigned && !PyArray_CanCastTypeTo(PyArray_DESCR(a), want, NPY_SAME_KIND_CASTING)) ||
+    // float -> int is not), except that ints fill any integer leaf; either way
+    // the values must fit (CheckValuesFit). numpy arrays must match exactly.
+    bool int_to_int = PyTypeNum_ISINTEGER(PyArray_TYPE(a)) && PyTypeNum_ISINTEGER(want->type_num);
+    if ((!int_to_int && !PyArray_CanCastTypeTo(PyArray_DESCR(a), want, NPY_SAME_KIND_CASTING)) ||
         PyArray_TYPE(a) == NPY_OBJECT) {
       Raise(PyExc_TypeError, node.path + ": expected " + ExpectedLeaf(spec, batch_hint) +
                                  ", got " + TypeName(value) + " of " + Describe(a));
@@ -812,28 +802,21 @@ class Plan {
   // integers within its range, finite floats below its largest value.
   void CheckValuesFit(const Node& node, PyArrayObject* natural, PyArray_Descr* want,
                       npy_intp batch_hint) const {
-    if (PyArray_SIZE(natural) == 0 || PyArray_TYPE(natural) == NPY_BOOL) return;
-    if (PyArray_ISCOMPLEX(natural) || PyTypeNum_ISCOMPLEX(want->type_num)) return;
-    py::object info;
-    if (PyTypeNum_ISINTEGER(want->type_num)) {
-      info = iinfo_(py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(want)));
-    } else if (PyTypeNum_ISFLOAT(want->type_num)) {
-      info = finfo_(py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(want)));
-    } else {
+    const LeafSpec& spec = node.leaf;
+    if (!spec.min_value || PyArray_SIZE(natural) == 0 || PyArray_TYPE(natural) == NPY_BOOL ||
+        PyArray_ISCOMPLEX(natural))
       return;
-    }
     py::object lo = Steal(PyArray_Min(natural, NPY_MAXDIMS, nullptr));
     py::object hi = Steal(PyArray_Max(natural, NPY_MAXDIMS, nullptr));
-    py::object min = info.attr("min"), max = info.attr("max");
     // NaN compares false both ways and passes: it is a float32 value too.
-    int below = PyObject_RichCompareBool(lo.ptr(), min.ptr(), Py_LT);
-    int above = PyObject_RichCompareBool(hi.ptr(), max.ptr(), Py_GT);
+    int below = PyObject_RichCompareBool(lo.ptr(), spec.min_value.ptr(), Py_LT);
+    int above = PyObject_RichCompareBool(hi.ptr(), spec.max_value.ptr(), Py_GT);
     if (below < 0 || above < 0) throw py::error_already_set();
     if (below || above) {
       bool is_inf = PyTypeNum_ISFLOAT(PyArray_TYPE(natural)) &&
                     (std::isinf(py::cast<double>(lo)) || std::isinf(py::cast<double>(hi)));
       if (!is_inf) {
-        Raise(PyExc_ValueError, node.path + ": expected " + ExpectedLeaf(node.leaf, batch_hint) +
+        Raise(PyExc_ValueError, node.path + ": expected " + ExpectedLeaf(spec, batch_hint) +
                                     ", got " + py::cast<std::string>(py::str(below ? lo : hi)) +
                                     ", which does not fit " + DtypeName(want));
       }
@@ -1019,37 +1002,29 @@ class Plan {
 
   // --- outputs -------------------------------------------------------------
 
-  py::object PackOutputs(py::handle outputs) const {
-    if (!PyList_Check(outputs.ptr()) && !PyTuple_Check(outputs.ptr()))
-      throw py::type_error("function outputs must be a list or tuple");
-    py::object seq = Steal(PySequence_Fast(outputs.ptr(), "outputs"));
-    return PackNode(output_, seq.ptr());
-  }
-
-  py::object PackNode(const OutNode& node, PyObject* seq) const {
+  // The output nest, with `leaf(node)` at every leaf.
+  template <typename Leaf>
+  py::object PackTree(const OutNode& node, const Leaf& leaf) const {
     switch (node.kind) {
-      case OutKind::kLeaf: {
-        if (node.index < 0 || node.index >= PySequence_Fast_GET_SIZE(seq))
-          throw py::value_error("output index out of range");
-        return ToArray(PySequence_Fast_GET_ITEM(seq, node.index), node.unbatch);
-      }
+      case OutKind::kLeaf:
+        return leaf(node);
       case OutKind::kDict: {
         py::dict result;
         for (size_t i = 0; i < node.children.size(); ++i)
-          result[node.keys[i]] = PackNode(node.children[i], seq);
+          result[node.keys[i]] = PackTree(node.children[i], leaf);
         return std::move(result);
       }
       case OutKind::kList: {
         py::list result(node.children.size());
         for (size_t i = 0; i < node.children.size(); ++i)
-          result[i] = PackNode(node.children[i], seq);
+          result[i] = PackTree(node.children[i], leaf);
         return std::move(result);
       }
       case OutKind::kTuple:
       case OutKind::kNamedTuple: {
         py::tuple items(node.children.size());
         for (size_t i = 0; i < node.children.size(); ++i)
-          items[i] = PackNode(node.children[i], seq);
+          items[i] = PackTree(node.children[i], leaf);
         if (node.kind == OutKind::kTuple) return std::move(items);
         // tuple.__new__(cls, items): builds the namedtuple without its Python __new__.
         py::tuple args = py::make_tuple(items);
@@ -1066,6 +1041,12 @@ class Plan {
   py::object ToArray(PyObject* tensor, bool unbatch) const {
     py::object value = Steal(PyObject_CallMethodNoArgs(tensor, numpy_method_.ptr()));
     if (!PyArray_Check(value.ptr())) value = Steal(PyArray_FromScalar(value.ptr(), nullptr));
+    return OwnedCopy(value, unbatch);
+  }
+
+  // A C-ordered copy of the array `value`, without its leading dimension of 1
+  // when `unbatch`.
+  static py::object OwnedCopy(const py::object& value, bool unbatch) {
     auto* view = reinterpret_cast<PyArrayObject*>(value.ptr());
     int ndim = PyArray_NDIM(view);
     int skip = 0;
@@ -1095,13 +1076,14 @@ class Plan {
   }
 
   std::vector<const LeafSpec*> slot_specs_;  // by argument slot (into the trees below)
+  Py_ssize_t min_outputs_ = 0;                // outputs the output tree reads
   mutable std::vector<std::unique_ptr<Staging>> pool_;  // free stagings; GIL-guarded
   Node time_step_;
   Node state_;
   OutNode output_;
   int num_args_;
   py::object from_dlpack_, eager_tensor_, context_handle_, device_, numpy_method_, mapping_type_,
-      sequence_type_, execute_, attrs_, num_outputs_, iinfo_, finfo_;
+      sequence_type_, execute_, attrs_, num_outputs_;
   PyTypeObject* eager_tensor_type_ = nullptr;  // Borrowed from eager_tensor_.
 };
 

@@ -24,7 +24,8 @@ tensor per leaf. Everything else is copied once into an aligned buffer.
 Python numbers must fit the leaf's dtype; eager tensors are read as arrays.
 Outputs are always copied into arrays the caller owns.
 
-`CopySwitch` picks the loaded copy of a policy that calls run on and counts
+`CopySwitch` picks the loaded copy of a policy that calls run on (each copy
+object carries the `call_args` appended to `call(fn, *args)`), and counts
 the calls on each copy in C++, so no exception can leave a copy marked busy;
 `wait_idle` lets an update wait (GIL released) until a copy is free.
 

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Tuple
 import tensorflow as tf
 
 from policies import loading
+from policies import storage
 
 _STEP_SUFFIX = re.compile(r"_(\d+)$")
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def _index_file(path: str) -> str:
-  return loading.join(path, loading.VARIABLES_PREFIX + ".index")
+  return storage.join(path, loading.VARIABLES_PREFIX + ".index")
 
 
 def _fingerprint(path: str) -> Tuple:
@@ -41,12 +42,12 @@ def _fingerprint(path: str) -> Tuple:
   Sizes and modification times of every file, and a hash of the index (which
   holds the data files' checksums): some file systems (ram://) keep no times.
   """
-  variables_dir = loading.join(path, "variables")
+  variables_dir = storage.join(path, "variables")
   files = []
   for name in sorted(tf.io.gfile.listdir(variables_dir)):
-    stat = tf.io.gfile.stat(loading.join(variables_dir, name))
+    stat = tf.io.gfile.stat(storage.join(variables_dir, name))
     files.append((name, stat.length, stat.mtime_nsec))
-  index = hashlib.sha256(loading.read_bytes(_index_file(path))).hexdigest()
+  index = hashlib.sha256(storage.read_bytes(_index_file(path))).hexdigest()
   return tuple(files) + (index,)
 
 
@@ -77,14 +78,14 @@ class CheckpointFollower:
       return []
     except tf.errors.OpError as e:
       log.warning("checkpoint follower: cannot list %s: %s", self.directory,
-                  loading.first_line(e))
+                  storage.first_line(e))
       return []
     found = []
     for name in names:
       name = name.rstrip("/")  # object stores list directories as "name/"
       match = _STEP_SUFFIX.search(name)
-      path = loading.join(self.directory, name)
-      if match and loading.exists(_index_file(path)):
+      path = storage.join(self.directory, name)
+      if match and storage.exists(_index_file(path)):
         found.append((int(match.group(1)), path))
     return sorted(found, reverse=True)
 

@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any, List, Optional
 
+from tensorflow.python.eager import core
 from tf_agents.policies import py_policy
 
 from policies import marshaling_plan
@@ -173,8 +174,7 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
     switch = self._policy._switch  # pylint: disable=protected-access
     call_rows = self._rows.call_rows
     get, get_nowait = self._queue.get, self._queue.get_nowait
-    closing = False
-    while not closing:
+    while True:
       first = get()
       if first is _CLOSE:
         break
@@ -182,34 +182,24 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
       deadline = time.perf_counter() + self.max_wait_us * 1e-6 if self.max_wait_us else None
       while len(batch) < self.max_batch_size:
         try:
-          if deadline is None:
-            item = get_nowait()
-          else:
-            item = get(timeout=max(0.0, deadline - time.perf_counter()))
+          item = get_nowait() if deadline is None else get(
+              timeout=max(0.0, deadline - time.perf_counter()))
         except queue.Empty:
           break
-        if item is _CLOSE:
-          closing = True
+        if item is _CLOSE:   # close() sets _closed before it queues _CLOSE
           break
         batch.append(item)
-      if closing or self._closed:   # closed while the batch was filling: do not run it
-        for request in batch:
-          request.error = BatcherClosedError("DynamicBatchingPolicy was closed before this call ran")
-          request.done.release()
+      if self._closed:       # closed while the batch was filling: do not run it
+        _finish(batch, error=_closed_error())
         break
       try:
         outputs = switch.call(call_rows, [r.row for r in batch], self._pad_to)
       except BaseException as e:  # pylint: disable=broad-except
-        error = _batch_error(e)
-        for request in batch:
-          request.error = error
-          request.done.release()
+        _finish(batch, error=_batch_error(e))
         continue
       self.batches += 1
       self.calls += len(batch)
-      for index, request in enumerate(batch):
-        request.outputs, request.index = outputs, index
-        request.done.release()
+      _finish(batch, outputs=outputs)
     self._fail_waiting()
 
   def _fail_waiting(self) -> None:
@@ -219,13 +209,23 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
       except queue.Empty:
         return
       if item is not _CLOSE:
-        item.error = BatcherClosedError("DynamicBatchingPolicy was closed before this call ran")
-        item.done.release()
+        _finish([item], error=_closed_error())
+
+
+def _finish(batch: List[_Request], outputs: Optional[list] = None,
+            error: Optional[BaseException] = None) -> None:
+  """Hands each caller of `batch` its row of `outputs`, or `error`, and wakes it."""
+  for index, request in enumerate(batch):
+    request.outputs, request.index, request.error = outputs, index, error
+    request.done.release()
+
+
+def _closed_error() -> BatcherClosedError:
+  return BatcherClosedError("DynamicBatchingPolicy was closed before this call ran")
 
 
 def _batch_error(error: BaseException) -> BaseException:
   """The error every caller of a failed batch gets."""
-  from tensorflow.python.eager import core  # pylint: disable=g-import-not-at-top
   if isinstance(error, core._NotOkStatusException):  # pylint: disable=protected-access
     error = core._status_to_exception(error)  # pylint: disable=protected-access
   return RuntimeError(f"the batched call failed: {type(error).__name__}: {error}")

@@ -181,19 +181,31 @@ class AuditReport:
 
 def op_types(concrete_function) -> Set[str]:
   """Op types a live concrete function can run: its own and those of every function it calls."""
-  graph_def = concrete_function.graph.as_graph_def()
-  library = {f.signature.name: f for f in graph_def.library.function}
-  types: Set[str] = set()
-  seen: Set[str] = set()
-  pending = [concrete_function.function_def]
+  library = {f.signature.name: f
+             for f in concrete_function.graph.as_graph_def().library.function}
+  function_def = concrete_function.function_def
+  library[function_def.signature.name] = function_def
+  direct = _direct_ops(library)
+  return set().union(*(direct[f] for f in _reachable(library, [function_def.signature.name])))
+
+
+def _direct_ops(library: Dict[str, object]) -> Dict[str, Set[str]]:
+  """Function name -> the op types of its own nodes (calls of other functions excluded)."""
+  return {name: {n.op for n in f.node_def if n.op not in library} for name, f in library.items()}
+
+
+def _reachable(library: Dict[str, object], starts: Iterable[str]) -> Set[str]:
+  """The library functions `starts` name, and every function they call, transitively."""
+  found: Set[str] = set()
+  pending = [s for s in starts if s in library]
   while pending:
-    for node in pending.pop().node_def:
-      types.add(node.op)
-      for name in _called_functions(node, library):
-        if name not in seen:
-          seen.add(name)
-          pending.append(library[name])
-  return types - set(library)
+    name = pending.pop()
+    if name in found:
+      continue
+    found.add(name)
+    for node in library[name].node_def:
+      pending.extend(_called_functions(node, library))
+  return found
 
 
 def _called_functions(node, library: Dict[str, object]) -> List[str]:
@@ -296,39 +308,25 @@ def _audit_meta_graph(meta_graph, ops_by_function, refused) -> None:
       roots.setdefault(f"signature '{key}'", []).extend(called)
 
   # Functions the saver reaches, and those anything else reaches.
-  def closure(starts: Iterable[str]) -> Set[str]:
-    found: Set[str] = set()
-    pending = [s for s in starts if s in library]
-    while pending:
-      name = pending.pop()
-      if name in found:
-        continue
-      found.add(name)
-      for node in library[name].node_def:
-        pending.extend(_called_functions(node, library))
-    return found
-
   saver_starts, other_starts = [], []
   for node in graph_def.node:
     (saver_starts if node.name in saver_nodes else other_starts).extend(
         _called_functions(node, library))
   for functions in roots.values():
     other_starts.extend(functions)
-  saver_only = closure(saver_starts) - closure(other_starts)
+  saver_only = _reachable(library, saver_starts) - _reachable(library, other_starts)
 
   def bad(op: str, in_saver: bool) -> bool:
     return op not in ALLOWED_OPS and not (in_saver and op in SAVER_OPS)
 
-  direct_bad = {name: {n.op for n in f.node_def
-                       if n.op not in library and bad(n.op, name in saver_only)}
-                for name, f in library.items()}
-  direct_ops = {name: {n.op for n in f.node_def if n.op not in library}
-                for name, f in library.items()}
+  direct_ops = _direct_ops(library)
+  direct_bad = {name: {op for op in ops if bad(op, name in saver_only)}
+                for name, ops in direct_ops.items()}
 
   # Each function is reported under the first (shortest) name that reaches it.
   owner: Dict[str, str] = {}
   for root, starts in roots.items():
-    reach = closure(starts)
+    reach = _reachable(library, starts)
     ops_by_function.setdefault(root, set()).update(*(direct_ops[f] for f in reach))
     for f in reach:
       owner.setdefault(f, root)
@@ -338,7 +336,7 @@ def _audit_meta_graph(meta_graph, ops_by_function, refused) -> None:
   for node in graph_def.node:
     in_saver = node.name in saver_nodes
     name = "saver" if in_saver else f"graph node '{node.name}'"
-    reach = closure(_called_functions(node, library))
+    reach = _reachable(library, _called_functions(node, library))
     for f in reach:
       owner.setdefault(f, name)
     own = {node.op} - set(library)

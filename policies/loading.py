@@ -46,6 +46,7 @@ from tf_agents.trajectories import policy_step
 from policies import graph_audit
 from policies import marshaling_plan
 from policies import specs as specs_lib
+from policies import storage
 
 SAVED_MODEL_FILE = "saved_model.pb"
 VARIABLES_PREFIX = f"{tf.saved_model.VARIABLES_DIRECTORY}/{tf.saved_model.VARIABLES_FILENAME}"
@@ -61,52 +62,14 @@ _UNDECODABLE_SPEC = re.compile(r"is not supported by this version of TensorFlow|
                                r"has not been registered")
 
 
-def first_line(error: BaseException) -> str:
-  """The line of an error message worth showing (TF's graph errors bury it)."""
-  lines = [line.strip() for line in str(error).splitlines()]
-  useful = [line for line in lines if line and not line.startswith(
-      ("Graph execution error", "Detected at node", "<stack traces", "[[", "File "))]
-  return useful[0] if useful else type(error).__name__
-
-
-def join(path: str, *parts: str) -> str:
-  """Joins path parts for any file system TF reads (local, ram://, gs://, ...)."""
-  return "/".join([path.rstrip("/")] + [p.strip("/") for p in parts])
-
-
 def check_model_dir(model_path: str) -> str:
   """Returns the path of `saved_model.pb`, raising FileNotFoundError if absent."""
-  if not is_dir(model_path):
+  if not storage.is_dir(model_path):
     raise FileNotFoundError(f"policy directory not found: {model_path}")
-  pb = join(model_path, SAVED_MODEL_FILE)
-  if not exists(pb):
+  pb = storage.join(model_path, SAVED_MODEL_FILE)
+  if not storage.exists(pb):
     raise FileNotFoundError(f"not a SavedModel directory, {SAVED_MODEL_FILE} is missing: {pb}")
   return pb
-
-
-def is_dir(path: str) -> bool:
-  try:
-    return tf.io.gfile.isdir(path)
-  except tf.errors.OpError:  # e.g. a scheme with no file system registered
-    return False
-
-
-def exists(path: str) -> bool:
-  try:
-    return tf.io.gfile.exists(path)
-  except tf.errors.OpError:
-    return False
-
-
-def read_bytes(path: str) -> bytes:
-  """A whole file through TF's file layer; FileNotFoundError / ValueError naming it."""
-  try:
-    with tf.io.gfile.GFile(path, "rb") as f:
-      return f.read()
-  except tf.errors.NotFoundError:
-    raise FileNotFoundError(f"file not found: {path}") from None
-  except tf.errors.OpError as e:
-    raise ValueError(f"cannot read {path}: {first_line(e)}") from None
 
 
 def parse_saved_model(pb: str, data: bytes) -> saved_model_pb2.SavedModel:
@@ -115,29 +78,10 @@ def parse_saved_model(pb: str, data: bytes) -> saved_model_pb2.SavedModel:
   try:
     proto.ParseFromString(data)
   except Exception as e:  # protobuf's DecodeError and friends
-    raise ValueError(f"corrupt or truncated SavedModel file {pb}: {first_line(e)}") from None
+    raise ValueError(f"corrupt or truncated SavedModel file {pb}: {storage.first_line(e)}") from None
   if not proto.meta_graphs:
     raise ValueError(f"corrupt or truncated SavedModel file {pb}: it holds no MetaGraph")
   return proto
-
-
-def read_saved_model_proto(model_path: str) -> saved_model_pb2.SavedModel:
-  """Parses `<model_path>/saved_model.pb` (see `parse_saved_model`)."""
-  pb = check_model_dir(model_path)
-  return parse_saved_model(pb, read_bytes(pb))
-
-
-def _copy_tree(source: str, target: str) -> int:
-  """Copies a directory tree through TF's file layer; returns the bytes copied."""
-  copied = 0
-  for root, _, files in tf.io.gfile.walk(source):
-    relative = root[len(source):].strip("/")
-    destination = join(target, relative) if relative else target
-    tf.io.gfile.makedirs(destination)
-    for name in files:
-      tf.io.gfile.copy(join(root, name), join(destination, name), overwrite=True)
-      copied += tf.io.gfile.stat(join(destination, name)).length
-  return copied
 
 
 class SavedModelSource:
@@ -159,20 +103,18 @@ class SavedModelSource:
     self.snapshot: Optional[str] = f"ram://policy_runtime/{uuid.uuid4().hex}"
     try:
       tf.io.gfile.makedirs(self.snapshot)
-      with tf.io.gfile.GFile(join(self.snapshot, SAVED_MODEL_FILE), "wb") as f:
+      with tf.io.gfile.GFile(storage.join(self.snapshot, SAVED_MODEL_FILE), "wb") as f:
         f.write(pb_bytes)
-      self.snapshot_bytes = len(pb_bytes)
       for part in _SNAPSHOT_PARTS:
-        source = join(model_path, part)
-        if is_dir(source):
-          self.snapshot_bytes += _copy_tree(source, join(self.snapshot, part))
-        elif exists(source):
-          tf.io.gfile.copy(source, join(self.snapshot, part), overwrite=True)
-          self.snapshot_bytes += tf.io.gfile.stat(source).length
+        source = storage.join(model_path, part)
+        if storage.is_dir(source):
+          storage.copy_tree(source, storage.join(self.snapshot, part))
+        elif storage.exists(source):
+          tf.io.gfile.copy(source, storage.join(self.snapshot, part), overwrite=True)
     except tf.errors.OpError as e:
       self.release()
-      raise ValueError(f"cannot read SavedModel {model_path}: {first_line(e)}") from None
-    self._finalizer = weakref.finalize(self, _remove_snapshot, self.snapshot)
+      raise ValueError(f"cannot read SavedModel {model_path}: {storage.first_line(e)}") from None
+    self._finalizer = weakref.finalize(self, storage.remove_tree, self.snapshot)
 
   @classmethod
   def read(cls, model_path: str, allow_unsafe_ops: bool) -> "SavedModelSource":
@@ -184,7 +126,7 @@ class SavedModelSource:
       graph_audit.UnsafeGraphError: (a ValueError) ops outside the allow-list.
     """
     pb = check_model_dir(model_path)
-    data = read_bytes(pb)
+    data = storage.read_bytes(pb)
     proto = parse_saved_model(pb, data)
     report = graph_audit.audit(proto, model_path, allow_unsafe_ops)
     return cls(model_path, proto, data, report)
@@ -200,7 +142,7 @@ class SavedModelSource:
     try:
       saved = tf.saved_model.load(self.snapshot)
     except Exception as e:  # pylint: disable=broad-except
-      reason = self._user_path(first_line(e))
+      reason = self._user_path(storage.first_line(e))
       if _UNDECODABLE_SPEC.search(str(e)):
         return SignaturePolicy(self, policy_specs, reason=reason)
       raise ValueError(f"cannot load SavedModel {self.path}: {reason}") from None
@@ -209,19 +151,11 @@ class SavedModelSource:
   def release(self) -> None:
     """Drops the in-memory snapshot."""
     if self.snapshot is not None:
-      _remove_snapshot(self.snapshot)
+      storage.remove_tree(self.snapshot)
       self.snapshot = None
 
   def _user_path(self, text: str) -> str:
     return text.replace(self.snapshot, self.path) if self.snapshot else text
-
-
-def _remove_snapshot(path: str) -> None:
-  try:
-    if tf.io.gfile.exists(path):
-      tf.io.gfile.rmtree(path)
-  except Exception:  # pylint: disable=broad-except
-    pass  # interpreter shutdown
 
 
 class LoadedPolicy(abc.ABC):
@@ -263,7 +197,7 @@ class ObjectGraphPolicy(LoadedPolicy):
     self.path = path
     self.saved = saved
     if not hasattr(saved, "action"):
-      raise ValueError(f"{join(path, SAVED_MODEL_FILE)} is not a TF-Agents PolicySaver "
+      raise ValueError(f"{storage.join(path, SAVED_MODEL_FILE)} is not a TF-Agents PolicySaver "
                        "export: it has no `action` function")
     self.action = marshaling_plan.action_function_from_concrete(self._action_concrete())
     self._checkpoint = tf.train.Checkpoint(policy=saved)
@@ -330,10 +264,10 @@ class SignaturePolicy(LoadedPolicy):
       self.obj = load_v1_in_v2.load(source.snapshot, ["serve"])
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f"cannot load SavedModel {path} from its signatures either: "
-                       f"{source._user_path(first_line(e))} (object graph: {reason})") from None  # pylint: disable=protected-access
+                       f"{source._user_path(storage.first_line(e))} (object graph: {reason})") from None  # pylint: disable=protected-access
     self._restore_fn = self._make_restore_fn(source.proto.meta_graphs[0].saver_def)
     # Checkpoint key -> value of every saved variable, as last restored.
-    self._values = self._read_values(join(source.snapshot, VARIABLES_PREFIX), keys=None)
+    self._values = self._read_values(storage.join(source.snapshot, VARIABLES_PREFIX), keys=None)
     self.action = self._action_function(policy_specs)
     self._state_spec = policy_specs.policy_state_spec
 
@@ -449,13 +383,13 @@ class SignaturePolicy(LoadedPolicy):
     # values in that layout to a temporary in-memory checkpoint and run it on that.
     scratch = f"ram://policy_runtime/restore-{uuid.uuid4().hex}"
     try:
-      prefix = join(scratch, "variables")
+      prefix = storage.join(scratch, "variables")
       keys = sorted(values)
       tf.raw_ops.SaveV2(prefix=prefix, tensor_names=keys, shape_and_slices=[""] * len(keys),
                         tensors=[values[k] for k in keys])
       self._restore_fn(tf.constant(prefix))
     finally:
-      _remove_snapshot(scratch)
+      storage.remove_tree(scratch)
     self._values = values
 
   def attribute(self, name):

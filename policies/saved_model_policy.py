@@ -23,6 +23,7 @@ from policies import graph_audit
 from policies import loading
 from policies import marshaling_plan
 from policies import specs as specs_lib
+from policies import storage
 
 
 def _to_numpy(nest):
@@ -234,17 +235,15 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
         nothing from the SavedModel has run.
     """
     model_path = os.fspath(model_path)
-    loading.check_model_dir(model_path)
+    self._source = loading.SavedModelSource.read(model_path, allow_unsafe_ops)
     policy_specs = specs_lib.resolve(model_path, time_step_spec, action_spec,
                                      policy_state_spec, info_spec, load_specs_from_pbtxt)
     self._model_path = model_path
     self._policy_specs = policy_specs
-    self._source = loading.SavedModelSource.read(model_path, allow_unsafe_ops)
     active = _PolicyCopy(self._source.load(policy_specs))
-    self._switch = marshal.CopySwitch(active, active.call_args)
+    self._switch = marshal.CopySwitch(active)
     self._standby: Optional[_PolicyCopy] = None
     self._update_lock = threading.Lock()   # one update at a time
-    self._ops_by_function = self._source.audit.ops_by_function
     super().__init__(None, policy_specs.time_step_spec, policy_specs.action_spec,
                      policy_specs.policy_state_spec, policy_specs.info_spec,
                      use_tf_function, batch_time_steps,
@@ -265,7 +264,7 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     return self._switch.active.loaded.action
 
   def _action_op_types(self) -> set:
-    ops = self._ops_by_function
+    ops = self._source.audit.ops_by_function
     return ops.get("action") or ops.get("signature 'action'") or super()._action_op_types()
 
   def _initial_state_tensors(self, batch_size: int):
@@ -342,10 +341,10 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
         policy then keeps acting on its current weights.
     """
     checkpoint_path = os.fspath(checkpoint_path)
-    prefix = loading.join(checkpoint_path, loading.VARIABLES_PREFIX)
-    if not loading.is_dir(checkpoint_path):
+    prefix = storage.join(checkpoint_path, loading.VARIABLES_PREFIX)
+    if not storage.is_dir(checkpoint_path):
       raise FileNotFoundError(f"checkpoint directory not found: {checkpoint_path}")
-    if not loading.exists(prefix + ".index"):
+    if not storage.exists(prefix + ".index"):
       raise FileNotFoundError(f"checkpoint index file not found: {prefix}.index")
     with self._update_lock:
       standby = self._standby or self._load_copy()
@@ -361,9 +360,9 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
       except Exception as e:  # pylint: disable=broad-except
         # Only the standby copy was touched; the next update restores it fully.
         raise ValueError(f"cannot restore checkpoint {checkpoint_path}: "
-                         f"{loading.first_line(e)}") from None
+                         f"{storage.first_line(e)}") from None
       previous = self._switch.active
-      self._switch.activate(standby, standby.call_args)
+      self._switch.activate(standby)
       self._standby = previous
       self._train_step_from_last_restored_checkpoint_path = _train_step_from_path(checkpoint_path)
 

@@ -11,6 +11,8 @@ import tensorflow as tf
 from tf_agents.policies import policy_saver
 from tf_agents.specs import tensor_spec
 
+from policies import storage
+
 
 @dataclasses.dataclass
 class PolicySpecs:
@@ -40,12 +42,8 @@ def resolve(model_path: str, time_step_spec, action_spec, policy_state_spec, inf
         "action_spec (and policy_state_spec / info_spec if any), or pass "
         "load_specs_from_pbtxt=True to read them from the policy_specs.pbtxt that "
         "PolicySaver writes next to saved_model.pb")
-  path = f"{os.fspath(model_path).rstrip('/')}/{policy_saver.POLICY_SPECS_PBTXT}"
-  try:
-    found = tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
-  except tf.errors.OpError:
-    found = False
-  if not found:
+  path = storage.join(os.fspath(model_path), policy_saver.POLICY_SPECS_PBTXT)
+  if not storage.is_file(path):
     raise FileNotFoundError(f"load_specs_from_pbtxt=True but the spec file is missing: {path}")
   try:  # through TF's file layer, like every other read
     loaded = policy_saver.specs_from_collect_data_spec(tensor_spec.from_pbtxt_file(path))

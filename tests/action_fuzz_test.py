@@ -16,10 +16,10 @@ import tensorflow as tf
 from tf_agents.trajectories import time_step as ts
 
 from policies import SavedModelPyTFEagerPolicy
+import spec_strategies
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
-_VALID = ["good", "good", "fortran", "strided", "readonly", "swapped", "unaligned", "python",
-          "eager", "aligned_big"]
+_SETTINGS = spec_strategies.fuzz_settings(200)
+_VALID = ("good",) + spec_strategies.VALID_LAYOUTS
 _INVALID = ["wrong_dtype:float64", "wrong_dtype:int64", "wrong_dtype:uint8", "wrong_shape",
             "missing_dim", "junk:None", "junk:text", "junk:object", "junk:dict", "overflow",
             "wrong_batch"]
@@ -40,29 +40,8 @@ def policies(saved):
 
 
 def _leaf(good, kind):
-  if kind == "good":
-    return good
-  if kind == "fortran":
-    return np.asfortranarray(good) if good.ndim else good  # asfortranarray makes 0-d 1-d
-  if kind == "strided":
-    return np.repeat(good, 2, axis=-1)[..., ::2] if good.ndim else good
-  if kind == "readonly":
-    good = good.copy()
-    good.setflags(write=False)
-    return good
-  if kind == "swapped":
-    return good.astype(good.dtype.newbyteorder())
-  if kind == "unaligned":
-    raw = np.zeros(good.nbytes + 8, np.uint8)
-    view = raw[1:1 + good.nbytes].view(good.dtype).reshape(good.shape)
-    view[...] = good
-    return view
-  if kind == "python":
-    return good.tolist() if good.ndim else good.item()
-  if kind == "eager":
-    return tf.constant(good)
-  if kind == "aligned_big":
-    return good.copy()
+  if kind in spec_strategies.VALID_LAYOUTS:
+    return spec_strategies.with_layout(good, kind)
   if kind.startswith("wrong_dtype:"):
     return good.astype(kind.split(":")[1])
   if kind == "wrong_shape":
@@ -102,9 +81,7 @@ def _arrays(batched, batch, seed):
                      np.ones(outer, np.float32), obs)
 
 
-@hypothesis.settings(max_examples=EXAMPLES, deadline=None, database=None,
-                     derandomize="FUZZ_EXAMPLES" not in os.environ,
-                     suppress_health_check=list(hypothesis.HealthCheck))
+@_SETTINGS
 @hypothesis.given(_calls())
 def test_call_sequences_succeed_exactly_or_fail_cleanly(policies, calls):
   for batched, batch, seed, kinds, invalid in calls:

@@ -2,7 +2,8 @@
 
 import dataclasses
 import os
-from typing import Any, Optional
+import threading
+from typing import Any, Callable, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -44,6 +45,48 @@ def scaled_checkpoint(fixture: SavedPolicy, directory: str, scale: float) -> str
     for v in fixture.tf_policy.variables():
       v.assign(v / scale)
   return directory
+
+
+def run_threads(count: int, target: Callable[[int], None], timeout: float = 120) -> list:
+  """Runs target(0..count-1) in threads; returns [(i, exception)] of the ones that raised."""
+  errors = []
+
+  def wrapped(i):
+    try:
+      target(i)
+    except BaseException as e:  # pylint: disable=broad-except
+      errors.append((i, e))
+
+  threads = [threading.Thread(target=wrapped, args=(i,)) for i in range(count)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(timeout=timeout)
+    assert not t.is_alive(), "deadlock: a thread never finished"
+  return errors
+
+
+def act_during_swaps(policy, checkpoints: Sequence[str], swaps: int, threads: int,
+                     act: Callable[[int], None]) -> None:
+  """Calls act(i) in a loop in `threads` threads while `swaps` updates alternate checkpoints."""
+  stop = threading.Event()
+
+  def loop(i):
+    while not stop.is_set():
+      act(i)
+
+  workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+  for t in workers:
+    t.start()
+  try:
+    for k in range(swaps):
+      policy.update_from_checkpoint(checkpoints[k % len(checkpoints)])
+  finally:
+    stop.set()
+    for t in workers:
+      t.join()
+
+
 DETERMINISTIC = tuple(k for k, v in _BUILDERS.items() if v[1])
 
 

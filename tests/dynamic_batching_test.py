@@ -9,7 +9,7 @@ import tensorflow as tf
 from tf_agents.trajectories import time_step as ts
 
 from policies import BatcherClosedError, DynamicBatchingPolicy, SavedModelPyTFEagerPolicy
-from conftest import scaled_checkpoint
+from conftest import act_during_swaps, run_threads, scaled_checkpoint
 
 
 def _policy(saved, name, **kwargs):
@@ -21,24 +21,6 @@ def _q_steps(count, seed=0):
   return [ts.TimeStep(np.int32(1), np.float32(0), np.float32(1), o) for o in obs]
 
 
-def _run_threads(count, target):
-  errors = []
-
-  def wrapped(i):
-    try:
-      target(i)
-    except BaseException as e:  # pylint: disable=broad-except
-      errors.append((i, e))
-
-  threads = [threading.Thread(target=wrapped, args=(i,)) for i in range(count)]
-  for t in threads:
-    t.start()
-  for t in threads:
-    t.join(timeout=120)
-    assert not t.is_alive(), "a caller never got its action"
-  return errors
-
-
 def test_64_threads_get_what_serial_unbatched_calls_get(saved):
   steps = _q_steps(64)
   serial = [_policy(saved, "q_mlp").action(s).action for s in steps]
@@ -48,7 +30,7 @@ def test_64_threads_get_what_serial_unbatched_calls_get(saved):
       for k in range(20):
         j = (i + k) % 64
         results[(i, k)] = (j, policy.action(steps[j]))
-    assert not _run_threads(64, act)
+    assert not run_threads(64, act)
     assert policy.mean_batch_size > 1
   for j, out in results.values():
     assert out.action.shape == () and out.action == serial[j]
@@ -79,7 +61,7 @@ def test_lstm_callers_keep_their_own_state_over_20_steps(saved):
         state = out.state
         trace.append((out.action, state))
       traces[i] = trace
-    assert not _run_threads(16, act)
+    assert not run_threads(16, act)
   for got, want in zip(traces, expected):
     for (a, s), (ea, es) in zip(got, want):
       np.testing.assert_array_equal(a, ea)
@@ -99,7 +81,7 @@ def test_a_bad_caller_fails_alone_with_the_unbatched_message(saved):
     def act(i):
       for _ in range(10):
         got[i] = policy.action(bad if i == 3 else steps[i]).action
-    errors = _run_threads(16, act)
+    errors = run_threads(16, act)
   assert [i for i, _ in errors] == [3]
   assert str(errors[0][1]) == str(unbatched_error.value)
   assert str(errors[0][1]).startswith("time_step.observation: expected float32[4], got float32[5]")
@@ -111,7 +93,7 @@ def test_a_lone_caller_is_served_without_waiting_for_a_full_batch(saved):
   with DynamicBatchingPolicy(_policy(saved, "q_mlp", batch_time_steps=False),
                              max_batch_size=64, max_wait_us=20_000) as policy:
     done = []
-    _run_threads(1, lambda i: done.append(policy.action(_q_steps(1)[0])))
+    run_threads(1, lambda i: done.append(policy.action(_q_steps(1)[0])))
     assert len(done) == 1 and policy.mean_batch_size == 1
 
 
@@ -121,7 +103,7 @@ def test_more_callers_than_max_batch_size_are_served_in_successive_batches(saved
   got = {}
   with DynamicBatchingPolicy(_policy(saved, "q_mlp", batch_time_steps=False),
                              max_batch_size=4) as policy:
-    assert not _run_threads(32, lambda i: got.__setitem__(i, policy.action(steps[i]).action))
+    assert not run_threads(32, lambda i: got.__setitem__(i, policy.action(steps[i]).action))
     assert policy.calls == 32 and policy.batches >= 8
   assert all(got[i] == serial[i] for i in range(32))
 
@@ -161,26 +143,15 @@ def test_hot_swaps_during_batching_never_mix_weights(saved, tmp_path):
     reference.update_from_checkpoint(checkpoint)
     refs.append([reference.action(s).action for s in steps])
   assert refs[0] != refs[1]
-  stop = threading.Event()
   mixed = []
   with DynamicBatchingPolicy(_policy(saved, "q_mlp", batch_time_steps=False)) as policy:
     def act(i):
-      while not stop.is_set():
-        got = [policy.action(s).action for s in steps]
-        if got not in refs:   # one caller's 8 sequential calls may straddle a swap;
-          if not all(g in (refs[0][k], refs[1][k]) for k, g in enumerate(got)):
-            mixed.append(got)
+      got = [policy.action(s).action for s in steps]
+      if got not in refs:   # one caller's 8 sequential calls may straddle a swap;
+        if not all(g in (refs[0][k], refs[1][k]) for k, g in enumerate(got)):
+          mixed.append(got)
 
-    threads = [threading.Thread(target=act, args=(i,)) for i in range(8)]
-    for t in threads:
-      t.start()
-    try:
-      for k in range(50):
-        policy.update_from_checkpoint(a if k % 2 == 0 else b)
-    finally:
-      stop.set()
-      for t in threads:
-        t.join()
+    act_during_swaps(policy, [a, b], swaps=50, threads=8, act=act)
   assert not mixed
 
 
@@ -194,7 +165,7 @@ def test_a_fixed_batch_export_gets_padded_batches(saved):
   got = {}
   with DynamicBatchingPolicy(wrapped, max_batch_size=64) as policy:
     assert policy.max_batch_size == 4
-    assert not _run_threads(12, lambda i: got.__setitem__(i, policy.action(steps[i]).action))
+    assert not run_threads(12, lambda i: got.__setitem__(i, policy.action(steps[i]).action))
   assert all(got[i] == expected[i] for i in range(12))
 
 
@@ -202,7 +173,7 @@ def test_stochastic_rows_sample_independently(saved):
   step = ts.TimeStep(np.int32(1), np.float32(0), np.float32(1), np.ones(5, np.float32))
   got = []
   with DynamicBatchingPolicy(_policy(saved, "ppo_collect", batch_time_steps=False)) as policy:
-    assert not _run_threads(16, lambda i: got.extend(policy.action(step).action.tolist()
+    assert not run_threads(16, lambda i: got.extend(policy.action(step).action.tolist()
                                                      for _ in range(4)))
     assert policy.mean_batch_size > 1
   assert len({tuple(a) for a in got}) == len(got)   # no two rows drew the same noise

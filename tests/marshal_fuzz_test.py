@@ -20,7 +20,7 @@ from tf_agents.trajectories import policy_step
 import spec_strategies
 from spec_strategies import Pair
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
+_SETTINGS = spec_strategies.fuzz_settings(300)
 Other = collections.namedtuple("Other", ["left", "right"])
 _SPEC_NESTS = spec_strategies.spec_nests(max_leaves=8, min_dim=0)
 
@@ -29,34 +29,18 @@ _JUNK = [None, "text", b"bytes", object(), 3 + 4j, {"k": 1}, [], [[1], [2, 3]], 
          np.datetime64("2020-01-01"), slice(1, 2), Ellipsis]
 
 
-_VALID_KINDS = ["good", "fortran", "strided", "readonly", "swapped", "unaligned", "python",
-                "eager", "aligned_big"]
-_ALL_KINDS = ["good", "good", "good", "fortran", "strided", "readonly", "swapped", "unaligned",
-              "wrong_dtype", "wrong_shape", "extra_dim", "missing_dim", "python", "list", "junk",
-              "huge", "huge_valid_shape", "zero_size", "eager"]
+_INVALID_KINDS = ["wrong_dtype", "wrong_shape", "extra_dim", "missing_dim", "list", "junk",
+                  "huge", "huge_valid_shape", "zero_size"]
+_ALL_KINDS = ("good", "good") + spec_strategies.VALID_LAYOUTS + tuple(_INVALID_KINDS)
 
 
-def _leaf_value(draw, spec, outer, kinds=tuple(_ALL_KINDS)):
+def _leaf_value(draw, spec, outer, kinds=_ALL_KINDS):
   shape = tuple(outer) + tuple(spec.shape[1:])
   dtype = spec.dtype.as_numpy_dtype
   good = (np.arange(int(np.prod(shape))) % 7).astype(dtype).reshape(shape)
   kind = draw(st.sampled_from(kinds))
-  if kind == "good":
-    return good
-  if kind == "fortran":
-    return np.asfortranarray(good) if good.ndim else good  # asfortranarray makes 0-d 1-d
-  if kind == "strided":
-    return np.repeat(good, 2, axis=-1)[..., ::2] if good.ndim else good
-  if kind == "readonly":
-    good.setflags(write=False)
-    return good
-  if kind == "swapped":
-    return good.astype(good.dtype.newbyteorder())
-  if kind == "unaligned":
-    raw = np.zeros(good.nbytes + 8, np.uint8)
-    view = raw[1:1 + good.nbytes].view(good.dtype).reshape(shape)
-    view[...] = good
-    return view
+  if kind in spec_strategies.VALID_LAYOUTS:
+    return spec_strategies.with_layout(good, kind)
   if kind == "wrong_dtype":
     return good.astype(draw(st.sampled_from([np.float32, np.int64, np.uint16, np.complex64, bool])))
   if kind == "wrong_shape":
@@ -65,8 +49,6 @@ def _leaf_value(draw, spec, outer, kinds=tuple(_ALL_KINDS)):
     return good[None]
   if kind == "missing_dim":
     return good.reshape(-1)[0] if good.size else np.zeros((), dtype)
-  if kind == "python":  # a list cannot say the shape or dtype of an empty array
-    return good.tolist() if good.size else good
   if kind == "list":
     return [good.tolist(), good.tolist()]
   if kind == "huge":
@@ -77,10 +59,6 @@ def _leaf_value(draw, spec, outer, kinds=tuple(_ALL_KINDS)):
       return good
     return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape=(2**44,) + shape[1:],
                                            strides=(0,) * len(shape))
-  if kind == "eager":
-    return tf.constant(good)
-  if kind == "aligned_big":
-    return good.copy()
   if kind == "zero_size":
     return np.zeros((0,) + shape[1:], dtype)
   return draw(st.sampled_from(_JUNK))
@@ -89,7 +67,7 @@ def _leaf_value(draw, spec, outer, kinds=tuple(_ALL_KINDS)):
 def _valid_value(draw, spec, outer):
   """A value for `spec` in any form the marshaler must accept."""
   if isinstance(spec, tf.TensorSpec):
-    return _leaf_value(draw, spec, outer, tuple(_VALID_KINDS))
+    return _leaf_value(draw, spec, outer, spec_strategies.VALID_LAYOUTS)
   if isinstance(spec, dict):
     return {k: _valid_value(draw, v, outer) for k, v in spec.items()}
   children = [_valid_value(draw, v, outer) for v in spec]
@@ -148,10 +126,7 @@ def _cases(draw):
   return ts_spec, state_spec, batch_time_steps, time_step, state, draw(st.booleans())
 
 
-# The default (CI) run is reproducible; a run with FUZZ_EXAMPLES set explores new cases.
-@hypothesis.settings(max_examples=EXAMPLES, deadline=None, database=None,
-                     derandomize="FUZZ_EXAMPLES" not in os.environ,
-                     suppress_health_check=list(hypothesis.HealthCheck))
+@_SETTINGS
 @hypothesis.given(_cases())
 def test_every_case_succeeds_correctly_or_raises_value_or_type_error(case):
   ts_spec, state_spec, batch_time_steps, time_step, state, staging = case
@@ -188,9 +163,7 @@ def _valid_cases(draw):
   return ts_spec, state_spec, batch_time_steps, time_step, state, draw(st.booleans())
 
 
-@hypothesis.settings(max_examples=EXAMPLES, deadline=None, database=None,
-                     derandomize="FUZZ_EXAMPLES" not in os.environ,
-                     suppress_health_check=list(hypothesis.HealthCheck))
+@_SETTINGS
 @hypothesis.given(_valid_cases())
 def test_valid_inputs_are_never_rejected(case):
   ts_spec, state_spec, batch_time_steps, time_step, state, staging = case

@@ -118,31 +118,31 @@ def test_pathlike_and_symlinked_directories(saved, tmp_path):
   assert policy.get_train_step_from_last_restored_checkpoint_path() == 3
 
 
-def test_updates_work_after_the_model_directory_is_deleted(saved, tmp_path):
-  fixture = saved("lstm_actor")
+def _loaded_then_replaced(fixture, tmp_path, replace, scale):
+  """A policy loaded from a copy of `fixture` that `replace(path)` then changes on disk;
+  it and a reference are updated to the fixture's weights times `scale`."""
   path = str(tmp_path / "model")
   shutil.copytree(fixture.path, path)
   policy = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True)
   shutil.rmtree(path)
-  checkpoint = scaled_checkpoint(fixture, str(tmp_path / "c_0000000004"), -0.5)
+  replace(path)
+  checkpoint = scaled_checkpoint(fixture, str(tmp_path / "c_0000000004"), scale)
   policy.update_from_checkpoint(checkpoint)
   reference = SavedModelPyTFEagerPolicy(fixture.path, load_specs_from_pbtxt=True)
   reference.update_from_checkpoint(checkpoint)
+  return policy, reference
+
+
+def test_updates_work_after_the_model_directory_is_deleted(saved, tmp_path):
+  policy, reference = _loaded_then_replaced(saved("lstm_actor"), tmp_path, lambda path: None, -0.5)
   np.testing.assert_array_equal(_act(policy), _act(reference))
 
 
 def test_updates_keep_the_loaded_graph_after_the_directory_is_overwritten(saved, tmp_path):
-  fixture = saved("q_mlp")
-  path = str(tmp_path / "model")
-  shutil.copytree(fixture.path, path)
-  policy = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True)
   # Another export with the same specs but another graph (and other weights).
-  shutil.rmtree(path)
-  policy_zoo.save(policy_zoo.q_mlp_policy(fc=(8,), seed=5), path)
-  checkpoint = scaled_checkpoint(fixture, str(tmp_path / "c_0000000006"), -1.0)
-  policy.update_from_checkpoint(checkpoint)
-  reference = SavedModelPyTFEagerPolicy(fixture.path, load_specs_from_pbtxt=True)
-  reference.update_from_checkpoint(checkpoint)
+  policy, reference = _loaded_then_replaced(
+      saved("q_mlp"), tmp_path,
+      lambda path: policy_zoo.save(policy_zoo.q_mlp_policy(fc=(8,), seed=5), path), -1.0)
   steps = [ts.TimeStep(np.int32(1), np.float32(0), np.float32(1), o)
            for o in np.random.default_rng(1).standard_normal((32, 4)).astype(np.float32)]
   assert [int(policy.action(s).action) for s in steps] == [int(reference.action(s).action)

@@ -14,7 +14,7 @@ from tf_agents.policies import py_tf_eager_policy as tfa_eager
 from tf_agents.trajectories import time_step as ts
 
 from policies import CheckpointFollower, SavedModelPyTFEagerPolicy, UnsafeGraphError
-from conftest import scaled_checkpoint
+from conftest import act_during_swaps, run_threads, scaled_checkpoint
 from tools import policy_zoo
 
 
@@ -245,28 +245,17 @@ def test_actions_during_100_swaps_use_old_or_new_weights_never_a_mix(saved, tmp_
   ref_b = (ref_b.action.copy(), [s.copy() for s in ref_b.state])
   assert not np.allclose(ref_a[0], ref_b[0])
 
-  stop = threading.Event()
   failures, counts = [], [0] * 8
 
   def act(i):
-    while not stop.is_set():
-      out = policy.action(step, state)
-      matches = [np.array_equal(out.action, r[0]) and
-                 all(np.array_equal(x, y) for x, y in zip(out.state, r[1])) for r in (ref_a, ref_b)]
-      if not any(matches):
-        failures.append(out.action.copy())
-      counts[i] += 1
+    out = policy.action(step, state)
+    matches = [np.array_equal(out.action, r[0]) and
+               all(np.array_equal(x, y) for x, y in zip(out.state, r[1])) for r in (ref_a, ref_b)]
+    if not any(matches):
+      failures.append(out.action.copy())
+    counts[i] += 1
 
-  threads = [threading.Thread(target=act, args=(i,)) for i in range(8)]
-  for t in threads:
-    t.start()
-  try:
-    for k in range(100):
-      policy.update_from_checkpoint(a if k % 2 == 0 else b)
-  finally:
-    stop.set()
-    for t in threads:
-      t.join()
+  act_during_swaps(policy, [a, b], swaps=100, threads=8, act=act)
   assert not failures, f"{len(failures)} mixed actions, e.g. {failures[0]}"
   assert all(c > 0 for c in counts)
 
@@ -284,12 +273,7 @@ def test_16_threads_get_what_serial_calls_get(saved):
       j = (i + k) % len(steps)
       results[(i, j)] = policy.action(steps[j], state).action.copy()
 
-  threads = [threading.Thread(target=act, args=(i,)) for i in range(16)]
-  for t in threads:
-    t.start()
-  for t in threads:
-    t.join(timeout=120)
-    assert not t.is_alive(), "deadlock"
+  assert not run_threads(16, act)
   assert len(results) == 16 * 32
   for (i, j), action in results.items():
     np.testing.assert_array_equal(action, serial[j])
@@ -314,12 +298,7 @@ def test_16_threads_with_mixed_batch_sizes_get_what_serial_calls_get(saved):
               all(np.array_equal(a, b) for a, b in zip(out.state, serial[j][1]))):
         failures.append(j)
 
-  threads = [threading.Thread(target=act, args=(i,)) for i in range(16)]
-  for t in threads:
-    t.start()
-  for t in threads:
-    t.join(timeout=120)
-    assert not t.is_alive(), "deadlock"
+  assert not run_threads(16, act)
   assert not failures
 
 

@@ -1,0 +1,71 @@
+"""Files through TensorFlow's file layer, so every path TensorFlow reads works.
+
+Local paths, `ram://` (TF's in-memory file system) and, with TF's plugins,
+`gs://`, `s3://`, `hdfs://`: `os.path` and `open()` see none but the first.
+Every read of the library goes through here or through TF's own readers.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def first_line(error: BaseException) -> str:
+  """The line of an error message worth showing (TF's graph errors bury it)."""
+  lines = [line.strip() for line in str(error).splitlines()]
+  useful = [line for line in lines if line and not line.startswith(
+      ("Graph execution error", "Detected at node", "<stack traces", "[[", "File "))]
+  return useful[0] if useful else type(error).__name__
+
+
+def join(path: str, *parts: str) -> str:
+  """Joins path parts for any file system TF reads (local, ram://, gs://, ...)."""
+  return "/".join([path.rstrip("/")] + [p.strip("/") for p in parts])
+
+
+def is_dir(path: str) -> bool:
+  try:
+    return tf.io.gfile.isdir(path)
+  except tf.errors.OpError:  # e.g. a scheme with no file system registered
+    return False
+
+
+def exists(path: str) -> bool:
+  try:
+    return tf.io.gfile.exists(path)
+  except tf.errors.OpError:
+    return False
+
+
+def is_file(path: str) -> bool:
+  return exists(path) and not is_dir(path)
+
+
+def read_bytes(path: str) -> bytes:
+  """A whole file; FileNotFoundError / ValueError naming it."""
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      return f.read()
+  except tf.errors.NotFoundError:
+    raise FileNotFoundError(f"file not found: {path}") from None
+  except tf.errors.OpError as e:
+    raise ValueError(f"cannot read {path}: {first_line(e)}") from None
+
+
+def copy_tree(source: str, target: str) -> None:
+  """Copies a directory tree."""
+  for root, _, files in tf.io.gfile.walk(source):
+    relative = root[len(source):].strip("/")
+    destination = join(target, relative) if relative else target
+    tf.io.gfile.makedirs(destination)
+    for name in files:
+      tf.io.gfile.copy(join(root, name), join(destination, name), overwrite=True)
+
+
+def remove_tree(path: str) -> None:
+  """Removes a directory tree if it is there; never raises (runs at interpreter exit too)."""
+  try:
+    if tf.io.gfile.exists(path):
+      tf.io.gfile.rmtree(path)
+  except Exception:  # pylint: disable=broad-except
+    pass
