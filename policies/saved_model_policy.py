@@ -160,6 +160,8 @@ class _PolicyCopy:
     return (self.loaded.action.name, self.loaded.action.captures)
 
 
+BACKENDS = ("tf",)
+
 # How long an update waits for calls still running on the standby copy.
 _IDLE_TIMEOUT_S = 60.0
 
@@ -208,7 +210,8 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
                batch_time_steps: bool = True,
                *,
                allow_unsafe_ops: bool = False,
-               single_threaded_executor: bool = False):
+               single_threaded_executor: bool = False,
+               backend: str = "tf"):
     """Loads the policy.
 
     Args:
@@ -225,6 +228,7 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
       allow_unsafe_ops: load even if the SavedModel uses ops outside the
         allow-list of `graph_audit` (files, network, datasets, Python, ...).
       single_threaded_executor: see `PyTFEagerPolicyBase`.
+      backend: the engine that runs `action`: "tf" (TensorFlow eager).
 
     Raises:
       FileNotFoundError: `model_path`, its saved_model.pb, or (with
@@ -234,6 +238,10 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
       graph_audit.UnsafeGraphError: (a ValueError) unsafe ops without opt-in;
         nothing from the SavedModel has run.
     """
+    if backend not in BACKENDS:
+      raise ValueError(f"backend: expected one of {', '.join(map(repr, BACKENDS))}, "
+                       f"got {backend!r}")
+    self._backend = backend
     model_path = os.fspath(model_path)
     self._source = loading.SavedModelSource.read(model_path, allow_unsafe_ops)
     policy_specs = specs_lib.resolve(model_path, time_step_spec, action_spec,
@@ -293,6 +301,11 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
                                 () if self._batch_time_steps else (batch,))
     state = specs_lib.zeros(unbatched(function.policy_state_spec), (batch,))
     self._run(time_step, state, function)
+
+  @property
+  def backend(self) -> str:
+    """The engine that runs `action()`."""
+    return self._backend
 
   @property
   def load_mode(self) -> str:

@@ -100,8 +100,3 @@ def test_call_sequences_succeed_exactly_or_fail_cleanly(policies, calls):
     expected = reference.action.numpy()
     out = policy.action(time_step).action
     np.testing.assert_array_equal(out, expected[0] if batched else expected)
-
-
-if __name__ == "__main__":
-  import pytest_main
-  pytest_main.main(__file__)

@@ -212,8 +212,3 @@ def test_the_cli_refuses_with_the_same_message(tmp_path, capsys):
   assert policy_cli.main(["inspect", path]) == 1
   assert "uses file system ops (WriteFile)" in capsys.readouterr().err
   assert not target.exists()
-
-
-if __name__ == "__main__":
-  import pytest_main
-  pytest_main.main(__file__)

@@ -28,8 +28,3 @@ def test_inspect_default_policy_lists_specs_signatures_and_ops():
 def test_missing_directory_is_a_clean_error(capsys):
   assert policy_cli.main(["inspect", "/no/such/dir"]) == 1
   assert "policy directory not found: /no/such/dir" in capsys.readouterr().err
-
-
-if __name__ == "__main__":
-  import pytest_main
-  pytest_main.main(__file__)

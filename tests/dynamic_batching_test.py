@@ -182,8 +182,3 @@ def test_stochastic_rows_sample_independently(saved):
 def test_wrapping_needs_batch_time_steps_false(saved):
   with pytest.raises(ValueError, match="batch_time_steps=False"):
     DynamicBatchingPolicy(_policy(saved, "q_mlp"))
-
-
-if __name__ == "__main__":
-  import pytest_main
-  pytest_main.main(__file__)

@@ -178,8 +178,3 @@ def test_valid_inputs_are_never_rejected(case):
     expected = _expected(spec, leaf, batch_time_steps and i < num_ts)
     assert tensor.dtype == spec.dtype and tuple(tensor.shape) == expected.shape
     np.testing.assert_array_equal(tensor.numpy(), expected)
-
-
-if __name__ == "__main__":
-  import pytest_main
-  pytest_main.main(__file__)

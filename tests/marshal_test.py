@@ -339,8 +339,3 @@ def _bool_specs():
   from tf_agents.specs import tensor_spec
   spec = _BoolIdentityPolicy.time_step_spec
   return tensor_spec.to_nest_array_spec(spec), tensor_spec.to_nest_array_spec(spec.observation), (), ()
-
-
-if __name__ == "__main__":
-  import pytest_main
-  pytest_main.main(__file__)

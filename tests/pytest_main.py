@@ -1,4 +1,4 @@
-"""Runs one test file under pytest from a Bazel py_test."""
+"""Entry point of every `pytest_test`: runs the test file given first under pytest."""
 
 import os
 import sys
@@ -6,9 +6,17 @@ import sys
 import pytest
 
 
-def main(test_file: str) -> None:
+def main(argv) -> int:
+  test_file, extra = argv[0], argv[1:]
+  if not os.path.isfile(test_file):
+    print(f"pytest_main: no test file {test_file}", file=sys.stderr)
+    return 2
   args = [test_file, "-q", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"]
   tmp = os.environ.get("TEST_TMPDIR")
   if tmp:
     args += ["--basetemp", os.path.join(tmp, "pytest")]
-  sys.exit(pytest.main(args + sys.argv[1:]))
+  return int(pytest.main(args + extra))   # "no tests collected" (5) fails too
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

@@ -174,8 +174,3 @@ def test_outputs_stay_as_returned_when_later_calls_run(bias_policy):
   for batch in (1, 2, 1):
     policy.action(_bias_step(batch))
   np.testing.assert_array_equal(first.info["bias"], kept)
-
-
-if __name__ == "__main__":
-  import pytest_main
-  pytest_main.main(__file__)

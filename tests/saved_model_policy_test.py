@@ -276,8 +276,3 @@ def test_loads_in_a_fresh_process(saved):
                           env=dict(os.environ), timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip().endswith("(2,)")
-
-
-if __name__ == "__main__":
-  import pytest_main
-  pytest_main.main(__file__)

@@ -148,8 +148,3 @@ def test_updates_keep_the_loaded_graph_after_the_directory_is_overwritten(saved,
   assert [int(policy.action(s).action) for s in steps] == [int(reference.action(s).action)
                                                            for s in steps]
   assert policy.fingerprint == reference.fingerprint
-
-
-if __name__ == "__main__":
-  import pytest_main
-  pytest_main.main(__file__)

@@ -350,8 +350,3 @@ def test_graph_that_writes_files_is_refused_unless_allowed(tmp_path):
 def test_ordinary_exports_load_without_opt_in(saved, name):
   families = _policy(saved, name).op_families()
   assert not {"file system", "network", "python", "datasets", "not allow-listed"} & set(families)
-
-
-if __name__ == "__main__":
-  import pytest_main
-  pytest_main.main(__file__)

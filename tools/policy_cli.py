@@ -3,14 +3,17 @@
     policy_cli inspect [DIR]   specs, signatures, train step, metadata, op families
     policy_cli run [DIR]       drive the policy in its Gym environment; average
                                return against a random policy, per-step latency
+    policy_cli evaluate [DIR]  many seeded episodes on Ray workers (local or a
+                               cluster); mean return with its 95% CI, steps/s
 
-Without DIR both use the embedded default: a CartPole policy trained by
+Without DIR all three use the embedded default: a CartPole policy trained by
 tools/train_cartpole.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -23,10 +26,10 @@ from tensorflow.python.util import nest  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from policies import SavedModelPyTFEagerPolicy  # noqa: E402
+from policies import episodes as episodes_lib  # noqa: E402
 from policies import graph_audit  # noqa: E402
 
 DEFAULT_POLICY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_policy")
-DEFAULT_ENV = "CartPole-v0"
 
 
 def _format_spec_nest(spec_nest, indent="    ") -> str:
@@ -67,54 +70,74 @@ def _describe(model_dir: str) -> str:
   return model_dir
 
 
-def _env_name(policy, requested):
-  if requested:
-    return requested
-  env_name = policy.get_metadata().get("env_name")
-  return env_name.item().decode() if env_name is not None else DEFAULT_ENV
-
-
-def _run_episodes(env, policy, episodes: int, seed: int, desc: str, latencies=None):
-  returns = []
-  for episode in tqdm(range(episodes), desc=desc, unit="episode", leave=False):
-    env.seed(seed + episode)
-    step = env.reset()
-    state = policy.get_initial_state()
-    total = 0.0
-    while not step.is_last():
-      start = time.perf_counter()
-      out = policy.action(step, state)
-      if latencies is not None:
-        latencies.append(time.perf_counter() - start)
-      state = out.state
-      step = env.step(out.action)
-      total += float(step.reward)
-    returns.append(total)
+def _average_return(env, policy, episodes: int, seed: int, desc: str, latencies=None):
+  returns = [episodes_lib.run_episode(env, policy, seed + i, latencies).total_return
+             for i in tqdm(range(episodes), desc=desc, unit="episode", leave=False)]
   return float(np.mean(returns))
 
 
 def run(model_dir: str, env_name: str | None, episodes: int, seed: int,
-        allow_unsafe_ops: bool = False) -> dict:
-  from tf_agents.environments import suite_gym
+        allow_unsafe_ops: bool = False, backend: str = "tf") -> dict:
   from tf_agents.policies import random_py_policy
 
   policy = SavedModelPyTFEagerPolicy(model_dir, load_specs_from_pbtxt=True,
-                                     allow_unsafe_ops=allow_unsafe_ops)
-  env_name = _env_name(policy, env_name)
-  env = suite_gym.load(env_name)
+                                     allow_unsafe_ops=allow_unsafe_ops, backend=backend)
+  env_name = episodes_lib.env_id_for(policy, env_name)
+  env = episodes_lib.load_env(env_name)
   random_policy = random_py_policy.RandomPyPolicy(env.time_step_spec(), env.action_spec(),
                                                   seed=seed)
   latencies: list = []
-  policy_return = _run_episodes(env, policy, episodes, seed, "policy", latencies)
-  random_return = _run_episodes(env, random_policy, episodes, seed, "random policy")
+  start = time.perf_counter()
+  policy_return = _average_return(env, policy, episodes, seed, "policy", latencies)
+  seconds = time.perf_counter() - start
+  random_return = _average_return(env, random_policy, episodes, seed, "random policy")
   us = np.array(latencies) * 1e6
   print(f"policy: {_describe(model_dir)}")
   print(f"environment: {env_name}, {episodes} episodes, {len(us)} steps")
   print(f"average return: {policy_return:.1f} (random policy: {random_return:.1f})")
   print(f"action() latency per step: median {np.median(us):.0f} us, "
-        f"p90 {np.percentile(us, 90):.0f} us")
+        f"p90 {np.percentile(us, 90):.0f} us; {len(us) / seconds:,.0f} env steps/s")
   return {"policy_return": policy_return, "random_return": random_return,
-          "median_us": float(np.median(us))}
+          "median_us": float(np.median(us)), "steps_per_s": len(us) / seconds}
+
+
+def evaluate(model_dir: str, env_name: str | None, episodes: int, workers: int,
+             address: str | None, backend: str, seed: int, as_json: bool,
+             plot: str | None, allow_unsafe_ops: bool = False) -> dict:
+  from policies import evaluation  # pylint: disable=import-outside-toplevel
+
+  with tqdm(total=episodes, desc="episodes", unit="episode", leave=False) as bar:
+    result = evaluation.evaluate(model_dir, env_name, episodes=episodes, workers=workers,
+                                 address=address, backend=backend, seed=seed,
+                                 on_episode=lambda _: bar.update(),
+                                 allow_unsafe_ops=allow_unsafe_ops)
+  print(f"policy: {_describe(model_dir)}")
+  print(result.summary())
+  if plot:
+    _plot_returns(result, plot)
+    print(f"histogram of returns: {plot}")
+  summary = result.to_json()
+  if as_json:
+    print(json.dumps(summary))
+  return summary
+
+
+def _plot_returns(result, path: str) -> None:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
+  figure, axes = pyplot.subplots(figsize=(6, 4))
+  axes.hist(result.returns, bins=min(30, max(5, len(result.episodes) // 5)))
+  axes.axvline(result.mean_return, color="black", linestyle="--",
+               label=f"mean {result.mean_return:.1f} ± {result.ci95:.1f} (95% CI)")
+  axes.set_xlabel("episode return")
+  axes.set_ylabel("episodes")
+  axes.set_title(f"{result.env_id}: {len(result.episodes)} episodes, "
+                 f"{result.workers} Ray workers")
+  axes.legend()
+  figure.tight_layout()
+  figure.savefig(path)
+  pyplot.close(figure)
 
 
 def main(argv=None) -> int:
@@ -124,23 +147,41 @@ def main(argv=None) -> int:
   p_inspect.add_argument("dir", nargs="?", default=DEFAULT_POLICY)
   p_run = sub.add_parser("run", help="drive the policy in its environment")
   p_run.add_argument("dir", nargs="?", default=DEFAULT_POLICY)
-  p_run.add_argument("--env", default=None,
-                     help="Gym environment id (default: the policy's env_name metadata, "
-                          f"else {DEFAULT_ENV})")
-  p_run.add_argument("--episodes", type=int, default=20)
-  p_run.add_argument("--seed", type=int, default=0)
-  for p in (p_inspect, p_run):
+  p_eval = sub.add_parser("evaluate", help="many seeded episodes on Ray workers")
+  p_eval.add_argument("dir", nargs="?", default=DEFAULT_POLICY)
+  p_eval.add_argument("--workers", type=int, default=2, help="Ray actors, one CPU each")
+  p_eval.add_argument("--address", default=None,
+                      help="Ray cluster to join (default: start a local instance)")
+  p_eval.add_argument("--json", action="store_true",
+                      help="end with one line: the summary as a JSON object")
+  p_eval.add_argument("--plot", default=None, metavar="FILE.png",
+                      help="write a histogram of the returns")
+  for p in (p_run, p_eval):
+    p.add_argument("--env", default=None,
+                   help="Gym environment id (default: the policy's env_name metadata, "
+                        f"else {episodes_lib.DEFAULT_ENV})")
+    p.add_argument("--episodes", type=int, default=20 if p is p_run else 100)
+    p.add_argument("--seed", type=int, default=0, help="environment seed of episode 0")
+    p.add_argument("--backend", default="tf", help="engine that runs action()")
+  for p in (p_inspect, p_run, p_eval):
     p.add_argument("--allow-unsafe-ops", action="store_true",
                    help="load graphs that touch files, the network or run Python")
   args = parser.parse_args(argv)
   try:
     if args.command == "inspect":
       inspect(args.dir, args.allow_unsafe_ops)
+    elif args.command == "run":
+      run(args.dir, args.env, args.episodes, args.seed, args.allow_unsafe_ops, args.backend)
     else:
-      run(args.dir, args.env, args.episodes, args.seed, args.allow_unsafe_ops)
-  except (FileNotFoundError, ValueError, TypeError, graph_audit.UnsafeGraphError) as e:
+      evaluate(args.dir, args.env, args.episodes, args.workers, args.address, args.backend,
+               args.seed, args.json, args.plot, args.allow_unsafe_ops)
+  except (FileNotFoundError, ValueError, TypeError, graph_audit.UnsafeGraphError,
+          RuntimeError) as e:   # RuntimeError: e.g. evaluation.WorkerLostError
     print(f"policy_cli: {e}", file=sys.stderr)
     return 1
+  except KeyboardInterrupt:
+    print("policy_cli: interrupted", file=sys.stderr)
+    return 130
   return 0
 
 
