@@ -407,6 +407,34 @@ class Plan {
     return FlattenInto(time_step, policy_state, 0, &state);
   }
 
+  // Runs an engine that computes on fixed buffers (e.g. a LiteRT interpreter)
+  // on one validated call. `lease(batch)` returns `(inputs, invoke, outputs)`:
+  // writable arrays over the engine's input buffers in argument-slot order, a
+  // callable that runs the engine, and arrays over its output buffers in
+  // output order. Each leaf is copied into its input buffer, `invoke()` runs,
+  // the outputs are copied out and packed as `Call` packs them, and
+  // `release(lease)` gets the lease back however the call ends.
+  py::object CallBuffers(py::handle time_step, py::handle policy_state, py::handle lease,
+                         py::handle release) const {
+    CallState state;
+    state.validate_only = true;
+    py::list arrays = FlattenInto(time_step, policy_state, 0, &state);
+    npy_intp batch = state.batch >= 0 ? state.batch : 1;
+    py::object leased = Steal(PyObject_CallFunction(lease.ptr(), "n", batch));
+    py::object result;
+    try {
+      result = RunOnBuffers(arrays, leased);
+    } catch (...) {
+      // The call's own error wins over one from release().
+      PyObject* ok = PyObject_CallOneArg(release.ptr(), leased.ptr());
+      if (ok == nullptr) PyErr_Clear();
+      Py_XDECREF(ok);
+      throw;
+    }
+    Steal(PyObject_CallOneArg(release.ptr(), leased.ptr()));
+    return result;
+  }
+
   // Runs the function once on many callers' validated rows (from `Validate`
   // of a plan whose time-step leaves come unbatched and state leaves with a
   // batch of 1): row r of every batched input is caller r's leaf, rows from
@@ -551,6 +579,47 @@ class Plan {
     int64_t shape[NPY_MAXDIMS + 1];
     for (int i = 0; i <= inner_ndim; ++i) shape[i] = dims[i];
     return DlpackTensor(*spec, std::move(leaf), buffer, shape, 1 + inner_ndim);
+  }
+
+  py::object RunOnBuffers(const py::list& arrays, const py::object& leased) const {
+    PyObject* lease = leased.ptr();
+    if (!PyTuple_Check(lease) || PyTuple_GET_SIZE(lease) < 3)
+      throw py::type_error("call_buffers: lease(batch) must return (inputs, invoke, outputs)");
+    PyObject* inputs = PyTuple_GET_ITEM(lease, 0);
+    PyObject* invoke = PyTuple_GET_ITEM(lease, 1);
+    PyObject* outputs = PyTuple_GET_ITEM(lease, 2);
+    if (!PyList_Check(inputs) || PyList_GET_SIZE(inputs) != num_args_ || !PyList_Check(outputs) ||
+        PyList_GET_SIZE(outputs) < min_outputs_)
+      throw py::value_error("call_buffers: the lease's input or output list has the wrong length");
+    for (int slot = 0; slot < num_args_; ++slot) {
+      PyObject* dst_obj = PyList_GET_ITEM(inputs, slot);
+      auto* src = reinterpret_cast<PyArrayObject*>(PyList_GET_ITEM(arrays.ptr(), slot));
+      if (!PyArray_Check(dst_obj)) throw py::type_error("call_buffers: inputs must be arrays");
+      auto* dst = reinterpret_cast<PyArrayObject*>(dst_obj);
+      if (!PyArray_ISCARRAY(dst) || !PyArray_EquivTypes(PyArray_DESCR(dst), PyArray_DESCR(src)) ||
+          PyArray_SIZE(dst) != PyArray_SIZE(src)) {
+        throw py::value_error("call_buffers: input buffer " + std::to_string(slot) + " is " +
+                              Describe(dst) + ", the validated leaf is " + Describe(src));
+      }
+      if (PyArray_IS_C_CONTIGUOUS(src) && PyArray_ISNOTSWAPPED(src) &&
+          !PyDataType_REFCHK(PyArray_DESCR(src))) {
+        std::memcpy(PyArray_DATA(dst), PyArray_DATA(src), static_cast<size_t>(PyArray_NBYTES(src)));
+        continue;
+      }
+      PyArray_Dims shape{PyArray_DIMS(dst), PyArray_NDIM(dst)};
+      py::object reshaped = Steal(PyArray_Newshape(src, &shape, NPY_ANYORDER));
+      if (PyArray_CopyInto(dst, reinterpret_cast<PyArrayObject*>(reshaped.ptr())) < 0)
+        throw py::error_already_set();
+    }
+    Steal(PyObject_CallNoArgs(invoke));
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(outputs); ++i) {
+      if (!PyArray_Check(PyList_GET_ITEM(outputs, i)))
+        throw py::type_error("call_buffers: outputs must be arrays");
+    }
+    return PackTree(output_, [&](const OutNode& leaf) {
+      return OwnedCopy(py::reinterpret_borrow<py::object>(PyList_GET_ITEM(outputs, leaf.index)),
+                       leaf.unbatch);
+    });
   }
 
   // Appends the captures to `args` and runs the function; its outputs as a fast sequence.
@@ -1105,6 +1174,8 @@ PYBIND11_MODULE(_marshal, m) {
       .def("call", &Plan::Call, py::arg("time_step"), py::arg("policy_state"),
            py::arg("function_name"), py::arg("captures"))
       .def("validate", &Plan::Validate, py::arg("time_step"), py::arg("policy_state"))
+      .def("call_buffers", &Plan::CallBuffers, py::arg("time_step"), py::arg("policy_state"),
+           py::arg("lease"), py::arg("release"))
       .def("call_rows", &Plan::CallRows, py::arg("rows"), py::arg("pad_to"),
            py::arg("function_name"), py::arg("captures"))
       .def("pack_row", &Plan::PackRow, py::arg("outputs"), py::arg("row"));

@@ -77,6 +77,9 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
     if policy._batch_time_steps:  # pylint: disable=protected-access
       raise ValueError("DynamicBatchingPolicy needs the wrapped policy created with "
                        "batch_time_steps=False (it runs batches of callers)")
+    if policy.backend != "tf":
+      raise ValueError(f"DynamicBatchingPolicy runs policies on backend 'tf' for now, "
+                       f"got a policy on {policy.backend!r}")
     if max_batch_size < 1:
       raise ValueError(f"max_batch_size: expected at least 1, got {max_batch_size}")
     super().__init__(policy.time_step_spec, policy.action_spec, policy.policy_state_spec,

@@ -99,6 +99,7 @@ class SavedModelSource:
     self.path = model_path
     self.proto = proto
     self.audit = report
+    self.pb_bytes = pb_bytes   # the audited saved_model.pb (LiteRT re-converts from it)
     self.fingerprint = hashlib.sha256(pb_bytes).hexdigest()
     self.snapshot: Optional[str] = f"ram://policy_runtime/{uuid.uuid4().hex}"
     try:
@@ -239,7 +240,7 @@ class ObjectGraphPolicy(LoadedPolicy):
     return getattr(self.saved, name)
 
 
-def _nest_path_names(spec_nest, prefix: str) -> List[str]:
+def nest_path_names(spec_nest, prefix: str) -> List[str]:
   """Leaf names as PolicySaver's `rename_spec_with_nest_paths` writes them."""
   paths = [p for p, _ in nest.flatten_with_joined_string_paths(spec_nest)]
   return [f"{prefix}{p}" if p else prefix.rstrip("/") for p in paths]
@@ -281,8 +282,8 @@ class SignaturePolicy(LoadedPolicy):
     sig = self._signature("action")
     keywords = list(sig.structured_input_signature[1])
     arg_specs = sig.structured_input_signature[1]
-    flat_names = (_nest_path_names(policy_specs.time_step_spec, "0/") +
-                  _nest_path_names(policy_specs.policy_state_spec, "1/"))
+    flat_names = (nest_path_names(policy_specs.time_step_spec, "0/") +
+                  nest_path_names(policy_specs.policy_state_spec, "1/"))
     missing = [n for n in flat_names if n not in arg_specs]
     if missing or len(flat_names) != len(keywords):
       raise ValueError(f"{self.path}: the specs do not match the `action` signature "
@@ -295,9 +296,9 @@ class SignaturePolicy(LoadedPolicy):
     output_structure = policy_step.PolicyStep(
         action=batched(policy_specs.action_spec), state=batched(policy_specs.policy_state_spec),
         info=batched(policy_specs.info_spec))
-    output_names = (_nest_path_names(policy_specs.action_spec, "action/") +
-                    _nest_path_names(policy_specs.policy_state_spec, "state/") +
-                    _nest_path_names(policy_specs.info_spec, "info/"))
+    output_names = (nest_path_names(policy_specs.action_spec, "action/") +
+                    nest_path_names(policy_specs.policy_state_spec, "state/") +
+                    nest_path_names(policy_specs.info_spec, "info/"))
     out_tensor_names = [t.name for t in sig.outputs]
     try:
       output_order = [out_tensor_names.index(sig.structured_outputs[n].name)
@@ -327,7 +328,7 @@ class SignaturePolicy(LoadedPolicy):
       return ()
     sig = self._signature("get_initial_state")
     outputs = sig(batch_size=tf.constant(batch_size or 1, tf.int32)) if sig.structured_input_signature[1] else sig()
-    names = _nest_path_names(self._state_spec, "")
+    names = nest_path_names(self._state_spec, "")
     return tf.nest.pack_sequence_as(self._state_spec, [outputs[n] for n in names])
 
   def _read_values(self, prefix: str, keys: Optional[List[str]]) -> Dict[str, np.ndarray]:

@@ -198,6 +198,11 @@ class MarshalingPlan:
     """The native `call(time_step, policy_state, function_name, captures)`."""
     return self._native.call
 
+  @property
+  def native_call_buffers(self):
+    """The native `call_buffers(time_step, policy_state, lease, release)` (buffer engines)."""
+    return self._native.call_buffers
+
   def call(self, time_step, policy_state, function: ActionFunction):
     """Validates, converts, runs `function` and packs a `PolicyStep`.
 

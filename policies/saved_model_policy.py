@@ -8,6 +8,7 @@ hands it to the graph without copying where it can, and returns numpy views.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -24,6 +25,8 @@ from policies import loading
 from policies import marshaling_plan
 from policies import specs as specs_lib
 from policies import storage
+from policies.engines import lite
+from policies.engines import tf_eager
 
 
 def _to_numpy(nest):
@@ -149,18 +152,20 @@ class PyTFEagerPolicyBase(py_policy.PyPolicy):
 
 
 class _PolicyCopy:
-  """One loaded copy of the SavedModel (the switch counts the calls running on it)."""
+  """One loaded copy of the SavedModel (the switch counts the calls running on it).
 
-  def __init__(self, loaded: loading.LoadedPolicy):
+  `call_args` are what the engine's `call` needs to run this copy (read by
+  the switch when the copy is activated).
+  """
+
+  def __init__(self, loaded: loading.LoadedPolicy, call_args: tuple):
     self.loaded = loaded
-
-  @property
-  def call_args(self) -> tuple:
-    """What the native plan needs to run this copy's `action`."""
-    return (self.loaded.action.name, self.loaded.action.captures)
+    self.call_args = call_args
 
 
-BACKENDS = ("tf",)
+BACKENDS = ("tf", "lite", "auto")
+
+log = logging.getLogger("policies")
 
 # How long an update waits for calls still running on the standby copy.
 _IDLE_TIMEOUT_S = 60.0
@@ -211,7 +216,8 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
                *,
                allow_unsafe_ops: bool = False,
                single_threaded_executor: bool = False,
-               backend: str = "tf"):
+               backend: str = "tf",
+               lite_cache_dir: Optional[str] = None):
     """Loads the policy.
 
     Args:
@@ -228,27 +234,35 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
       allow_unsafe_ops: load even if the SavedModel uses ops outside the
         allow-list of `graph_audit` (files, network, datasets, Python, ...).
       single_threaded_executor: see `PyTFEagerPolicyBase`.
-      backend: the engine that runs `action`: "tf" (TensorFlow eager).
+      backend: the engine that runs `action`: "tf" (TensorFlow eager, exact
+        TF-Agents parity), "lite" (the `action` signature converted to LiteRT
+        with builtin ops and validated against TF at load; see
+        `policies/engines/lite.py`), or "auto" ("lite" if conversion and
+        validation succeed, else "tf" with one logged warning).
+        `policy.backend` says which one runs.
+      lite_cache_dir: where LiteRT conversions are cached (default
+        $POLICY_RUNTIME_CACHE_DIR, else ~/.cache/policy_runtime).
 
     Raises:
       FileNotFoundError: `model_path`, its saved_model.pb, or (with
         `load_specs_from_pbtxt`) its policy_specs.pbtxt is missing.
-      ValueError: no specs, an unreadable SavedModel, or a batch mode the
-        saved signature cannot take.
+      ValueError: no specs, an unreadable SavedModel, a batch mode the saved
+        signature cannot take, or (backend="lite") a conversion or validation
+        failure, naming the ops or outputs at fault.
       graph_audit.UnsafeGraphError: (a ValueError) unsafe ops without opt-in;
         nothing from the SavedModel has run.
     """
     if backend not in BACKENDS:
       raise ValueError(f"backend: expected one of {', '.join(map(repr, BACKENDS))}, "
                        f"got {backend!r}")
-    self._backend = backend
     model_path = os.fspath(model_path)
     self._source = loading.SavedModelSource.read(model_path, allow_unsafe_ops)
     policy_specs = specs_lib.resolve(model_path, time_step_spec, action_spec,
                                      policy_state_spec, info_spec, load_specs_from_pbtxt)
     self._model_path = model_path
     self._policy_specs = policy_specs
-    active = _PolicyCopy(self._source.load(policy_specs))
+    loaded = self._source.load(policy_specs)
+    active = _PolicyCopy(loaded, tf_eager.call_args(loaded))
     self._switch = marshal.CopySwitch(active)
     self._standby: Optional[_PolicyCopy] = None
     self._update_lock = threading.Lock()   # one update at a time
@@ -256,7 +270,7 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
                      policy_specs.policy_state_spec, policy_specs.info_spec,
                      use_tf_function, batch_time_steps,
                      single_threaded_executor=single_threaded_executor)
-    self._native_call = self._plan.native_call
+    self._engine = tf_eager.TFEagerEngine(self._plan)
     if policy_specs.collect_data_spec is not None:
       self._collect_data_spec = policy_specs.collect_data_spec
     self._train_step_from_last_restored_checkpoint_path = None
@@ -267,6 +281,24 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
         raise
       raise ValueError(f"{model_path}: its action graph cannot run with "
                        f"single_threaded_executor=True: {e.message.splitlines()[0]}") from None
+    if backend != "tf":
+      self._use_lite(active, backend, lite_cache_dir)
+
+  def _use_lite(self, active: _PolicyCopy, backend: str, cache_dir: Optional[str]) -> None:
+    engine = lite.LiteEngine(self._plan, self._tf_call, self._policy_specs, self._source,
+                             cache_dir)
+    try:
+      active.call_args = engine.prepare(active.loaded)
+    except ValueError as e:
+      if backend == "lite":
+        raise
+      log.warning("backend='auto': running on TF, not LiteRT: %s", e)
+      return
+    self._switch.activate(active)   # re-reads call_args
+    self._engine = engine
+
+  def _tf_call(self, time_step, policy_state, loaded: loading.LoadedPolicy):
+    return self._run(time_step, policy_state, loaded.action)
 
   def _action_function(self) -> marshaling_plan.ActionFunction:
     return self._switch.active.loaded.action
@@ -282,7 +314,7 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     if seed is not None:
       self._check_seed(seed)
     try:
-      return self._switch.call(self._native_call, time_step, policy_state)
+      return self._switch.call(self._engine.call, time_step, policy_state)
     except core._NotOkStatusException as e:  # pylint: disable=protected-access
       raise core._status_to_exception(e) from None  # pylint: disable=protected-access
 
@@ -304,8 +336,8 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
 
   @property
   def backend(self) -> str:
-    """The engine that runs `action()`."""
-    return self._backend
+    """The engine that runs `action()`: "tf" or "lite"."""
+    return self._engine.name
 
   @property
   def load_mode(self) -> str:
@@ -370,6 +402,7 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
       try:
         standby.loaded.restore(prefix)
         self._warm_up(standby)
+        standby.call_args = self._engine.prepare(standby.loaded)
       except Exception as e:  # pylint: disable=broad-except
         # Only the standby copy was touched; the next update restores it fully.
         raise ValueError(f"cannot restore checkpoint {checkpoint_path}: "
@@ -385,7 +418,7 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     if not self._plan.accepts(loaded.action):
       raise ValueError(f"{self._model_path}: a second copy does not match the first")
     self._source.release()  # both copies exist; the snapshot is not needed again
-    return _PolicyCopy(loaded)
+    return _PolicyCopy(loaded, tf_eager.call_args(loaded))
 
   def __getattr__(self, name: str):
     """Forwards public attributes (e.g. registered functions) to the SavedModel.

@@ -2,10 +2,14 @@
 
 import dataclasses
 import os
+import tempfile
 import threading
 from typing import Any, Callable, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# LiteRT conversions are cached per test run, never in the user's cache.
+os.environ["POLICY_RUNTIME_CACHE_DIR"] = os.path.join(
+    os.environ.get("TEST_TMPDIR") or tempfile.mkdtemp(prefix="policy_runtime_test_"), "cache")
 
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -74,9 +74,12 @@ _BAD_CALLS = [
 ]
 
 
+@pytest.mark.parametrize("backend", ["tf", "lite"])
 @pytest.mark.parametrize("name,mutate,error,pattern", _BAD_CALLS, ids=[c[0] for c in _BAD_CALLS])
-def test_bad_input_is_a_clear_error_and_the_next_call_is_right(saved, name, mutate, error, pattern):
-  policy = _policy(saved)
+def test_bad_input_is_a_clear_error_and_the_next_call_is_right(saved, name, mutate, error, pattern,
+                                                               backend):
+  policy = _policy(saved, backend=backend)
+  assert policy.backend == backend
   good, state = _lstm_step(), policy.get_initial_state()
   expected = policy.action(good, state).action.copy()
   with pytest.raises(error) as info:
