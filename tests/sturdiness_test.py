@@ -206,6 +206,13 @@ def _legacy_rollout(policy, batch_time_steps, reference):
   return np.stack(actions)
 
 
+def test_legacy_export_is_not_on_lite_yet_and_auto_keeps_it_on_tf(legacy):
+  path = os.path.join(legacy, "policy")
+  with pytest.raises(ValueError, match="LiteRT conversion needs the SavedModel's object graph"):
+    SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, backend="lite")
+  assert SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, backend="auto").backend == "tf"
+
+
 def test_legacy_export_fails_in_tensorflow_and_tf_agents(legacy):
   with pytest.raises(ValueError, match="has not been registered"):
     tfa_eager.SavedModelPyTFEagerPolicy(os.path.join(legacy, "policy"), load_specs_from_pbtxt=True)
