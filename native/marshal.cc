@@ -612,13 +612,13 @@ class Plan {
         throw py::error_already_set();
     }
     Steal(PyObject_CallNoArgs(invoke));
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(outputs); ++i) {
-      if (!PyArray_Check(PyList_GET_ITEM(outputs, i)))
-        throw py::type_error("call_buffers: outputs must be arrays");
-    }
     return PackTree(output_, [&](const OutNode& leaf) {
-      return OwnedCopy(py::reinterpret_borrow<py::object>(PyList_GET_ITEM(outputs, leaf.index)),
-                       leaf.unbatch);
+      // invoke() is Python and may have changed the list.
+      if (leaf.index >= PyList_GET_SIZE(outputs))
+        throw py::value_error("call_buffers: the lease's output list changed size");
+      PyObject* out = PyList_GET_ITEM(outputs, leaf.index);
+      if (!PyArray_Check(out)) throw py::type_error("call_buffers: outputs must be arrays");
+      return OwnedCopy(py::reinterpret_borrow<py::object>(out), leaf.unbatch);
     });
   }
 

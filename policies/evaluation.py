@@ -33,6 +33,7 @@ import ray
 
 from policies import episodes as episodes_lib
 from policies import graph_audit
+from policies import saved_model_policy
 
 ENGINE = "ray"
 
@@ -160,7 +161,6 @@ class _EpisodeWorker:
   def __init__(self, model_path: str, env_id: Optional[str], policy_kwargs: dict):
     self._error = None
     try:
-      from policies import saved_model_policy  # pylint: disable=import-outside-toplevel
       self._policy = saved_model_policy.SavedModelPyTFEagerPolicy(model_path, **policy_kwargs)
       self._env_id = episodes_lib.env_id_for(self._policy, env_id)
       self._env = episodes_lib.load_env(self._env_id)

@@ -150,7 +150,8 @@ class SavedModelSource:
     return ObjectGraphPolicy(self.path, saved)
 
   def release(self) -> None:
-    """Drops the in-memory snapshot."""
+    """Drops the in-memory snapshot (and the bytes of saved_model.pb)."""
+    self.pb_bytes = b""
     if self.snapshot is not None:
       storage.remove_tree(self.snapshot)
       self.snapshot = None
@@ -246,6 +247,21 @@ def nest_path_names(spec_nest, prefix: str) -> List[str]:
   return [f"{prefix}{p}" if p else prefix.rstrip("/") for p in paths]
 
 
+def action_signature_names(policy_specs: specs_lib.PolicySpecs) -> tuple:
+  """PolicySaver's names of the flat `action` signature, in `tf.nest` order.
+
+  Inputs ("0/step_type", "0/observation/img", "1/0", ...) for
+  `(time_step, policy_state)`; outputs ("action", "state/0", "info/...") for
+  `PolicyStep(action, state, info)`.
+  """
+  inputs = (nest_path_names(policy_specs.time_step_spec, "0/") +
+            nest_path_names(policy_specs.policy_state_spec, "1/"))
+  outputs = (nest_path_names(policy_specs.action_spec, "action/") +
+             nest_path_names(policy_specs.policy_state_spec, "state/") +
+             nest_path_names(policy_specs.info_spec, "info/"))
+  return inputs, outputs
+
+
 class SignaturePolicy(LoadedPolicy):
   """A policy run from its flat signatures (TF's v1 loader), without its object graph.
 
@@ -282,8 +298,7 @@ class SignaturePolicy(LoadedPolicy):
     sig = self._signature("action")
     keywords = list(sig.structured_input_signature[1])
     arg_specs = sig.structured_input_signature[1]
-    flat_names = (nest_path_names(policy_specs.time_step_spec, "0/") +
-                  nest_path_names(policy_specs.policy_state_spec, "1/"))
+    flat_names, output_names = action_signature_names(policy_specs)
     missing = [n for n in flat_names if n not in arg_specs]
     if missing or len(flat_names) != len(keywords):
       raise ValueError(f"{self.path}: the specs do not match the `action` signature "
@@ -296,9 +311,6 @@ class SignaturePolicy(LoadedPolicy):
     output_structure = policy_step.PolicyStep(
         action=batched(policy_specs.action_spec), state=batched(policy_specs.policy_state_spec),
         info=batched(policy_specs.info_spec))
-    output_names = (nest_path_names(policy_specs.action_spec, "action/") +
-                    nest_path_names(policy_specs.policy_state_spec, "state/") +
-                    nest_path_names(policy_specs.info_spec, "info/"))
     out_tensor_names = [t.name for t in sig.outputs]
     try:
       output_order = [out_tensor_names.index(sig.structured_outputs[n].name)

@@ -8,14 +8,13 @@ validated against the TF function on sampled inputs before it serves a call.
 Per call the native plan validates the caller's nest exactly as on the TF
 path, copies each leaf into the interpreter's input buffers, runs it, and
 copies the outputs into arrays the caller owns (`Plan.call_buffers`).
-Interpreters are prepared per batch size (the most recent
-`MAX_BATCH_SIZES`), one per concurrent caller, so no interpreter ever runs
+Interpreters are prepared per batch size (the last `MAX_BATCH_SIZES`
+sizes prepared), one per concurrent caller, so no interpreter ever runs
 two calls at once and no call resizes a tensor.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import hashlib
 import logging
@@ -38,7 +37,7 @@ from policies import storage
 FLOAT_RTOL = 1e-5
 FLOAT_ATOL = 1e-5
 VALIDATION_SAMPLES = 64
-# Batch sizes with prepared interpreters; the least recently used is dropped.
+# Batch sizes with prepared interpreters; the one prepared first is dropped.
 MAX_BATCH_SIZES = 8
 CACHE_ENV = "POLICY_RUNTIME_CACHE_DIR"
 
@@ -160,39 +159,6 @@ class ConversionCache:
 # -- Interpreters -----------------------------------------------------------------
 
 
-def signature_indices(flatbuffer: bytes, specs, function) -> tuple:
-  """LiteRT tensor indices of the plan's argument slots and output indices.
-
-  The converted `action` signature keeps PolicySaver's nest-path names
-  ("0/observation/img", "1/0"; "action", "state/0", "info/..."), which the
-  specs give for each leaf.
-
-  Raises:
-    ValueError: the names do not match.
-  """
-  signature = litert.Interpreter(model_content=flatbuffer)._get_full_signature_list()  # pylint: disable=protected-access
-  inputs = signature.get("action", {}).get("inputs", {})
-  outputs = signature.get("action", {}).get("outputs", {})
-  in_names = (loading.nest_path_names(specs.time_step_spec, "0/") +
-              loading.nest_path_names(specs.policy_state_spec, "1/"))
-  out_names = (loading.nest_path_names(specs.action_spec, "action/") +
-               loading.nest_path_names(specs.policy_state_spec, "state/") +
-               loading.nest_path_names(specs.info_spec, "info/"))
-  missing = [n for n in in_names if n not in inputs] + [n for n in out_names if n not in outputs]
-  if missing or len(inputs) != len(in_names) or len(outputs) != len(out_names):
-    raise ValueError(f"the LiteRT signature does not match the specs: inputs {sorted(inputs)}, "
-                     f"outputs {sorted(outputs)}")
-  slot_of = function.input_slots or range(len(in_names))
-  index_of = function.output_indices or range(len(out_names))
-  by_slot = [0] * len(in_names)
-  for name, slot in zip(in_names, slot_of):
-    by_slot[slot] = inputs[name]
-  by_output = [0] * len(out_names)
-  for name, index in zip(out_names, index_of):
-    by_output[index] = outputs[name]
-  return by_slot, by_output
-
-
 class LiteModel:
   """A converted `action` and its interpreters, by batch size.
 
@@ -200,22 +166,32 @@ class LiteModel:
   `(inputs, invoke, outputs, batch, interpreter)` with numpy arrays over its
   input and output buffers in the function's order; `release(lease)` returns
   it. An interpreter serves one call at a time.
+
+  Args:
+    flatbuffer: the converted model.
+    input_names: its `action` signature's input names, by argument slot.
+    output_names: its output names, by output index.
+    first_batch: the batch size of the first interpreter (made here, so a
+      model that does not run fails at load rather than on a call).
+
+  Raises:
+    ValueError: the signature does not have those names, or a tensor moves.
   """
 
-  def __init__(self, flatbuffer: bytes, input_indices: list, output_indices: list):
+  def __init__(self, flatbuffer: bytes, input_names: list, output_names: list,
+               first_batch: int):
     self.flatbuffer = flatbuffer
-    self._input_indices = input_indices
-    self._output_indices = output_indices
-    self._free: dict = {}                       # batch -> [lease, ...]
-    self._recent = collections.OrderedDict()    # batch sizes, least recent first
+    interpreter = litert.Interpreter(model_content=flatbuffer, num_threads=1)
+    signature = interpreter._get_full_signature_list().get("action", {})  # pylint: disable=protected-access
+    inputs, outputs = signature.get("inputs", {}), signature.get("outputs", {})
+    if sorted(inputs) != sorted(input_names) or sorted(outputs) != sorted(output_names):
+      raise ValueError(f"the LiteRT signature does not match the specs: inputs "
+                       f"{sorted(inputs)}, outputs {sorted(outputs)}")
+    self._input_indices = [inputs[n] for n in input_names]
+    self._output_indices = [outputs[n] for n in output_names]
+    self._free: dict = {}                       # batch -> [lease, ...], oldest size first
     self._lock = threading.Lock()               # creating and evicting only
-    self.release(self.lease(self._own_batch()))  # fails here rather than on a call
-
-  def _own_batch(self) -> int:
-    """The batch size the model was exported with, or 1 if it takes any."""
-    details = litert.Interpreter(model_content=self.flatbuffer).get_input_details()
-    signature = list(details[0]["shape_signature"]) if details else []
-    return int(signature[0]) if signature and signature[0] > 0 else 1
+    self.release(self._new_lease(first_batch, interpreter))
 
   def lease(self, batch: int):
     free = self._free.get(batch)
@@ -231,45 +207,37 @@ class LiteModel:
     if free is not None:
       free.append(lease)
 
-  def _new_lease(self, batch: int):
-    interpreter = litert.Interpreter(model_content=self.flatbuffer, num_threads=1)
+  def _new_lease(self, batch: int, interpreter=None):
+    if interpreter is None:
+      interpreter = litert.Interpreter(model_content=self.flatbuffer, num_threads=1)
     details = {d["index"]: d for d in interpreter.get_input_details()}
-    inputs = [details[i] for i in self._input_indices]
-    outputs = [{"index": i} for i in self._output_indices]
-    for detail in inputs:
-      signature = list(detail["shape_signature"])
+    for index in self._input_indices:
+      signature = list(details[index]["shape_signature"])
       if signature and signature[0] < 0:
-        interpreter.resize_tensor_input(detail["index"], [batch] + signature[1:], strict=True)
+        interpreter.resize_tensor_input(index, [batch] + signature[1:], strict=True)
     interpreter.allocate_tensors()
     # The public invoke() refuses to run while numpy views of the buffers
     # exist. The views are safe: no tensor is resized after allocation, and
     # buffers are taken after a first run (which may still move them) and
     # checked not to move on the next one.
     invoke = interpreter._interpreter.Invoke  # pylint: disable=protected-access
-    for detail in inputs:
-      interpreter.set_tensor(detail["index"], np.zeros(
-          [batch] + list(detail["shape"])[1:] if list(detail["shape_signature"])[:1] == [-1]
-          else detail["shape"], detail["dtype"]))
+    for index in self._input_indices:
+      interpreter.tensor(index)().fill(0)
     invoke()
-    input_views = [interpreter.tensor(d["index"])() for d in inputs]
-    output_views = [interpreter.tensor(d["index"])() for d in outputs]
-    before = [v.__array_interface__["data"][0] for v in input_views + output_views]
+    indices = self._input_indices + self._output_indices
+    views = [interpreter.tensor(i)() for i in indices]
     invoke()
-    after = [interpreter.tensor(d["index"])().__array_interface__["data"][0]
-             for d in inputs + outputs]
-    if before != after:
+    if [v.__array_interface__["data"][0] for v in views] != \
+        [interpreter.tensor(i)().__array_interface__["data"][0] for i in indices]:
       raise ValueError("the LiteRT model has tensors whose buffers move between calls "
                        "(dynamic shapes), which this engine does not support")
-    lease = (input_views, invoke, output_views, batch, interpreter)
+    count = len(self._input_indices)
+    lease = (views[:count], invoke, views[count:], batch, interpreter)
     with self._lock:
       if batch not in self._free:
         self._free[batch] = []
-        self._recent[batch] = None
-        while len(self._recent) > MAX_BATCH_SIZES:
-          evicted, _ = self._recent.popitem(last=False)
-          self._free.pop(evicted, None)
-      else:
-        self._recent.move_to_end(batch)
+        while len(self._free) > MAX_BATCH_SIZES:
+          del self._free[next(iter(self._free))]
     return lease
 
 
@@ -320,7 +288,8 @@ def compare(reference, again, lite, action_spec) -> Optional[str]:
   paths = nest.flatten_with_joined_string_paths(reference)
   flat_again = tf.nest.flatten(again)
   flat_lite = tf.nest.flatten(lite)
-  bounds = dict(nest.flatten_with_joined_string_paths(action_spec))
+  bounds = {("action/" + p if p else "action"): spec
+            for p, spec in nest.flatten_with_joined_string_paths(action_spec)}
   for (path, ref), ref2, got in zip(paths, flat_again, flat_lite):
     ref, got = np.asarray(ref), np.asarray(got)
     if ref.dtype != got.dtype or ref.shape != got.shape:
@@ -333,9 +302,7 @@ def compare(reference, again, lite, action_spec) -> Optional[str]:
       elif not np.array_equal(got, ref):
         return f"{path}: LiteRT gives {got.ravel()[:4]}..., TF {ref.ravel()[:4]}..."
       continue
-    spec_path = path[len("action/"):] if path.startswith("action/") else \
-        ("" if path == "action" else None)
-    spec = bounds.get(spec_path) if spec_path is not None else None
+    spec = bounds.get(path)
     if spec is not None and hasattr(spec, "minimum"):
       if np.any(got < spec.minimum) or np.any(got > spec.maximum):
         return f"{path}: LiteRT sampled a value outside [{spec.minimum}, {spec.maximum}]"
@@ -365,6 +332,14 @@ class LiteEngine:
     self._saved_model_pb = source.pb_bytes
     self._what = source.path
     self.cache = ConversionCache(cache_dir or default_cache_dir())
+    function = plan.function
+    inputs, outputs = loading.action_signature_names(specs)
+    self._input_names = [None] * len(inputs)          # by argument slot
+    for name, slot in zip(inputs, function.input_slots or range(len(inputs))):
+      self._input_names[slot] = name
+    self._output_names = [None] * len(outputs)        # by output index
+    for name, index in zip(outputs, function.output_indices or range(len(outputs))):
+      self._output_names[index] = name
     self.call = plan.native_call_buffers   # call(time_step, policy_state, lease, release)
     self.last_conversion = None            # "converted" or "cache hit", for tests and logs
 
@@ -382,7 +357,7 @@ class LiteEngine:
       flatbuffer = self.cache.get(key)
       if flatbuffer is not None:
         try:
-          model = LiteModel(flatbuffer, *signature_indices(flatbuffer, self._specs, loaded.action))
+          model = self._model(flatbuffer)
           self.last_conversion = "cache hit"
           return model
         except Exception as e:  # pylint: disable=broad-except
@@ -391,13 +366,17 @@ class LiteEngine:
     finally:
       storage.remove_tree(directory)
     try:
-      model = LiteModel(flatbuffer, *signature_indices(flatbuffer, self._specs, loaded.action))
+      model = self._model(flatbuffer)
     except (ValueError, RuntimeError) as e:
       raise ValueError(f"{self._what}: the LiteRT model does not load: "
                        f"{str(e).strip().splitlines()[0]}") from None
     self.cache.put(key, flatbuffer)
     self.last_conversion = "converted"
     return model
+
+  def _model(self, flatbuffer: bytes) -> LiteModel:
+    return LiteModel(flatbuffer, self._input_names, self._output_names,
+                     self._plan.fixed_batch_size or 1)
 
   def validate(self, model: LiteModel, loaded: loading.LoadedPolicy) -> None:
     """Raises ValueError unless LiteRT agrees with TF on sampled inputs."""
