@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the marshaler tests, N marshaler fuzz cases and N real action() call
-# sequences (default 5000) against the native
+# sequences (default 5000), and the LiteRT backend tests, against the native
 # module built with AddressSanitizer and UndefinedBehaviorSanitizer.
 #   bash tools/sanitize.sh [N]
 # Prints sanitizer reports, if any, and exits non-zero on a finding. Huge
@@ -24,7 +24,8 @@ status=0
   ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:allocator_may_return_null=1:log_path=$work/asan" \
   UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$work/ubsan" \
   FUZZ_EXAMPLES="${1:-5000}" PYTHONPATH="$work:$work/tests" TF_CPP_MIN_LOG_LEVEL=2 \
-  "$py" -m pytest tests/marshal_test.py tests/marshal_fuzz_test.py tests/action_fuzz_test.py -q -p no:cacheprovider \
+  "$py" -m pytest tests/marshal_test.py tests/marshal_fuzz_test.py tests/action_fuzz_test.py \
+    tests/lite_backend_test.py -q -p no:cacheprovider \
     -W ignore::DeprecationWarning) || status=$?
 findings="$(cat "$work"/asan* "$work"/ubsan* 2>/dev/null | grep -v 'failed to allocate' || true)"
 if [ -n "$findings" ]; then
