@@ -420,19 +420,49 @@ class Plan {
     state.validate_only = true;
     py::list arrays = FlattenInto(time_step, policy_state, 0, &state);
     npy_intp batch = state.batch >= 0 ? state.batch : 1;
-    py::object leased = Steal(PyObject_CallFunction(lease.ptr(), "n", batch));
-    py::object result;
-    try {
-      result = RunOnBuffers(arrays, leased);
-    } catch (...) {
-      // The call's own error wins over one from release().
-      PyObject* ok = PyObject_CallOneArg(release.ptr(), leased.ptr());
-      if (ok == nullptr) PyErr_Clear();
-      Py_XDECREF(ok);
-      throw;
-    }
-    Steal(PyObject_CallOneArg(release.ptr(), leased.ptr()));
-    return result;
+    return WithLease(lease, release, batch, [&](const LeaseParts& parts) {
+      for (int slot = 0; slot < num_args_; ++slot) {
+        FillBuffer(parts.Input(slot),
+                   reinterpret_cast<PyArrayObject*>(PyList_GET_ITEM(arrays.ptr(), slot)), slot);
+      }
+      Steal(PyObject_CallNoArgs(parts.invoke));
+      return PackTree(output_, [&](const OutNode& leaf) {
+        return OwnedCopy(parts.Output(leaf.index), leaf.unbatch);
+      });
+    });
+  }
+
+  // `CallRows` on a buffer engine (see `CallBuffers`): row r of every input
+  // buffer of `lease(batch)` is caller r's leaf, rows from len(rows) to
+  // `pad_to` are zeros; returns the outputs as owned arrays, for `PackRow`.
+  py::list CallRowsBuffers(py::list rows, npy_intp pad_to, py::handle lease,
+                           py::handle release) const {
+    std::vector<PyObject*> row_lists = RowLists(rows);
+    npy_intp batch = std::max(static_cast<npy_intp>(row_lists.size()), pad_to);
+    py::object result = WithLease(lease, release, batch, [&](const LeaseParts& parts) {
+      for (int slot = 0; slot < num_args_; ++slot) {
+        PyArrayObject* dst = parts.Input(slot);
+        std::vector<npy_intp> dims = RowDims(slot, row_lists, batch);
+        npy_intp want = 1;
+        for (npy_intp d : dims) want *= d;
+        const LeafSpec* spec = slot_specs_[slot];
+        if (!PyArray_ISCARRAY(dst) || PyArray_SIZE(dst) != want ||
+            !PyArray_EquivTypes(PyArray_DESCR(dst),
+                                reinterpret_cast<PyArray_Descr*>(spec->descr.ptr()))) {
+          throw py::value_error("call_rows_buffers: input buffer " + std::to_string(slot) +
+                                " is " + Describe(dst) + ", the rows need " +
+                                std::to_string(want) + " elements");
+        }
+        std::memset(PyArray_DATA(dst), 0, static_cast<size_t>(PyArray_NBYTES(dst)));
+        CopyRows(slot, row_lists, dst, dims);
+      }
+      Steal(PyObject_CallNoArgs(parts.invoke));
+      py::list outputs(PyList_GET_SIZE(parts.outputs));
+      for (Py_ssize_t i = 0; i < PyList_GET_SIZE(parts.outputs); ++i)
+        outputs[i] = OwnedCopy(parts.Output(i), false);
+      return py::object(std::move(outputs));
+    });
+    return py::reinterpret_steal<py::list>(result.release());
   }
 
   // Runs the function once on many callers' validated rows (from `Validate`
@@ -442,15 +472,8 @@ class Plan {
   // arrays, in output order, for `PackRow`.
   py::list CallRows(py::list rows, npy_intp pad_to, py::handle function_name,
                     py::tuple captures) const {
-    npy_intp n = static_cast<npy_intp>(rows.size());
-    if (n == 0) throw py::value_error("call_rows: no rows");
-    npy_intp batch = std::max(n, pad_to);
-    std::vector<PyObject*> row_lists(n);
-    for (npy_intp r = 0; r < n; ++r) {
-      row_lists[r] = rows[r].ptr();
-      if (!PyList_Check(row_lists[r]) || PyList_GET_SIZE(row_lists[r]) != num_args_)
-        throw py::value_error("call_rows: every row must come from validate()");
-    }
+    std::vector<PyObject*> row_lists = RowLists(rows);
+    npy_intp batch = std::max(static_cast<npy_intp>(row_lists.size()), pad_to);
     py::list args = Steal(PyList_New(num_args_ + captures.size()));
     for (int slot = 0; slot < num_args_; ++slot) {
       py::object tensor = GatherSlot(slot, row_lists, batch);
@@ -515,14 +538,26 @@ class Plan {
     for (const Node& child : node.children) CollectSlots(child);
   }
 
-  // Caller rows of one argument slot, stacked into a batched input tensor.
-  py::object GatherSlot(int slot, const std::vector<PyObject*>& rows, npy_intp batch) const {
+  std::vector<PyObject*> RowLists(const py::list& rows) const {
+    if (rows.size() == 0) throw py::value_error("call_rows: no rows");
+    std::vector<PyObject*> row_lists(rows.size());
+    for (size_t r = 0; r < rows.size(); ++r) {
+      row_lists[r] = rows[r].ptr();
+      if (!PyList_Check(row_lists[r]) || PyList_GET_SIZE(row_lists[r]) != num_args_)
+        throw py::value_error("call_rows: every row must come from validate()");
+    }
+    return row_lists;
+  }
+
+  // The batched shape of one argument slot's rows: [batch, inner dims...].
+  std::vector<npy_intp> RowDims(int slot, const std::vector<PyObject*>& rows,
+                                npy_intp batch) const {
     const LeafSpec* spec = slot_specs_[slot];
     if (spec == nullptr) throw py::value_error("call_rows: unused argument slot");
-    auto* want = reinterpret_cast<PyArray_Descr*>(spec->descr.ptr());
     int skip = spec->batch == kNoCallerBatch ? 0 : 1;  // state rows carry a batch of 1
     auto* first = reinterpret_cast<PyArrayObject*>(PyList_GET_ITEM(rows[0], slot));
     int inner_ndim = PyArray_NDIM(first) - skip;
+    if (inner_ndim < 0) throw py::value_error("call_rows: rows of one leaf differ in shape");
     std::vector<npy_intp> dims(1 + inner_ndim);
     dims[0] = batch;
     for (int i = 0; i < inner_ndim; ++i) dims[i + 1] = PyArray_DIM(first, i + skip);
@@ -532,6 +567,50 @@ class Plan {
       for (int i = 0; same && i < inner_ndim; ++i) same = PyArray_DIM(a, i + skip) == dims[i + 1];
       if (!same) throw py::value_error("call_rows: rows of one leaf differ in shape");
     }
+    return dims;
+  }
+
+  // Copies caller r's leaf of `slot` into row r of `out` (C-contiguous,
+  // `dims` elements, the slot's dtype).
+  void CopyRows(int slot, const std::vector<PyObject*>& rows, PyArrayObject* out,
+                const std::vector<npy_intp>& dims) const {
+    auto* want = reinterpret_cast<PyArray_Descr*>(slot_specs_[slot]->descr.ptr());
+    int inner_ndim = static_cast<int>(dims.size()) - 1;
+    char* base = static_cast<char*>(PyArray_DATA(out));
+    npy_intp stride = want->elsize;
+    for (int i = 0; i < inner_ndim; ++i) stride *= dims[i + 1];
+    std::vector<npy_intp> strides(inner_ndim);
+    for (int i = inner_ndim; i-- > 0;)
+      strides[i] = i + 1 == inner_ndim ? want->elsize : strides[i + 1] * dims[i + 2];
+    for (size_t r = 0; r < rows.size(); ++r) {
+      auto* a = reinterpret_cast<PyArrayObject*>(PyList_GET_ITEM(rows[r], slot));
+      if (!PyDataType_REFCHK(want) && PyArray_IS_C_CONTIGUOUS(a) && PyArray_ISNOTSWAPPED(a) &&
+          PyArray_EquivTypes(PyArray_DESCR(a), want) && PyArray_NBYTES(a) == stride) {
+        std::memcpy(base + r * stride, PyArray_DATA(a), static_cast<size_t>(stride));
+        continue;
+      }
+      Py_INCREF(want);
+      py::object dst = Steal(PyArray_NewFromDescr(&PyArray_Type, want, inner_ndim, dims.data() + 1,
+                                                  strides.data(), base + r * stride,
+                                                  NPY_ARRAY_CARRAY, nullptr));
+      Py_INCREF(out);
+      if (PyArray_SetBaseObject(reinterpret_cast<PyArrayObject*>(dst.ptr()),
+                                reinterpret_cast<PyObject*>(out)) < 0)
+        throw py::error_already_set();
+      PyArray_Dims shape{const_cast<npy_intp*>(dims.data()) + 1, inner_ndim};
+      py::object src = Steal(PyArray_Newshape(a, &shape, NPY_ANYORDER));
+      if (PyArray_CopyInto(reinterpret_cast<PyArrayObject*>(dst.ptr()),
+                           reinterpret_cast<PyArrayObject*>(src.ptr())) < 0)
+        throw py::error_already_set();
+    }
+  }
+
+  // Caller rows of one argument slot, stacked into a batched input tensor.
+  py::object GatherSlot(int slot, const std::vector<PyObject*>& rows, npy_intp batch) const {
+    const LeafSpec* spec = slot_specs_[slot];
+    std::vector<npy_intp> dims = RowDims(slot, rows, batch);
+    int inner_ndim = static_cast<int>(dims.size()) - 1;
+    auto* want = reinterpret_cast<PyArray_Descr*>(spec->descr.ptr());
     Py_INCREF(want);
     py::object stacked;
     void* buffer = nullptr;
@@ -548,29 +627,7 @@ class Plan {
     } else {
       stacked = Steal(PyArray_Zeros(1 + inner_ndim, dims.data(), want, 0));
     }
-    auto* out = reinterpret_cast<PyArrayObject*>(stacked.ptr());
-    char* base = static_cast<char*>(PyArray_DATA(out));
-    npy_intp stride = PyArray_STRIDE(out, 0);
-    for (size_t r = 0; r < rows.size(); ++r) {
-      auto* a = reinterpret_cast<PyArrayObject*>(PyList_GET_ITEM(rows[r], slot));
-      if (!PyDataType_REFCHK(want) && PyArray_IS_C_CONTIGUOUS(a) && PyArray_ISNOTSWAPPED(a)) {
-        std::memcpy(base + r * stride, PyArray_DATA(a), static_cast<size_t>(PyArray_NBYTES(a)));
-        continue;
-      }
-      Py_INCREF(want);
-      py::object dst = Steal(PyArray_NewFromDescr(&PyArray_Type, want, inner_ndim, dims.data() + 1,
-                                                  PyArray_STRIDES(out) + 1, base + r * stride,
-                                                  NPY_ARRAY_CARRAY, nullptr));
-      Py_INCREF(out);
-      if (PyArray_SetBaseObject(reinterpret_cast<PyArrayObject*>(dst.ptr()),
-                                reinterpret_cast<PyObject*>(out)) < 0)
-        throw py::error_already_set();
-      PyArray_Dims shape{dims.data() + 1, inner_ndim};
-      py::object src = Steal(PyArray_Newshape(a, &shape, NPY_ANYORDER));
-      if (PyArray_CopyInto(reinterpret_cast<PyArrayObject*>(dst.ptr()),
-                           reinterpret_cast<PyArrayObject*>(src.ptr())) < 0)
-        throw py::error_already_set();
-    }
+    CopyRows(slot, rows, reinterpret_cast<PyArrayObject*>(stacked.ptr()), dims);
     if (!spec->dlpack) {
       return Steal(PyObject_CallFunctionObjArgs(eager_tensor_.ptr(), stacked.ptr(), device_.ptr(),
                                                 spec->tf_dtype.ptr(), nullptr));
@@ -581,45 +638,69 @@ class Plan {
     return DlpackTensor(*spec, std::move(leaf), buffer, shape, 1 + inner_ndim);
   }
 
-  py::object RunOnBuffers(const py::list& arrays, const py::object& leased) const {
-    PyObject* lease = leased.ptr();
-    if (!PyTuple_Check(lease) || PyTuple_GET_SIZE(lease) < 3)
-      throw py::type_error("call_buffers: lease(batch) must return (inputs, invoke, outputs)");
-    PyObject* inputs = PyTuple_GET_ITEM(lease, 0);
-    PyObject* invoke = PyTuple_GET_ITEM(lease, 1);
-    PyObject* outputs = PyTuple_GET_ITEM(lease, 2);
-    if (!PyList_Check(inputs) || PyList_GET_SIZE(inputs) != num_args_ || !PyList_Check(outputs) ||
-        PyList_GET_SIZE(outputs) < min_outputs_)
-      throw py::value_error("call_buffers: the lease's input or output list has the wrong length");
-    for (int slot = 0; slot < num_args_; ++slot) {
-      PyObject* dst_obj = PyList_GET_ITEM(inputs, slot);
-      auto* src = reinterpret_cast<PyArrayObject*>(PyList_GET_ITEM(arrays.ptr(), slot));
-      if (!PyArray_Check(dst_obj)) throw py::type_error("call_buffers: inputs must be arrays");
-      auto* dst = reinterpret_cast<PyArrayObject*>(dst_obj);
-      if (!PyArray_ISCARRAY(dst) || !PyArray_EquivTypes(PyArray_DESCR(dst), PyArray_DESCR(src)) ||
-          PyArray_SIZE(dst) != PyArray_SIZE(src)) {
-        throw py::value_error("call_buffers: input buffer " + std::to_string(slot) + " is " +
-                              Describe(dst) + ", the validated leaf is " + Describe(src));
-      }
-      if (PyArray_IS_C_CONTIGUOUS(src) && PyArray_ISNOTSWAPPED(src) &&
-          !PyDataType_REFCHK(PyArray_DESCR(src))) {
-        std::memcpy(PyArray_DATA(dst), PyArray_DATA(src), static_cast<size_t>(PyArray_NBYTES(src)));
-        continue;
-      }
-      PyArray_Dims shape{PyArray_DIMS(dst), PyArray_NDIM(dst)};
-      py::object reshaped = Steal(PyArray_Newshape(src, &shape, NPY_ANYORDER));
-      if (PyArray_CopyInto(dst, reinterpret_cast<PyArrayObject*>(reshaped.ptr())) < 0)
-        throw py::error_already_set();
+  // The parts of a buffer engine's lease: (inputs, invoke, outputs, ...).
+  struct LeaseParts {
+    PyObject* inputs;
+    PyObject* invoke;
+    PyObject* outputs;
+
+    PyArrayObject* Input(int slot) const {
+      PyObject* a = PyList_GET_ITEM(inputs, slot);
+      if (!PyArray_Check(a)) throw py::type_error("call_buffers: inputs must be arrays");
+      return reinterpret_cast<PyArrayObject*>(a);
     }
-    Steal(PyObject_CallNoArgs(invoke));
-    return PackTree(output_, [&](const OutNode& leaf) {
-      // invoke() is Python and may have changed the list.
-      if (leaf.index >= PyList_GET_SIZE(outputs))
+    // invoke() is Python and may have changed the list.
+    py::object Output(Py_ssize_t index) const {
+      if (index >= PyList_GET_SIZE(outputs))
         throw py::value_error("call_buffers: the lease's output list changed size");
-      PyObject* out = PyList_GET_ITEM(outputs, leaf.index);
+      PyObject* out = PyList_GET_ITEM(outputs, index);
       if (!PyArray_Check(out)) throw py::type_error("call_buffers: outputs must be arrays");
-      return OwnedCopy(py::reinterpret_borrow<py::object>(out), leaf.unbatch);
-    });
+      return py::reinterpret_borrow<py::object>(out);
+    }
+  };
+
+  // lease(batch), run(parts), release(lease) however run ends; run's error
+  // wins over one from release().
+  template <typename Run>
+  py::object WithLease(py::handle lease, py::handle release, npy_intp batch, Run run) const {
+    py::object leased = Steal(PyObject_CallFunction(lease.ptr(), "n", batch));
+    py::object result;
+    try {
+      PyObject* t = leased.ptr();
+      if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) < 3)
+        throw py::type_error("call_buffers: lease(batch) must return (inputs, invoke, outputs)");
+      // The tuple holds references to its parts for as long as `leased` lives.
+      LeaseParts parts{PyTuple_GET_ITEM(t, 0), PyTuple_GET_ITEM(t, 1), PyTuple_GET_ITEM(t, 2)};
+      if (!PyList_Check(parts.inputs) || PyList_GET_SIZE(parts.inputs) != num_args_ ||
+          !PyList_Check(parts.outputs) || PyList_GET_SIZE(parts.outputs) < min_outputs_)
+        throw py::value_error("call_buffers: the lease's input or output list has the wrong length");
+      result = run(parts);
+    } catch (...) {
+      PyObject* ok = PyObject_CallOneArg(release.ptr(), leased.ptr());
+      if (ok == nullptr) PyErr_Clear();
+      Py_XDECREF(ok);
+      throw;
+    }
+    Steal(PyObject_CallOneArg(release.ptr(), leased.ptr()));
+    return result;
+  }
+
+  // Copies one validated leaf into its engine input buffer.
+  void FillBuffer(PyArrayObject* dst, PyArrayObject* src, int slot) const {
+    if (!PyArray_ISCARRAY(dst) || !PyArray_EquivTypes(PyArray_DESCR(dst), PyArray_DESCR(src)) ||
+        PyArray_SIZE(dst) != PyArray_SIZE(src)) {
+      throw py::value_error("call_buffers: input buffer " + std::to_string(slot) + " is " +
+                            Describe(dst) + ", the validated leaf is " + Describe(src));
+    }
+    if (PyArray_IS_C_CONTIGUOUS(src) && PyArray_ISNOTSWAPPED(src) &&
+        !PyDataType_REFCHK(PyArray_DESCR(src))) {
+      std::memcpy(PyArray_DATA(dst), PyArray_DATA(src), static_cast<size_t>(PyArray_NBYTES(src)));
+      return;
+    }
+    PyArray_Dims shape{PyArray_DIMS(dst), PyArray_NDIM(dst)};
+    py::object reshaped = Steal(PyArray_Newshape(src, &shape, NPY_ANYORDER));
+    if (PyArray_CopyInto(dst, reinterpret_cast<PyArrayObject*>(reshaped.ptr())) < 0)
+      throw py::error_already_set();
   }
 
   // Appends the captures to `args` and runs the function; its outputs as a fast sequence.
@@ -1178,6 +1259,8 @@ PYBIND11_MODULE(_marshal, m) {
            py::arg("lease"), py::arg("release"))
       .def("call_rows", &Plan::CallRows, py::arg("rows"), py::arg("pad_to"),
            py::arg("function_name"), py::arg("captures"))
+      .def("call_rows_buffers", &Plan::CallRowsBuffers, py::arg("rows"), py::arg("pad_to"),
+           py::arg("lease"), py::arg("release"))
       .def("pack_row", &Plan::PackRow, py::arg("outputs"), py::arg("row"));
   policy_runtime::RegisterCopySwitch(m);
   m.def("live_exported_leaves", [] { return g_live_leaves.load(); },

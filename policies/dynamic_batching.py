@@ -1,12 +1,14 @@
 """Dynamic batching: many threads' single-step `action()` calls, one batched call.
 
 `DynamicBatchingPolicy` wraps a `SavedModelPyTFEagerPolicy` created with
-`batch_time_steps=False`. Each caller's time step (and policy state) is
-validated in the caller's thread by the native plan, exactly as the unbatched
-policy validates it, and queued. One batcher thread takes up to
-`max_batch_size` waiting calls as soon as it is free (or after `max_wait_us`,
-to let a batch fill), stacks their rows natively, runs the wrapped policy once
-on the active weights, and hands each caller its own row.
+`batch_time_steps=False`, on either backend. Each caller's time step (and
+policy state) is validated in the caller's thread by the native plan, exactly
+as the unbatched policy validates it, and queued. One batcher thread takes up
+to `max_batch_size` waiting calls as soon as it is free (or after
+`max_wait_us`, to let a batch fill), stacks their rows natively (into TF
+tensors, or straight into a LiteRT interpreter's input buffers, padded to a
+power of two so a few prepared interpreter sizes serve every batch), runs the
+wrapped policy once on the active weights, and hands each caller its own row.
 """
 
 from __future__ import annotations
@@ -77,9 +79,6 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
     if policy._batch_time_steps:  # pylint: disable=protected-access
       raise ValueError("DynamicBatchingPolicy needs the wrapped policy created with "
                        "batch_time_steps=False (it runs batches of callers)")
-    if policy.backend != "tf":
-      raise ValueError(f"DynamicBatchingPolicy runs policies on backend 'tf' for now, "
-                       f"got a policy on {policy.backend!r}")
     if max_batch_size < 1:
       raise ValueError(f"max_batch_size: expected at least 1, got {max_batch_size}")
     super().__init__(policy.time_step_spec, policy.action_spec, policy.policy_state_spec,
@@ -88,6 +87,7 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
     function = policy._plan.function  # pylint: disable=protected-access
     fixed = policy._plan.fixed_batch_size  # pylint: disable=protected-access
     self._pad_to = fixed or 0
+    engine = policy._engine  # pylint: disable=protected-access
     self.max_batch_size = min(max_batch_size, fixed) if fixed else max_batch_size
     self.max_wait_us = max_wait_us
     # Validates one caller's unbatched step (state with a batch of 1), and
@@ -96,6 +96,8 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
         function.time_step_spec, function.policy_state_spec, function.output_structure,
         function.num_outputs, batch_time_steps=True, fixed_batch=None,
         input_slots=function.input_slots, output_indices=function.output_indices)
+    self._call_rows = engine.rows_call(self._rows)
+    self._rows_batch = engine.rows_batch
     self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
     self._lock = threading.Lock()          # orders close() against new calls
     self._closed = False
@@ -175,7 +177,8 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
 
   def _serve(self) -> None:
     switch = self._policy._switch  # pylint: disable=protected-access
-    call_rows = self._rows.call_rows
+    call_rows = self._call_rows
+    rows_batch = self._rows_batch
     get, get_nowait = self._queue.get, self._queue.get_nowait
     while True:
       first = get()
@@ -196,7 +199,8 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
         _finish(batch, error=_closed_error())
         break
       try:
-        outputs = switch.call(call_rows, [r.row for r in batch], self._pad_to)
+        pad_to = self._pad_to or rows_batch(len(batch), self.max_batch_size)
+        outputs = switch.call(call_rows, [r.row for r in batch], pad_to)
       except BaseException as e:  # pylint: disable=broad-except
         _finish(batch, error=_batch_error(e))
         continue

@@ -10,10 +10,17 @@ from tf_agents.trajectories import time_step as ts
 
 from policies import BatcherClosedError, DynamicBatchingPolicy, SavedModelPyTFEagerPolicy
 from conftest import act_during_swaps, run_threads, scaled_checkpoint
+from tools import policy_zoo
 
 
-def _policy(saved, name, **kwargs):
-  return SavedModelPyTFEagerPolicy(saved(name).path, load_specs_from_pbtxt=True, **kwargs)
+@pytest.fixture(params=["tf", "lite"])
+def backend(request):
+  return request.param
+
+
+def _policy(saved, name, backend="tf", **kwargs):
+  return SavedModelPyTFEagerPolicy(saved(name).path, load_specs_from_pbtxt=True,
+                                   backend=backend, **kwargs)
 
 
 def _q_steps(count, seed=0):
@@ -21,11 +28,11 @@ def _q_steps(count, seed=0):
   return [ts.TimeStep(np.int32(1), np.float32(0), np.float32(1), o) for o in obs]
 
 
-def test_64_threads_get_what_serial_unbatched_calls_get(saved):
+def test_64_threads_get_what_serial_unbatched_calls_get(saved, backend):
   steps = _q_steps(64)
-  serial = [_policy(saved, "q_mlp").action(s).action for s in steps]
+  serial = [_policy(saved, "q_mlp", backend).action(s).action for s in steps]
   results = {}
-  with DynamicBatchingPolicy(_policy(saved, "q_mlp", batch_time_steps=False)) as policy:
+  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False)) as policy:
     def act(i):
       for k in range(20):
         j = (i + k) % 64
@@ -37,13 +44,13 @@ def test_64_threads_get_what_serial_unbatched_calls_get(saved):
     assert out.action.flags.owndata and out.action.flags.writeable
 
 
-def test_lstm_callers_keep_their_own_state_over_20_steps(saved):
+def test_lstm_callers_keep_their_own_state_over_20_steps(saved, backend):
   rng = np.random.default_rng(5)
   episodes = [[ts.TimeStep(np.int32(1), np.float32(0), np.float32(1),
                            {"position": rng.standard_normal(3).astype(np.float32),
                             "velocity": rng.standard_normal(2).astype(np.float32)})
                for _ in range(20)] for _ in range(16)]
-  unbatched = _policy(saved, "lstm_actor")
+  unbatched = _policy(saved, "lstm_actor", backend)
   expected = []
   for episode in episodes:
     state, trace = unbatched.get_initial_state(), []
@@ -53,7 +60,8 @@ def test_lstm_callers_keep_their_own_state_over_20_steps(saved):
       trace.append((out.action, state))
     expected.append(trace)
   traces = [None] * 16
-  with DynamicBatchingPolicy(_policy(saved, "lstm_actor", batch_time_steps=False)) as policy:
+  wrapped = _policy(saved, "lstm_actor", backend, batch_time_steps=False)
+  with DynamicBatchingPolicy(wrapped) as policy:
     def act(i):
       state, trace = policy.get_initial_state(), []
       for step in episodes[i]:
@@ -70,14 +78,14 @@ def test_lstm_callers_keep_their_own_state_over_20_steps(saved):
         np.testing.assert_array_equal(x, y)
 
 
-def test_a_bad_caller_fails_alone_with_the_unbatched_message(saved):
+def test_a_bad_caller_fails_alone_with_the_unbatched_message(saved, backend):
   steps = _q_steps(16)
-  serial = [_policy(saved, "q_mlp").action(s).action for s in steps]
+  serial = [_policy(saved, "q_mlp", backend).action(s).action for s in steps]
   bad = steps[3]._replace(observation=np.zeros(5, np.float32))
   with pytest.raises(ValueError) as unbatched_error:
-    _policy(saved, "q_mlp").action(bad)
+    _policy(saved, "q_mlp", backend).action(bad)
   got = {}
-  with DynamicBatchingPolicy(_policy(saved, "q_mlp", batch_time_steps=False)) as policy:
+  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False)) as policy:
     def act(i):
       for _ in range(10):
         got[i] = policy.action(bad if i == 3 else steps[i]).action
@@ -89,27 +97,27 @@ def test_a_bad_caller_fails_alone_with_the_unbatched_message(saved):
     assert action == serial[i]
 
 
-def test_a_lone_caller_is_served_without_waiting_for_a_full_batch(saved):
-  with DynamicBatchingPolicy(_policy(saved, "q_mlp", batch_time_steps=False),
+def test_a_lone_caller_is_served_without_waiting_for_a_full_batch(saved, backend):
+  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False),
                              max_batch_size=64, max_wait_us=20_000) as policy:
     done = []
     run_threads(1, lambda i: done.append(policy.action(_q_steps(1)[0])))
     assert len(done) == 1 and policy.mean_batch_size == 1
 
 
-def test_more_callers_than_max_batch_size_are_served_in_successive_batches(saved):
+def test_more_callers_than_max_batch_size_are_served_in_successive_batches(saved, backend):
   steps = _q_steps(32)
-  serial = [_policy(saved, "q_mlp").action(s).action for s in steps]
+  serial = [_policy(saved, "q_mlp", backend).action(s).action for s in steps]
   got = {}
-  with DynamicBatchingPolicy(_policy(saved, "q_mlp", batch_time_steps=False),
+  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False),
                              max_batch_size=4) as policy:
     assert not run_threads(32, lambda i: got.__setitem__(i, policy.action(steps[i]).action))
     assert policy.calls == 32 and policy.batches >= 8
   assert all(got[i] == serial[i] for i in range(32))
 
 
-def test_close_wakes_waiting_callers_with_a_clear_error(saved):
-  policy = DynamicBatchingPolicy(_policy(saved, "q_mlp", batch_time_steps=False),
+def test_close_wakes_waiting_callers_with_a_clear_error(saved, backend):
+  policy = DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False),
                                  max_batch_size=64, max_wait_us=60_000_000)
   results = []
 
@@ -132,19 +140,19 @@ def test_close_wakes_waiting_callers_with_a_clear_error(saved):
     policy.action(_q_steps(1)[0])
 
 
-def test_hot_swaps_during_batching_never_mix_weights(saved, tmp_path):
+def test_hot_swaps_during_batching_never_mix_weights(saved, backend, tmp_path):
   fixture = saved("q_mlp")
   a = scaled_checkpoint(fixture, str(tmp_path / "a_0000000001"), 1.0)
   b = scaled_checkpoint(fixture, str(tmp_path / "b_0000000002"), -1.0)
   steps = _q_steps(8)
   refs = []
   for checkpoint in (a, b):
-    reference = _policy(saved, "q_mlp")
+    reference = _policy(saved, "q_mlp", backend)
     reference.update_from_checkpoint(checkpoint)
     refs.append([reference.action(s).action for s in steps])
   assert refs[0] != refs[1]
   mixed = []
-  with DynamicBatchingPolicy(_policy(saved, "q_mlp", batch_time_steps=False)) as policy:
+  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False)) as policy:
     def act(i):
       got = [policy.action(s).action for s in steps]
       if got not in refs:   # one caller's 8 sequential calls may straddle a swap;
@@ -155,10 +163,10 @@ def test_hot_swaps_during_batching_never_mix_weights(saved, tmp_path):
   assert not mixed
 
 
-def test_a_fixed_batch_export_gets_padded_batches(saved):
+def test_a_fixed_batch_export_gets_padded_batches(saved, backend):
   fixture = saved("q_fixed_batch")
   wrapped = SavedModelPyTFEagerPolicy(fixture.path, load_specs_from_pbtxt=True,
-                                      batch_time_steps=False)
+                                      batch_time_steps=False, backend=backend)
   steps = _q_steps(12, seed=2)
   expected = [wrapped.action(tf.nest.map_structure(lambda x: np.stack([x] * 4), s)).action[0]
               for s in steps]
@@ -169,10 +177,11 @@ def test_a_fixed_batch_export_gets_padded_batches(saved):
   assert all(got[i] == expected[i] for i in range(12))
 
 
-def test_stochastic_rows_sample_independently(saved):
+def test_stochastic_rows_sample_independently(saved, backend):
   step = ts.TimeStep(np.int32(1), np.float32(0), np.float32(1), np.ones(5, np.float32))
   got = []
-  with DynamicBatchingPolicy(_policy(saved, "ppo_collect", batch_time_steps=False)) as policy:
+  wrapped = _policy(saved, "ppo_collect", backend, batch_time_steps=False)
+  with DynamicBatchingPolicy(wrapped) as policy:
     assert not run_threads(16, lambda i: got.extend(policy.action(step).action.tolist()
                                                      for _ in range(4)))
     assert policy.mean_batch_size > 1
@@ -182,3 +191,23 @@ def test_stochastic_rows_sample_independently(saved):
 def test_wrapping_needs_batch_time_steps_false(saved):
   with pytest.raises(ValueError, match="batch_time_steps=False"):
     DynamicBatchingPolicy(_policy(saved, "q_mlp"))
+
+
+def test_a_failing_batched_call_fails_its_callers_and_the_next_batch_runs(tmp_path):
+  path = str(tmp_path / "checked")
+  policy_zoo.save(policy_zoo.NumericsCheckedPolicy(), path)
+  wrapped = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, batch_time_steps=False)
+  good = ts.TimeStep(np.int32(1), np.float32(0), np.float32(1), np.float32([0, 0, 1]))
+  bad = good._replace(observation=np.array([np.nan, 0, 0], np.float32))
+  # The batch runs only once all 8 callers are in it: one NaN fails the graph for all 8.
+  with DynamicBatchingPolicy(wrapped, max_batch_size=8, max_wait_us=30_000_000) as policy:
+    errors = run_threads(8, lambda i: policy.action(bad if i == 0 else good))
+    assert sorted(i for i, _ in errors) == list(range(8))
+    for _, error in errors:
+      assert isinstance(error, RuntimeError)
+      assert str(error).startswith("the batched call failed: InvalidArgumentError: ")
+      assert "observation has NaN" in str(error)
+    assert policy.batches == 0
+    ok = []
+    assert not run_threads(8, lambda i: ok.append(policy.action(good).action))
+    assert ok == [2] * 8 and policy.batches == 1

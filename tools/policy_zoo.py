@@ -150,6 +150,29 @@ class BiasInfoPolicy(tf_policy.TFPolicy):
     raise NotImplementedError("BiasInfoPolicy has no distribution")
 
 
+class NumericsCheckedPolicy(tf_policy.TFPolicy):
+  """argmax of the observation, which the graph checks for NaN and Inf.
+
+  A call with a NaN in any row fails inside TF (InvalidArgumentError), after
+  the input passed every spec check: a real failure of a batched call.
+  """
+
+  def __init__(self):
+    obs_spec = tf.TensorSpec([3], tf.float32, "observation")
+    action_spec = tensor_spec.BoundedTensorSpec((), tf.int64, 0, 2, "action")
+    super().__init__(ts.time_step_spec(obs_spec), action_spec)
+
+  def _variables(self):
+    return []
+
+  def _action(self, time_step, policy_state, seed):
+    obs = tf.debugging.check_numerics(time_step.observation, "observation has NaN or Inf")
+    return policy_step.PolicyStep(tf.argmax(obs, axis=-1), policy_state, ())
+
+  def _distribution(self, time_step, policy_state):
+    raise NotImplementedError("NumericsCheckedPolicy has no distribution")
+
+
 def published_kinds():
   """Builders of the policies TF-Agents' agents publish, beyond the fixtures above.
 

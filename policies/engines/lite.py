@@ -38,7 +38,7 @@ FLOAT_RTOL = 1e-5
 FLOAT_ATOL = 1e-5
 VALIDATION_SAMPLES = 64
 # Batch sizes with prepared interpreters; the one prepared first is dropped.
-MAX_BATCH_SIZES = 8
+MAX_BATCH_SIZES = 12
 CACHE_ENV = "POLICY_RUNTIME_CACHE_DIR"
 
 _CACHE_MAGIC = b"policy_runtime.lite.v1\n"
@@ -347,6 +347,17 @@ class LiteEngine:
     model = self.model_for(loaded)
     self.validate(model, loaded)
     return (model.lease, model.release)
+
+  @staticmethod
+  def rows_call(rows_plan):
+    """`call(rows, pad_to, *call_args)` of a row plan (for the dynamic batcher)."""
+    return rows_plan.call_rows_buffers
+
+  @staticmethod
+  def rows_batch(rows: int, max_rows: int) -> int:
+    """Rows padded to a power of two (at most `max_rows`): a few prepared
+    interpreter sizes serve every batch, and none is resized per call."""
+    return min(1 << (rows - 1).bit_length(), max(rows, max_rows))
 
   def model_for(self, loaded: loading.LoadedPolicy) -> LiteModel:
     """The copy's LiteRT model (current weights): from the cache, else converted."""

@@ -21,3 +21,13 @@ class TFEagerEngine:
 
   def prepare(self, loaded: loading.LoadedPolicy) -> tuple:
     return call_args(loaded)
+
+  @staticmethod
+  def rows_call(rows_plan):
+    """`call(rows, pad_to, *call_args)` of a row plan (for the dynamic batcher)."""
+    return rows_plan.call_rows
+
+  @staticmethod
+  def rows_batch(rows: int, max_rows: int) -> int:  # pylint: disable=unused-argument
+    """The batch a call of `rows` rows runs at: any size costs nothing to set up."""
+    return rows
