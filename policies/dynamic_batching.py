@@ -3,21 +3,24 @@
 `DynamicBatchingPolicy` wraps a `SavedModelPyTFEagerPolicy` created with
 `batch_time_steps=False`, on either backend. Each caller's time step (and
 policy state) is validated in the caller's thread by the native plan, exactly
-as the unbatched policy validates it, and queued. One batcher thread takes up
-to `max_batch_size` waiting calls as soon as it is free (or after
-`max_wait_us`, to let a batch fill), stacks their rows natively (into TF
-tensors, or straight into a LiteRT interpreter's input buffers, padded to a
-power of two so a few prepared interpreter sizes serve every batch), runs the
-wrapped policy once on the active weights, and hands each caller its own row.
+as the unbatched policy validates it. There is no batcher thread: a caller
+that finds no batch running leads one. It takes up to `max_batch_size` - 1
+waiting calls besides its own (after up to `max_wait_us`, to let a batch
+fill), stacks their rows natively (into TF tensors, or straight into a LiteRT
+interpreter's input buffers, padded to a power of two so a few prepared
+interpreter sizes serve every batch), runs the wrapped policy once on the
+active weights, wakes each caller with its own row, and hands the lead to the
+first caller still waiting. A lone caller so runs its call in its own thread
+with no thread hand-off; many callers each pay one wake-up.
 """
 
 from __future__ import annotations
 
 import _thread
-import queue
+import collections
 import threading
 import time
-from typing import Any, List, Optional
+from typing import Any, Deque, List, Optional
 
 from tensorflow.python.eager import core
 from tf_agents.policies import py_policy
@@ -25,23 +28,21 @@ from tf_agents.policies import py_policy
 from policies import marshaling_plan
 from policies.saved_model_policy import SavedModelPyTFEagerPolicy
 
-_CLOSE = object()
-
-
 class BatcherClosedError(RuntimeError):
   """The DynamicBatchingPolicy was closed before the call got its action."""
 
 
 class _Request:
-  __slots__ = ("row", "done", "outputs", "index", "error")
+  __slots__ = ("row", "done", "outputs", "index", "error", "lead")
 
   def __init__(self, row: list):
     self.row = row
     self.done = _thread.allocate_lock()
-    self.done.acquire()            # released by the batcher when the result is in
+    self.done.acquire()            # released once: with its result, or to make it lead
     self.outputs: Optional[list] = None
     self.index = 0
     self.error: Optional[BaseException] = None
+    self.lead = False
 
 
 class DynamicBatchingPolicy(py_policy.PyPolicy):
@@ -58,14 +59,14 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
 
   def __init__(self, policy: SavedModelPyTFEagerPolicy, max_batch_size: int = 64,
                max_wait_us: float = 0.0):
-    """Starts the batcher.
+    """Wraps `policy`; batches form from the calls that overlap.
 
     Args:
       policy: a `SavedModelPyTFEagerPolicy` created with `batch_time_steps=False`.
       max_batch_size: most calls run in one batch. A policy exported with a
         fixed batch size runs batches of at most that size, padded to it.
-      max_wait_us: once a call is waiting and the batcher is free, how long
-        to wait for more calls to fill the batch. 0 (the default, best in the
+      max_wait_us: how long the caller leading a batch waits for more calls
+        to fill it. 0 (the default, best in the
         measurements in the README) runs whatever is waiting at once; calls
         that arrive meanwhile form the next batch.
 
@@ -96,15 +97,16 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
         function.time_step_spec, function.policy_state_spec, function.output_structure,
         function.num_outputs, batch_time_steps=True, fixed_batch=None,
         input_slots=function.input_slots, output_indices=function.output_indices)
+    self._switch = policy._switch  # pylint: disable=protected-access
     self._call_rows = engine.rows_call(self._rows)
     self._rows_batch = engine.rows_batch
-    self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
-    self._lock = threading.Lock()          # orders close() against new calls
+    self._lock = threading.Lock()     # guards the fields below
+    self._filled = threading.Condition(self._lock)
+    self._pending: Deque[_Request] = collections.deque()
+    self._leading = False             # a caller is running (or about to run) batches
     self._closed = False
-    self.batches = 0                       # statistics: batches run, calls served
+    self.batches = 0                  # statistics: batches run, calls served
     self.calls = 0
-    self._thread = threading.Thread(target=self._serve, name="dynamic-batcher", daemon=True)
-    self._thread.start()
 
   # -- PyPolicy -----------------------------------------------------------------
 
@@ -115,8 +117,17 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
     with self._lock:
       if self._closed:
         raise BatcherClosedError("DynamicBatchingPolicy is closed")
-      self._queue.put(request)
-    request.done.acquire()
+      lead = not self._leading
+      if lead:
+        self._leading = True
+      else:
+        self._pending.append(request)
+        if len(self._pending) + 1 >= self.max_batch_size:
+          self._filled.notify()
+    if not lead:
+      request.done.acquire()
+    if lead or request.lead:
+      self._lead(request)
     if request.error is not None:
       raise request.error
     return self._rows.pack_row(request.outputs, request.index)
@@ -153,13 +164,13 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
   # -- Lifetime ---------------------------------------------------------------------
 
   def close(self) -> None:
-    """Stops the batcher; calls still waiting get a BatcherClosedError."""
+    """Stops batching; calls not already in a running batch get a BatcherClosedError."""
     with self._lock:
-      if self._closed:
-        return
       self._closed = True
-      self._queue.put(_CLOSE)
-    self._thread.join()
+      waiting = list(self._pending)
+      self._pending.clear()
+      self._filled.notify_all()
+    _finish(waiting, error=_closed_error())
 
   def __enter__(self) -> "DynamicBatchingPolicy":
     return self
@@ -175,54 +186,57 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
 
   # -- The batcher ------------------------------------------------------------------
 
-  def _serve(self) -> None:
-    switch = self._policy._switch  # pylint: disable=protected-access
-    call_rows = self._call_rows
-    rows_batch = self._rows_batch
-    get, get_nowait = self._queue.get, self._queue.get_nowait
-    while True:
-      first = get()
-      if first is _CLOSE:
-        break
-      batch: List[_Request] = [first]
-      deadline = time.perf_counter() + self.max_wait_us * 1e-6 if self.max_wait_us else None
-      while len(batch) < self.max_batch_size:
-        try:
-          item = get_nowait() if deadline is None else get(
-              timeout=max(0.0, deadline - time.perf_counter()))
-        except queue.Empty:
-          break
-        if item is _CLOSE:   # close() sets _closed before it queues _CLOSE
-          break
-        batch.append(item)
-      if self._closed:       # closed while the batch was filling: do not run it
-        _finish(batch, error=_closed_error())
-        break
+  def _lead(self, own: _Request) -> None:
+    """Runs one batch, `own` first, then hands the lead to the next waiting caller.
+
+    The caller that finds no batch running leads: it takes up to
+    `max_batch_size` - 1 waiting calls besides its own, runs them, and wakes
+    their callers. A caller that arrives meanwhile waits, and the first of
+    them leads the next batch. A lone caller so runs its own call in its own
+    thread, with no hand-off.
+    """
+    batch = [own]
+    try:
+      with self._lock:
+        if self.max_wait_us and len(self._pending) + 1 < self.max_batch_size \
+            and not self._closed:
+          deadline = time.perf_counter() + self.max_wait_us * 1e-6
+          while (len(self._pending) + 1 < self.max_batch_size and not self._closed and
+                 self._filled.wait(deadline - time.perf_counter())):
+            pass
+        while self._pending and len(batch) < self.max_batch_size:
+          batch.append(self._pending.popleft())
+        closed = self._closed
+      if closed:
+        _finish(batch[1:], error=_closed_error())
+        own.error = _closed_error()
+        return
+      pad_to = self._pad_to or self._rows_batch(len(batch), self.max_batch_size)
       try:
-        pad_to = self._pad_to or rows_batch(len(batch), self.max_batch_size)
-        outputs = switch.call(call_rows, [r.row for r in batch], pad_to)
+        outputs = self._switch.call(self._call_rows, [r.row for r in batch], pad_to)
       except BaseException as e:  # pylint: disable=broad-except
-        _finish(batch, error=_batch_error(e))
-        continue
+        own.error = _batch_error(e)
+        _finish(batch[1:], error=own.error)
+        if not isinstance(e, Exception):
+          raise                         # e.g. KeyboardInterrupt, in the leading caller's thread
+        return
       self.batches += 1
       self.calls += len(batch)
-      _finish(batch, outputs=outputs)
-    self._fail_waiting()
-
-  def _fail_waiting(self) -> None:
-    while True:
-      try:
-        item = self._queue.get_nowait()
-      except queue.Empty:
-        return
-      if item is not _CLOSE:
-        _finish([item], error=_closed_error())
+      own.outputs = outputs
+      _finish(batch[1:], outputs=outputs, first=1)
+    finally:
+      with self._lock:
+        successor = self._pending.popleft() if self._pending else None
+        self._leading = successor is not None
+      if successor is not None:
+        successor.lead = True
+        successor.done.release()
 
 
 def _finish(batch: List[_Request], outputs: Optional[list] = None,
-            error: Optional[BaseException] = None) -> None:
-  """Hands each caller of `batch` its row of `outputs`, or `error`, and wakes it."""
-  for index, request in enumerate(batch):
+            error: Optional[BaseException] = None, first: int = 0) -> None:
+  """Hands each caller of `batch` its row of `outputs` (from row `first`), or `error`."""
+  for index, request in enumerate(batch, first):
     request.outputs, request.index, request.error = outputs, index, error
     request.done.release()
 

@@ -7,6 +7,7 @@ one process, interleaved over rounds:
   * ours_st:   ours with `single_threaded_executor=True` (an explicit option),
   * floor:     the saved `action` concrete function called with pre-built
                tensors (`_call_flat`, no marshaling at all),
+  * lite:      ours with `backend="lite"` (the LiteRT engine),
 and reports medians (us per call) and ratios. Also measures the marginal cost
 of one more observation leaf and the steady-state memory of `action()`.
 Writes benchmark.json and benchmark.png into --output.
@@ -56,10 +57,19 @@ class Row:
   ours_us: float
   floor_us: float
   ours_st_us: float
+  lite_us: float
 
   @property
   def speedup(self) -> float:
     return self.tf_agents_us / self.ours_us
+
+  @property
+  def lite_speedup(self) -> float:
+    return self.tf_agents_us / self.lite_us
+
+  @property
+  def lite_over_tf_path(self) -> float:
+    return self.ours_us / self.lite_us
 
   @property
   def over_floor(self) -> float:
@@ -83,11 +93,13 @@ def _per_call_us(fn, calls: int) -> float:
 
 
 def _contenders(path, batch):
-  """Zero-argument callables doing the same step: tf_agents, ours, ours_st, floor."""
+  """Zero-argument callables doing the same step: tf_agents, ours, ours_st, floor, lite."""
   single = batch == 1
   ours = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, batch_time_steps=single)
   ours_st = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, batch_time_steps=single,
                                       single_threaded_executor=True)
+  lite = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, batch_time_steps=single,
+                                   backend="lite")
   theirs = tfa_eager.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True,
                                                batch_time_steps=single)
   rng = np.random.default_rng(0)
@@ -104,6 +116,7 @@ def _contenders(path, batch):
       "ours": lambda: ours.action(step, our_state),
       "ours_st": lambda: ours_st.action(step, our_state),
       "floor": lambda: concrete._call_flat(flat, captures),  # pylint: disable=protected-access
+      "lite": lambda: lite.action(step, our_state),
   }
 
 
@@ -118,7 +131,8 @@ def measure(path, name, batch, rounds, calls) -> Row:
     for key in order:
       samples[key].append(_per_call_us(contenders[key], calls))
   med = {k: float(np.median(v)) for k, v in samples.items()}
-  return Row(name, batch, med["tf_agents"], med["ours"], med["floor"], med["ours_st"])
+  return Row(name, batch, med["tf_agents"], med["ours"], med["floor"], med["ours_st"],
+             med["lite"])
 
 
 def _rss_mb() -> float:
@@ -160,9 +174,19 @@ def marginal_leaf_cost(rows) -> dict:
       "tf_agents_us_per_leaf": slope([r.tf_agents_us for r in rs]),
       "ours_us_per_leaf": slope([r.ours_us for r in rs]),
       "floor_us_per_leaf": slope([r.floor_us for r in rs]),
+      "lite_us_per_leaf": slope([r.lite_us for r in rs]),
       "ours_marshaling_us_per_leaf": slope([r.ours_us - r.floor_us for r in rs]),
       "tf_agents_marshaling_us_per_leaf": slope([r.tf_agents_us - r.floor_us for r in rs]),
   }
+
+
+def lite_table(rows) -> str:
+  lines = ["| policy | batch | LiteRT us | TF-Agents/LiteRT | our TF path/LiteRT |",
+           "|---|---:|---:|---:|---:|"]
+  for r in rows:
+    lines.append(f"| {r.policy} | {r.batch} | {r.lite_us:.1f} | {r.lite_speedup:.0f}x | "
+                 f"{r.lite_over_tf_path:.1f}x |")
+  return "\n".join(lines)
 
 
 def table(rows) -> str:
@@ -185,17 +209,18 @@ def plot(rows, path) -> None:
                      key=lambda r: LEAVES[r.policy])
   xs = [LEAVES[r.policy] for r in leaf_rows]
   series = (("tf_agents_us", "TF-Agents"), ("ours_us", "ours"),
-            ("ours_st_us", "ours, single-threaded executor"), ("floor_us", "floor"))
+            ("ours_st_us", "ours, single-threaded executor"), ("floor_us", "floor"),
+            ("lite_us", "ours, backend='lite'"))
   for key, label in series:
     left.plot(xs, [getattr(r, key) for r in leaf_rows], "o-", label=label)
-  left.set(xlabel="observation leaves (Q policy, batch 1)", ylabel="us per action()",
+  left.set(yscale="log", xlabel="observation leaves (Q policy, batch 1)", ylabel="us per action()",
            title="latency vs number of leaves")
   left.legend()
   batch_rows = sorted((r for r in rows if r.policy == "mlp_q_1leaf"), key=lambda r: r.batch)
   bs = [r.batch for r in batch_rows]
   for key, label in series:
     right.plot(bs, [getattr(r, key) for r in batch_rows], "o-", label=label)
-  right.set(xscale="log", xlabel="batch size (MLP Q policy)", ylabel="us per action()",
+  right.set(xscale="log", yscale="log", xlabel="batch size (MLP Q policy)", ylabel="us per action()",
             title="latency vs batch size")
   right.legend()
   fig.tight_layout()
@@ -229,6 +254,7 @@ def main():
   leaf = marginal_leaf_cost(rows)
 
   print(table(rows))
+  print("\nLiteRT engine (backend='lite'):\n" + lite_table(rows))
   if leaf:
     print("\nmarginal cost of one more observation leaf (batch 1, us): " +
           ", ".join(f"{k} {v:.1f}" for k, v in leaf.items()))
@@ -238,7 +264,10 @@ def main():
           f"(growth {memory['growth_mb']:+.1f} MB; the floor alone grows "
           f"{memory['floor_growth_mb']:+.1f} MB over as many calls)")
   result = {"rows": [dataclasses.asdict(r) | {"tf_agents_over_ours": r.speedup,
-                                              "ours_over_floor": r.over_floor} for r in rows],
+                                              "ours_over_floor": r.over_floor,
+                                              "tf_agents_over_lite": r.lite_speedup,
+                                              "ours_over_lite": r.lite_over_tf_path}
+                     for r in rows],
             "marginal_leaf_cost": leaf, "memory": memory,
             "rounds": args.rounds, "calls_per_round": args.calls}
   with open(os.path.join(args.output, "benchmark.json"), "w") as f:
