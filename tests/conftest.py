@@ -38,6 +38,9 @@ _BUILDERS = {
 
 ALL_POLICIES = tuple(_BUILDERS)
 
+# Fixtures for one purpose each, not in ALL_POLICIES.
+_BUILDERS["cumprod"] = (policy_zoo.CumprodPolicy, True, None)   # has no LiteRT builtin
+
 
 def scaled_checkpoint(fixture: SavedPolicy, directory: str, scale: float) -> str:
   """`PolicySaver.save_checkpoint` of the fixture's policy with its weights times `scale`."""

@@ -141,19 +141,33 @@ def test_failed_update_leaves_the_lite_policy_as_it_was(saved, tmp_path):
 
 
 def test_conversion_failure_names_the_blocking_op(saved):
-  with pytest.raises(ValueError, match=r"^.*random: cannot convert 'action' to LiteRT with "
-                                       r"builtin ops only; no LiteRT builtin for: RandomUniformInt"):
-    _load(saved("random"), backend="lite")
+  with pytest.raises(ValueError, match=r"^.*cumprod: cannot convert 'action' to LiteRT with "
+                                       r"builtin ops only; no LiteRT builtin for: Cumprod$"):
+    _load(saved("cumprod"), backend="lite")
+
+
+@pytest.mark.parametrize("batch_time_steps", [True, False])
+def test_random_policy_samples_uniformly_within_bounds(saved, batch_time_steps):
+  # RandomUniformInt has no LiteRT builtin; the converter gets builtin ops that sample the same.
+  policy = _load(saved("random"), backend="lite", batch_time_steps=batch_time_steps)
+  assert policy.backend == "lite"
+  spec = policy.action_spec
+  cases = _inputs(policy, 500) if batch_time_steps else _inputs(policy, 1, batch=500)
+  actions = np.concatenate([np.atleast_2d(policy.action(t, s).action) for t, s in cases])
+  assert actions.shape == (500, 3) and actions.dtype == spec.dtype
+  counts = np.bincount((actions - spec.minimum).ravel(), minlength=spec.maximum - spec.minimum + 1)
+  assert len(counts) == spec.maximum - spec.minimum + 1    # nothing above the maximum
+  assert counts.min() > 100                                # ~187 each of 8 values
 
 
 def test_auto_falls_back_to_tf_with_one_warning(saved, caplog):
   with caplog.at_level(logging.WARNING, logger="policies"):
-    policy = _load(saved("random"), backend="auto")
+    policy = _load(saved("cumprod"), backend="auto")
   assert policy.backend == "tf"
   warnings = [r for r in caplog.records if r.name == "policies"]
-  assert len(warnings) == 1 and "RandomUniformInt" in warnings[0].getMessage()
+  assert len(warnings) == 1 and "Cumprod" in warnings[0].getMessage()
   time_step, state = _inputs(policy, 1)[0]
-  assert policy.action(time_step, state).action.shape == (3,)
+  assert policy.action(time_step, state).action.shape == ()
   assert _load(saved("q_mlp"), backend="auto").backend == "lite"
 
 

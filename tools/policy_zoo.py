@@ -173,6 +173,25 @@ class NumericsCheckedPolicy(tf_policy.TFPolicy):
     raise NotImplementedError("NumericsCheckedPolicy has no distribution")
 
 
+class CumprodPolicy(tf_policy.TFPolicy):
+  """argmax of cumprod(observation): Cumprod has no LiteRT builtin, so it stays on TF."""
+
+  def __init__(self):
+    obs_spec = tf.TensorSpec([3], tf.float32, "observation")
+    action_spec = tensor_spec.BoundedTensorSpec((), tf.int64, 0, 2, "action")
+    super().__init__(ts.time_step_spec(obs_spec), action_spec)
+
+  def _variables(self):
+    return []
+
+  def _action(self, time_step, policy_state, seed):
+    action = tf.argmax(tf.math.cumprod(time_step.observation, axis=-1), axis=-1)
+    return policy_step.PolicyStep(action, policy_state, ())
+
+  def _distribution(self, time_step, policy_state):
+    raise NotImplementedError("CumprodPolicy has no distribution")
+
+
 def published_kinds():
   """Builders of the policies TF-Agents' agents publish, beyond the fixtures above.
 

@@ -20,6 +20,8 @@ import hashlib
 import logging
 import os
 import re
+import sys
+import tempfile
 import threading
 import uuid
 from typing import Callable, Optional
@@ -31,6 +33,7 @@ from tensorflow.python.util import nest
 
 from policies import loading
 from policies import storage
+from policies.engines import lite_rewrites
 
 # Validation: deterministic float outputs must satisfy
 # |lite - tf| <= FLOAT_RTOL * |tf| + FLOAT_ATOL; integer and bool outputs must be equal.
@@ -72,6 +75,24 @@ def _quiet_tf_logging():
       logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _stderr_to_debug_log():
+  """Sends what the converter's C++ side prints on fd 2 (its op summary) to the debug log."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as sink:
+    os.dup2(sink.fileno(), 2)
+    try:
+      yield
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      sink.seek(0)
+      text = sink.read().decode(errors="replace").strip()
+      if text:
+        log.debug("LiteRT converter output:\n%s", text)
+
+
 def write_saved_model(saved_model_pb: bytes, loaded: loading.LoadedPolicy, directory: str,
                       what: str) -> None:
   """`saved_model_pb` (the audited bytes) with the copy's current weights, in `directory`."""
@@ -91,7 +112,7 @@ def convert(directory: str, what: str) -> bytes:
     ValueError: naming the ops that have no LiteRT builtin, when that is why.
   """
   try:
-    with _quiet_tf_logging():
+    with _quiet_tf_logging(), _stderr_to_debug_log():
       converter = tf.lite.TFLiteConverter.from_saved_model(directory, signature_keys=["action"])
       converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
       return converter.convert()
@@ -329,7 +350,7 @@ class LiteEngine:
     self._tf_call = tf_call
     self._specs = specs
     self._fingerprint = source.fingerprint
-    self._saved_model_pb = source.pb_bytes
+    self._saved_model_pb = lite_rewrites.for_builtins(source.pb_bytes)
     self._what = source.path
     self.cache = ConversionCache(cache_dir or default_cache_dir())
     function = plan.function

@@ -1,0 +1,87 @@
+"""Rewrites of the audited graph so more exports convert with LiteRT builtins only.
+
+They apply to the copy of `saved_model.pb` handed to the converter, never to
+the graph TensorFlow runs. Each replaces an op that has no LiteRT builtin by
+builtin ops that sample from the same distribution (validation then checks
+shapes, dtypes and bounds of the samples, as for every sampled output).
+
+  RandomUniformInt(shape, minval, maxval)  (TF-Agents' RandomTFPolicy and
+  epsilon-greedy exploration over integer actions) becomes
+      minval + min(floor(RandomUniform(shape) * (maxval - minval)),
+                   maxval - minval - 1)
+  computed in float32: uniform over [minval, maxval) for ranges up to 2**24.
+"""
+
+from __future__ import annotations
+
+from tensorflow.core.framework import attr_value_pb2
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import saved_model_pb2
+
+_FLOAT = types_pb2.DT_FLOAT
+
+
+def for_builtins(saved_model_pb: bytes) -> bytes:
+  """`saved_model_pb` with the rewrites above applied (the same bytes if none applies)."""
+  if b"RandomUniformInt" not in saved_model_pb:
+    return saved_model_pb
+  proto = saved_model_pb2.SavedModel()
+  proto.ParseFromString(saved_model_pb)
+  changed = False
+  for meta_graph in proto.meta_graphs:
+    for function in meta_graph.graph_def.library.function:
+      changed |= _rewrite_random_uniform_int(function)
+  return proto.SerializeToString() if changed else saved_model_pb
+
+
+def _node(function, name: str, op: str, inputs, **attrs):
+  node = function.node_def.add(name=name, op=op, input=list(inputs))
+  for key, value in attrs.items():
+    if isinstance(value, attr_value_pb2.AttrValue):
+      node.attr[key].CopyFrom(value)
+    else:
+      node.attr[key].type = value
+  return node
+
+
+def _rewrite_random_uniform_int(function) -> bool:
+  targets = [n for n in function.node_def if n.op == "RandomUniformInt"]
+  for old in targets:
+    name = old.name
+    shape, low, high = old.input[:3]
+    controls = [i for i in old.input[3:] if i.startswith("^")]
+    out = old.attr["Tout"].type
+    function.node_def.remove(old)
+    seed_attrs = {k: old.attr[k] for k in ("seed", "seed2") if k in old.attr}
+    _node(function, f"{name}/unit", "RandomUniform", [shape] + controls,
+          T=old.attr["T"].type, dtype=_FLOAT, **seed_attrs)
+    _node(function, f"{name}/low", "Cast", [low], SrcT=out, DstT=_FLOAT)
+    _node(function, f"{name}/high", "Cast", [high], SrcT=out, DstT=_FLOAT)
+    _node(function, f"{name}/range", "Sub", [f"{name}/high:y:0", f"{name}/low:y:0"], T=_FLOAT)
+    _node(function, f"{name}/scaled", "Mul", [f"{name}/unit:output:0", f"{name}/range:z:0"],
+          T=_FLOAT)
+    _node(function, f"{name}/floor", "Floor", [f"{name}/scaled:z:0"], T=_FLOAT)
+    _node(function, f"{name}/one", "Const", [], dtype=_FLOAT, value=_float_scalar(1.0))
+    _node(function, f"{name}/top", "Sub", [f"{name}/range:z:0", f"{name}/one:output:0"], T=_FLOAT)
+    _node(function, f"{name}/clipped", "Minimum", [f"{name}/floor:y:0", f"{name}/top:z:0"],
+          T=_FLOAT)
+    _node(function, f"{name}/offset", "Cast", [f"{name}/clipped:z:0"], SrcT=_FLOAT, DstT=out)
+    # The sum keeps the old node's name; its output is `z`, not `output`.
+    _node(function, name, "AddV2", [f"{name}/offset:y:0", low], T=out)
+    old_ref, new_ref = f"{name}:output:0", f"{name}:z:0"
+    for node in function.node_def:
+      for i, ref in enumerate(node.input):
+        if ref == old_ref:
+          node.input[i] = new_ref
+    for key, ref in function.ret.items():
+      if ref == old_ref:
+        function.ret[key] = new_ref
+  return bool(targets)
+
+
+def _float_scalar(value: float) -> attr_value_pb2.AttrValue:
+  attr = attr_value_pb2.AttrValue()
+  attr.tensor.dtype = _FLOAT
+  attr.tensor.tensor_shape.SetInParent()
+  attr.tensor.float_val.append(value)
+  return attr
