@@ -191,6 +191,10 @@ class LoadedPolicy(abc.ABC):
   def attribute(self, name: str):
     """Another member of the SavedModel (e.g. a registered function)."""
 
+  @abc.abstractmethod
+  def write_variables(self, prefix: str) -> None:
+    """Writes the current variables as the SavedModel's own variables checkpoint."""
+
 
 class ObjectGraphPolicy(LoadedPolicy):
   """A policy restored with its Python object graph (`tf.saved_model.load`)."""
@@ -239,6 +243,9 @@ class ObjectGraphPolicy(LoadedPolicy):
 
   def attribute(self, name):
     return getattr(self.saved, name)
+
+  def write_variables(self, prefix):
+    tf.train.Checkpoint(root=self.saved).write(prefix)
 
 
 def nest_path_names(spec_nest, prefix: str) -> List[str]:
@@ -395,15 +402,21 @@ class SignaturePolicy(LoadedPolicy):
     # The graph's restore op reads the SavedModel's own key layout: write the
     # values in that layout to a temporary in-memory checkpoint and run it on that.
     scratch = f"ram://policy_runtime/restore-{uuid.uuid4().hex}"
+    previous, self._values = self._values, values
     try:
       prefix = storage.join(scratch, "variables")
-      keys = sorted(values)
-      tf.raw_ops.SaveV2(prefix=prefix, tensor_names=keys, shape_and_slices=[""] * len(keys),
-                        tensors=[values[k] for k in keys])
+      self.write_variables(prefix)
       self._restore_fn(tf.constant(prefix))
+    except BaseException:
+      self._values = previous
+      raise
     finally:
       storage.remove_tree(scratch)
-    self._values = values
+
+  def write_variables(self, prefix):
+    keys = sorted(self._values)   # the SavedModel's own key layout, as last restored
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=keys, shape_and_slices=[""] * len(keys),
+                      tensors=[self._values[k] for k in keys])
 
   def attribute(self, name):
     if name == "signatures":

@@ -14,6 +14,7 @@ from tf_agents.policies import py_tf_eager_policy as tfa_eager
 from tf_agents.trajectories import time_step as ts
 
 from policies import CheckpointFollower, SavedModelPyTFEagerPolicy, UnsafeGraphError
+from policies.engines import lite
 from conftest import act_during_swaps, run_threads, scaled_checkpoint
 from tools import policy_zoo
 
@@ -206,26 +207,22 @@ def _legacy_rollout(policy, batch_time_steps, reference):
   return np.stack(actions)
 
 
-def test_legacy_export_is_not_on_lite_yet_and_auto_keeps_it_on_tf(legacy):
-  path = os.path.join(legacy, "policy")
-  with pytest.raises(ValueError, match="LiteRT conversion needs the SavedModel's object graph"):
-    SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, backend="lite")
-  assert SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, backend="auto").backend == "tf"
-
-
 def test_legacy_export_fails_in_tensorflow_and_tf_agents(legacy):
   with pytest.raises(ValueError, match="has not been registered"):
     tfa_eager.SavedModelPyTFEagerPolicy(os.path.join(legacy, "policy"), load_specs_from_pbtxt=True)
 
 
 @pytest.mark.parametrize("batch_time_steps", [True, False])
-def test_legacy_export_loads_and_acts_like_the_original(legacy, batch_time_steps):
+@pytest.mark.parametrize("backend", ["tf", "lite"])
+def test_legacy_export_loads_and_acts_like_the_original(legacy, batch_time_steps, backend):
   reference = np.load(os.path.join(legacy, "reference.npz"))
   policy = SavedModelPyTFEagerPolicy(os.path.join(legacy, "policy"), load_specs_from_pbtxt=True,
-                                     batch_time_steps=batch_time_steps)
+                                     batch_time_steps=batch_time_steps, backend=backend)
   assert policy.load_mode.startswith("flat signatures only (The type 'legacy_test.WrappedSpec'")
+  assert policy.backend == backend
+  tol = 1e-6 if backend == "tf" else lite.FLOAT_ATOL   # LiteRT: the tolerance validation uses
   np.testing.assert_allclose(_legacy_rollout(policy, batch_time_steps, reference), reference["before"],
-                             rtol=1e-6, atol=1e-6)
+                             rtol=tol, atol=tol)
   assert policy.get_train_step() == 42
   metadata = policy.get_metadata()
   assert metadata["env_name"] == b"test-env" and metadata["version"] == 3
@@ -234,7 +231,7 @@ def test_legacy_export_loads_and_acts_like_the_original(legacy, batch_time_steps
   policy.update_from_checkpoint(os.path.join(legacy, "policy_checkpoint_0000000077"))
   assert policy.get_train_step_from_last_restored_checkpoint_path() == 77
   np.testing.assert_allclose(_legacy_rollout(policy, batch_time_steps, reference), reference["after"],
-                             rtol=1e-6, atol=1e-6)
+                             rtol=tol, atol=tol)
   with pytest.raises(AttributeError, match="loaded from its flat signatures only"):
     policy.wrapped  # pylint: disable=pointless-statement
 

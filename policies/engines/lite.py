@@ -93,16 +93,14 @@ def _stderr_to_debug_log():
         log.debug("LiteRT converter output:\n%s", text)
 
 
-def write_saved_model(saved_model_pb: bytes, loaded: loading.LoadedPolicy, directory: str,
-                      what: str) -> None:
-  """`saved_model_pb` (the audited bytes) with the copy's current weights, in `directory`."""
-  if not isinstance(loaded, loading.ObjectGraphPolicy):
-    raise ValueError(f"{what}: LiteRT conversion needs the SavedModel's object graph; this "
-                     f"export loads from its flat signatures only ({loaded.mode})")
+def write_saved_model(saved_model_pb: bytes, loaded: loading.LoadedPolicy,
+                      directory: str) -> None:
+  """`saved_model_pb` (the audited bytes, rewritten for the converter) with the
+  copy's current weights, in `directory`."""
   tf.io.gfile.makedirs(storage.join(directory, tf.saved_model.VARIABLES_DIRECTORY))
   with tf.io.gfile.GFile(storage.join(directory, loading.SAVED_MODEL_FILE), "wb") as f:
     f.write(saved_model_pb)
-  tf.train.Checkpoint(root=loaded.saved).write(storage.join(directory, loading.VARIABLES_PREFIX))
+  loaded.write_variables(storage.join(directory, loading.VARIABLES_PREFIX))
 
 
 def convert(directory: str, what: str) -> bytes:
@@ -350,7 +348,10 @@ class LiteEngine:
     self._tf_call = tf_call
     self._specs = specs
     self._fingerprint = source.fingerprint
-    self._saved_model_pb = lite_rewrites.for_builtins(source.pb_bytes)
+    # The converter decodes the object graph, so an export that loads here
+    # from its flat signatures only gets its unknown TypeSpecs dropped first.
+    self._saved_model_pb = lite_rewrites.without_unknown_type_specs(
+        lite_rewrites.for_builtins(source.pb_bytes))
     self._what = source.path
     self.cache = ConversionCache(cache_dir or default_cache_dir())
     function = plan.function
@@ -384,7 +385,7 @@ class LiteEngine:
     """The copy's LiteRT model (current weights): from the cache, else converted."""
     directory = f"ram://policy_runtime_lite/{uuid.uuid4().hex}"
     try:
-      write_saved_model(self._saved_model_pb, loaded, directory, self._what)
+      write_saved_model(self._saved_model_pb, loaded, directory)
       key = cache_key(self._fingerprint, directory)
       flatbuffer = self.cache.get(key)
       if flatbuffer is not None:

@@ -10,13 +10,21 @@ shapes, dtypes and bounds of the samples, as for every sampled output).
       minval + min(floor(RandomUniform(shape) * (maxval - minval)),
                    maxval - minval - 1)
   computed in float32: uniform over [minval, maxval) for ranges up to 2**24.
+
+For exports whose object graph does not decode here (a value of a TypeSpec
+this process has not registered, e.g. TFP distribution specs saved by
+TF 2.3-2.12), such specs in the object graph's function signatures become
+None: the converter decodes the object graph but only traces `action`.
 """
 
 from __future__ import annotations
 
+from google.protobuf import descriptor
 from tensorflow.core.framework import attr_value_pb2
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.core.protobuf import struct_pb2
+from tensorflow.python.framework import type_spec_registry
 
 _FLOAT = types_pb2.DT_FLOAT
 
@@ -32,6 +40,48 @@ def for_builtins(saved_model_pb: bytes) -> bytes:
     for function in meta_graph.graph_def.library.function:
       changed |= _rewrite_random_uniform_int(function)
   return proto.SerializeToString() if changed else saved_model_pb
+
+
+def without_unknown_type_specs(saved_model_pb: bytes) -> bytes:
+  """`saved_model_pb` with unregistered TypeSpecs in its object graph set to None."""
+  proto = saved_model_pb2.SavedModel()
+  proto.ParseFromString(saved_model_pb)
+  changed = False
+  for meta_graph in proto.meta_graphs:
+    changed |= _drop_unknown_specs(meta_graph.object_graph_def)
+  return proto.SerializeToString() if changed else saved_model_pb
+
+
+def _registered(name: str) -> bool:
+  try:
+    type_spec_registry.lookup(name)
+    return True
+  except ValueError:
+    return False
+
+
+def _drop_unknown_specs(message) -> bool:
+  if isinstance(message, struct_pb2.StructuredValue):
+    spec = message.type_spec_value if message.HasField("type_spec_value") else None
+    if (spec is not None and spec.type_spec_class == struct_pb2.TypeSpecProto.REGISTERED_TYPE_SPEC
+        and not _registered(spec.type_spec_class_name)):
+      message.Clear()
+      message.none_value.SetInParent()
+      return True
+  changed = False
+  for field, value in message.ListFields():
+    if field.type != descriptor.FieldDescriptor.TYPE_MESSAGE:
+      continue
+    if field.label != descriptor.FieldDescriptor.LABEL_REPEATED:
+      changed |= _drop_unknown_specs(value)
+    elif field.message_type.GetOptions().map_entry:
+      if field.message_type.fields_by_name["value"].type == descriptor.FieldDescriptor.TYPE_MESSAGE:
+        for item in value.values():
+          changed |= _drop_unknown_specs(item)
+    else:
+      for item in value:
+        changed |= _drop_unknown_specs(item)
+  return changed
 
 
 def _node(function, name: str, op: str, inputs, **attrs):
