@@ -453,7 +453,11 @@ class Plan {
                                 " is " + Describe(dst) + ", the rows need " +
                                 std::to_string(want) + " elements");
         }
-        std::memset(PyArray_DATA(dst), 0, static_cast<size_t>(PyArray_NBYTES(dst)));
+        // Rows past the callers' are zeros, not a previous call's values.
+        npy_intp row_bytes = PyArray_NBYTES(dst) / batch;
+        npy_intp callers = static_cast<npy_intp>(row_lists.size());
+        std::memset(static_cast<char*>(PyArray_DATA(dst)) + callers * row_bytes, 0,
+                    static_cast<size_t>((batch - callers) * row_bytes));
         CopyRows(slot, row_lists, dst, dims);
       }
       Steal(PyObject_CallNoArgs(parts.invoke));

@@ -87,9 +87,11 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
     self._policy = policy
     function = policy._plan.function  # pylint: disable=protected-access
     fixed = policy._plan.fixed_batch_size  # pylint: disable=protected-access
-    self._pad_to = fixed or 0
     engine = policy._engine  # pylint: disable=protected-access
     self.max_batch_size = min(max_batch_size, fixed) if fixed else max_batch_size
+    # The batch n calls run at, by n: the fixed size, or as the engine pads.
+    self._padded = [fixed or engine.rows_batch(n, self.max_batch_size)
+                    for n in range(self.max_batch_size + 1)]
     self.max_wait_us = max_wait_us
     # Validates one caller's unbatched step (state with a batch of 1), and
     # packs one row of the batched outputs, as batch_time_steps=True would.
@@ -99,7 +101,6 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
         input_slots=function.input_slots, output_indices=function.output_indices)
     self._switch = policy._switch  # pylint: disable=protected-access
     self._call_rows = engine.rows_call(self._rows)
-    self._rows_batch = engine.rows_batch
     self._lock = threading.Lock()     # guards the fields below
     self._filled = threading.Condition(self._lock)
     self._pending: Deque[_Request] = collections.deque()
@@ -211,9 +212,9 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
         _finish(batch[1:], error=_closed_error())
         own.error = _closed_error()
         return
-      pad_to = self._pad_to or self._rows_batch(len(batch), self.max_batch_size)
       try:
-        outputs = self._switch.call(self._call_rows, [r.row for r in batch], pad_to)
+        outputs = self._switch.call(self._call_rows, [r.row for r in batch],
+                                    self._padded[len(batch)])
       except BaseException as e:  # pylint: disable=broad-except
         own.error = _batch_error(e)
         _finish(batch[1:], error=own.error)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
 import os
 import random
 import resource
@@ -37,15 +36,10 @@ from tf_agents.trajectories import time_step as ts  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from policies import SavedModelPyTFEagerPolicy  # noqa: E402
+from tools import benchmark_output  # noqa: E402
 from tools import policy_zoo  # noqa: E402
 
-POLICIES = {
-    "mlp_q_1leaf": lambda: policy_zoo.q_mlp_policy(num_leaves=1),
-    "q_8leaves": lambda: policy_zoo.q_mlp_policy(num_leaves=8),
-    "q_32leaves": lambda: policy_zoo.q_mlp_policy(num_leaves=32),
-    "lstm_actor_dict": lambda: policy_zoo.lstm_actor_policy(greedy=True),
-    "ppo_collect_info": lambda: policy_zoo.ppo_collect_policy(),
-}
+POLICIES = policy_zoo.BENCHMARK_POLICIES
 LEAVES = {"mlp_q_1leaf": 1, "q_8leaves": 8, "q_32leaves": 32}
 
 
@@ -200,11 +194,8 @@ def table(rows) -> str:
   return "\n".join(lines)
 
 
-def plot(rows, path) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+def plot(rows):
+  fig, (left, right) = benchmark_output.figure(2, 11)
   leaf_rows = sorted((r for r in rows if r.batch == 1 and r.policy in LEAVES),
                      key=lambda r: LEAVES[r.policy])
   xs = [LEAVES[r.policy] for r in leaf_rows]
@@ -223,8 +214,7 @@ def plot(rows, path) -> None:
   right.set(xscale="log", yscale="log", xlabel="batch size (MLP Q policy)", ylabel="us per action()",
             title="latency vs batch size")
   right.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  return fig
 
 
 def main():
@@ -234,11 +224,9 @@ def main():
   parser.add_argument("--batches", default="1,16,256")
   parser.add_argument("--policies", default=",".join(POLICIES))
   parser.add_argument("--memory-calls", type=int, default=200_000)
-  workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY", os.getcwd())
-  parser.add_argument("--output", default=os.path.join(workspace, "tools", "benchmark_results"))
+  benchmark_output.add_output_argument(parser)
   args = parser.parse_args()
 
-  os.makedirs(args.output, exist_ok=True)
   batches = [int(b) for b in args.batches.split(",")]
   names = args.policies.split(",")
   rows = []
@@ -270,10 +258,7 @@ def main():
                      for r in rows],
             "marginal_leaf_cost": leaf, "memory": memory,
             "rounds": args.rounds, "calls_per_round": args.calls}
-  with open(os.path.join(args.output, "benchmark.json"), "w") as f:
-    json.dump(result, f, indent=2)
-  plot(rows, os.path.join(args.output, "benchmark.png"))
-  print(f"\nwrote {args.output}/benchmark.json and benchmark.png")
+  benchmark_output.write(args.output, "benchmark", result, plot(rows))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import random
 import tempfile
@@ -35,12 +34,10 @@ from tf_agents.policies import py_tf_eager_policy as tfa_eager  # noqa: E402
 from tf_agents.trajectories import time_step as ts  # noqa: E402
 
 from policies import DynamicBatchingPolicy, SavedModelPyTFEagerPolicy  # noqa: E402
+from tools import benchmark_output  # noqa: E402
 from tools import policy_zoo  # noqa: E402
 
-POLICIES = {
-    "mlp_q_1leaf": lambda: policy_zoo.q_mlp_policy(num_leaves=1),
-    "lstm_actor_dict": lambda: policy_zoo.lstm_actor_policy(greedy=True),
-}
+POLICIES = {k: policy_zoo.BENCHMARK_POLICIES[k] for k in ("mlp_q_1leaf", "lstm_actor_dict")}
 CONTENDERS = ("tf_agents", "ours_tf", "ours_lite", "batching_tf", "batching_lite")
 
 
@@ -158,13 +155,10 @@ def table(rows, policy: str) -> str:
   return "\n".join(lines)
 
 
-def plot(rows, path: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+def plot(rows):
   names = sorted({r.policy for r in rows}, key=list(POLICIES).index)
-  fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
-  for ax, name in zip(axes[0], names):
+  fig, axes = benchmark_output.figure(len(names), 5.5 * len(names))
+  for ax, name in zip(axes, names):
     for contender in CONTENDERS:
       series = sorted((r for r in rows if r.policy == name and r.contender == contender),
                       key=lambda r: r.threads)
@@ -173,8 +167,7 @@ def plot(rows, path: str) -> None:
     ax.set(xscale="log", yscale="log", xlabel="threads", ylabel="steps/s (all threads)",
            title=name)
     ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  return fig
 
 
 def main():
@@ -183,11 +176,9 @@ def main():
   parser.add_argument("--seconds", type=float, default=1.5)
   parser.add_argument("--threads", default="1,8,64")
   parser.add_argument("--policies", default=",".join(POLICIES))
-  workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY", os.getcwd())
-  parser.add_argument("--output", default=os.path.join(workspace, "tools", "benchmark_results"))
+  benchmark_output.add_output_argument(parser)
   args = parser.parse_args()
 
-  os.makedirs(args.output, exist_ok=True)
   thread_counts = [int(t) for t in args.threads.split(",")]
   names = args.policies.split(",")
   rows = []
@@ -199,10 +190,7 @@ def main():
       print(f"\n{name}: steps/s (p50 / p99 latency)\n" + table(rows, name), flush=True)
   result = {"rows": [dataclasses.asdict(r) for r in rows], "rounds": args.rounds,
             "seconds_per_run": args.seconds}
-  with open(os.path.join(args.output, "concurrency.json"), "w") as f:
-    json.dump(result, f, indent=2)
-  plot(rows, os.path.join(args.output, "concurrency.png"))
-  print(f"\nwrote {args.output}/concurrency.json and concurrency.png")
+  benchmark_output.write(args.output, "concurrency", result, plot(rows))
 
 
 if __name__ == "__main__":

@@ -150,46 +150,54 @@ class BiasInfoPolicy(tf_policy.TFPolicy):
     raise NotImplementedError("BiasInfoPolicy has no distribution")
 
 
-class NumericsCheckedPolicy(tf_policy.TFPolicy):
+class _ObservationArgmaxPolicy(tf_policy.TFPolicy):
+  """argmax of `_transform(observation)` over a float[3] observation; no variables."""
+
+  def __init__(self):
+    obs_spec = tf.TensorSpec([3], tf.float32, "observation")
+    action_spec = tensor_spec.BoundedTensorSpec((), tf.int64, 0, 2, "action")
+    super().__init__(ts.time_step_spec(obs_spec), action_spec)
+
+  def _transform(self, observation):
+    raise NotImplementedError
+
+  def _variables(self):
+    return []
+
+  def _action(self, time_step, policy_state, seed):
+    action = tf.argmax(self._transform(time_step.observation), axis=-1)
+    return policy_step.PolicyStep(action, policy_state, ())
+
+  def _distribution(self, time_step, policy_state):
+    raise NotImplementedError(f"{type(self).__name__} has no distribution")
+
+
+class NumericsCheckedPolicy(_ObservationArgmaxPolicy):
   """argmax of the observation, which the graph checks for NaN and Inf.
 
   A call with a NaN in any row fails inside TF (InvalidArgumentError), after
   the input passed every spec check: a real failure of a batched call.
   """
 
-  def __init__(self):
-    obs_spec = tf.TensorSpec([3], tf.float32, "observation")
-    action_spec = tensor_spec.BoundedTensorSpec((), tf.int64, 0, 2, "action")
-    super().__init__(ts.time_step_spec(obs_spec), action_spec)
-
-  def _variables(self):
-    return []
-
-  def _action(self, time_step, policy_state, seed):
-    obs = tf.debugging.check_numerics(time_step.observation, "observation has NaN or Inf")
-    return policy_step.PolicyStep(tf.argmax(obs, axis=-1), policy_state, ())
-
-  def _distribution(self, time_step, policy_state):
-    raise NotImplementedError("NumericsCheckedPolicy has no distribution")
+  def _transform(self, observation):
+    return tf.debugging.check_numerics(observation, "observation has NaN or Inf")
 
 
-class CumprodPolicy(tf_policy.TFPolicy):
+class CumprodPolicy(_ObservationArgmaxPolicy):
   """argmax of cumprod(observation): Cumprod has no LiteRT builtin, so it stays on TF."""
 
-  def __init__(self):
-    obs_spec = tf.TensorSpec([3], tf.float32, "observation")
-    action_spec = tensor_spec.BoundedTensorSpec((), tf.int64, 0, 2, "action")
-    super().__init__(ts.time_step_spec(obs_spec), action_spec)
+  def _transform(self, observation):
+    return tf.math.cumprod(observation, axis=-1)
 
-  def _variables(self):
-    return []
 
-  def _action(self, time_step, policy_state, seed):
-    action = tf.argmax(tf.math.cumprod(time_step.observation, axis=-1), axis=-1)
-    return policy_step.PolicyStep(action, policy_state, ())
-
-  def _distribution(self, time_step, policy_state):
-    raise NotImplementedError("CumprodPolicy has no distribution")
+# The benchmarks' policies, by the name their tables use.
+BENCHMARK_POLICIES = {
+    "mlp_q_1leaf": lambda: q_mlp_policy(num_leaves=1),
+    "q_8leaves": lambda: q_mlp_policy(num_leaves=8),
+    "q_32leaves": lambda: q_mlp_policy(num_leaves=32),
+    "lstm_actor_dict": lambda: lstm_actor_policy(greedy=True),
+    "ppo_collect_info": ppo_collect_policy,
+}
 
 
 def published_kinds():
