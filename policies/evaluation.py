@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import logging
 import math
 import os
 import time
@@ -33,6 +32,7 @@ import ray
 
 from policies import episodes as episodes_lib
 from policies import graph_audit
+from policies import local_ray
 from policies import saved_model_policy
 
 ENGINE = "ray"
@@ -210,8 +210,10 @@ def evaluate(model_path: str,
     episodes: how many episodes; episode i uses environment seed `seed + i`.
     workers: how many Ray actors (one CPU each).
     address: a Ray cluster to join (e.g. "auto" or "ray://head:10001"). With
-      None, a Ray instance already initialized in this process is used, or a
-      local one is started for the run and shut down afterwards.
+      None, a Ray instance already initialized in this process is used (e.g.
+      `local_ray.instance()` around several calls), or a local one is started
+      for the run and shut down afterwards; its token authentication works
+      where the home directory is read-only (see `policies.local_ray`).
     backend: the policy's backend on the workers.
     seed: seed of episode 0.
     on_episode: called in the driver with each finished episode (e.g. to
@@ -260,12 +262,10 @@ def _connect(address: Optional[str], workers: int) -> bool:
   """Connects to Ray; True if this call started (and must stop) the instance."""
   if ray.is_initialized():
     return False
-  options = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
-  os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
   if address is None:
-    ray.init(num_cpus=workers, object_store_memory=100 * 2**20, **options)
+    local_ray.start(num_cpus=workers)
   else:
-    ray.init(address=address, **options)
+    local_ray.connect(address)
   return True
 
 

@@ -18,6 +18,7 @@ from policies import CheckpointFollower
 from policies import SavedModelPyTFEagerPolicy
 from policies import episodes as episodes_lib
 from policies import evaluation
+from policies import local_ray
 from tools import policy_cli
 
 DEFAULT_POLICY = policy_cli.DEFAULT_POLICY
@@ -26,12 +27,9 @@ VARIED_ENV = "CartPole-v1"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray():
-  os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-  ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-           object_store_memory=100 * 2**20)
-  yield
-  ray.shutdown()
+def ray_instance():
+  with local_ray.instance(num_cpus=2):
+    yield
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +38,40 @@ def reference_returns():
   policy = SavedModelPyTFEagerPolicy(DEFAULT_POLICY, load_specs_from_pbtxt=True)
   env = episodes_lib.load_env(VARIED_ENV)
   return [episodes_lib.run_episode(env, policy, seed).total_return for seed in range(10)]
+
+
+_EVALUATE_IN_A_FRESH_PROCESS = """
+import json, os, stat, sys
+import ray
+from policies import evaluation
+from tools import policy_cli
+assert not ray.is_initialized()
+result = evaluation.evaluate(policy_cli.DEFAULT_POLICY, episodes=2, workers=1)
+token = os.environ["RAY_AUTH_TOKEN_PATH"]
+print(json.dumps({
+    "returns": result.returns.tolist(), "token": token,
+    "auth_mode": os.environ.get("RAY_AUTH_MODE"),
+    "dir_mode": stat.S_IMODE(os.stat(os.path.dirname(token)).st_mode),
+    "file_mode": stat.S_IMODE(os.stat(token).st_mode)}))
+"""
+
+
+def test_evaluate_starts_ray_where_no_dot_ray_can_be_made(tmp_path):
+  """No Ray running, no token configured, and a home in which ~/.ray cannot exist."""
+  home = tmp_path / "home_is_a_regular_file"
+  home.write_text("")
+  env = {k: v for k, v in os.environ.items() if k not in local_ray.AUTH_ENV_VARS}
+  env["HOME"] = str(home)
+  process = subprocess.run([sys.executable, "-c", _EVALUATE_IN_A_FRESH_PROCESS], env=env,
+                           cwd=os.path.dirname(os.path.dirname(policy_cli.__file__)),
+                           capture_output=True, text=True, timeout=600)
+  assert process.returncode == 0, process.stderr[-3000:]
+  report = json.loads(process.stdout.strip().splitlines()[-1])
+  assert report["returns"] == [200.0, 200.0]
+  assert report["auth_mode"] == "token"     # authentication stayed on
+  assert (report["dir_mode"], report["file_mode"]) == (0o700, 0o600)
+  assert not os.path.exists(os.path.dirname(report["token"])), "token left behind at exit"
+  assert home.read_text() == ""
 
 
 def test_embedded_policy_solves_cartpole():
