@@ -20,6 +20,14 @@
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
+#if NPY_ABI_VERSION < 0x02000000
+// numpy 1.x headers: the descriptor's fields are public, and numpy 2's accessor
+// (numpy/npy_2_compat.h) does not exist yet. The axis that means "all axes"
+// was NPY_MAXDIMS; numpy 2 names it NPY_RAVEL_AXIS (NPY_MAXDIMS is a real axis there).
+static inline npy_intp PyDataType_ELSIZE(const PyArray_Descr* descr) { return descr->elsize; }
+#define NPY_RAVEL_AXIS NPY_MAXDIMS
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -242,7 +250,7 @@ Node ParseLeaf(const py::tuple& t) {
   for (npy_intp d : node.leaf.dims) node.leaf.fixed_inner = node.leaf.fixed_inner && d >= 0;
   node.leaf.tf_dtype = py::reinterpret_borrow<py::object>(t[6]);
   node.leaf.dlpack = descr->byteorder != '>' &&
-                     DlpackType(descr->type_num, descr->elsize, &node.leaf.dl_type);
+                     DlpackType(descr->type_num, PyDataType_ELSIZE(descr), &node.leaf.dl_type);
   const char* info = PyTypeNum_ISINTEGER(descr->type_num) ? "iinfo"
                      : PyTypeNum_ISFLOAT(descr->type_num) ? "finfo" : nullptr;
   if (info != nullptr) {
@@ -581,11 +589,11 @@ class Plan {
     auto* want = reinterpret_cast<PyArray_Descr*>(slot_specs_[slot]->descr.ptr());
     int inner_ndim = static_cast<int>(dims.size()) - 1;
     char* base = static_cast<char*>(PyArray_DATA(out));
-    npy_intp stride = want->elsize;
+    npy_intp stride = PyDataType_ELSIZE(want);
     for (int i = 0; i < inner_ndim; ++i) stride *= dims[i + 1];
     std::vector<npy_intp> strides(inner_ndim);
     for (int i = inner_ndim; i-- > 0;)
-      strides[i] = i + 1 == inner_ndim ? want->elsize : strides[i + 1] * dims[i + 2];
+      strides[i] = i + 1 == inner_ndim ? PyDataType_ELSIZE(want) : strides[i + 1] * dims[i + 2];
     for (size_t r = 0; r < rows.size(); ++r) {
       auto* a = reinterpret_cast<PyArrayObject*>(PyList_GET_ITEM(rows[r], slot));
       if (!PyDataType_REFCHK(want) && PyArray_IS_C_CONTIGUOUS(a) && PyArray_ISNOTSWAPPED(a) &&
@@ -620,7 +628,7 @@ class Plan {
     void* buffer = nullptr;
     LeafPtr leaf;
     if (spec->dlpack) {
-      npy_intp row_bytes = want->elsize;
+      npy_intp row_bytes = PyDataType_ELSIZE(want);
       for (int i = 0; i < inner_ndim; ++i) row_bytes *= dims[i + 1];
       leaf = NewExportedLeaf();
       leaf->buffer = AlignedAlloc(row_bytes * batch);
@@ -960,8 +968,8 @@ class Plan {
     if (!spec.min_value || PyArray_SIZE(natural) == 0 || PyArray_TYPE(natural) == NPY_BOOL ||
         PyArray_ISCOMPLEX(natural))
       return;
-    py::object lo = Steal(PyArray_Min(natural, NPY_MAXDIMS, nullptr));
-    py::object hi = Steal(PyArray_Max(natural, NPY_MAXDIMS, nullptr));
+    py::object lo = Steal(PyArray_Min(natural, NPY_RAVEL_AXIS, nullptr));
+    py::object hi = Steal(PyArray_Max(natural, NPY_RAVEL_AXIS, nullptr));
     // NaN compares false both ways and passes: it is a float32 value too.
     int below = PyObject_RichCompareBool(lo.ptr(), spec.min_value.ptr(), Py_LT);
     int above = PyObject_RichCompareBool(hi.ptr(), spec.max_value.ptr(), Py_GT);

@@ -5,6 +5,10 @@
     step = policy.action(time_step, policy.get_initial_state())
 """
 
+from policies import compat
+
+compat.import_gym_without_banner()   # before TF-Agents imports gym
+
 from policies.checkpoint_follower import CheckpointFollower
 from policies.dynamic_batching import BatcherClosedError
 from policies.dynamic_batching import DynamicBatchingPolicy

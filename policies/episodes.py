@@ -1,7 +1,15 @@
-"""Seeded episodes of a `PyPolicy` in a TF-Agents Gym environment.
+"""Seeded episodes of a `PyPolicy` in a Gymnasium (or gym 0.23) environment.
 
 The one episode loop shared by `policy_cli run` and the Ray evaluation
 workers, so both count returns, lengths and seeds the same way.
+
+Environment ids are Gymnasium's (`CartPole-v1`); `gym:CartPole-v1` picks the
+same id from gym 0.23 through TF-Agents' `suite_gym`, as TF-Agents' own
+drivers see it. Both register the classic ids, so the prefix is how a user
+chooses. Either way an episode run with `seed` starts from
+`reset(seed=seed)` (gym: `seed(seed)` then `reset()`), and steps are
+TF-Agents time steps: termination has discount 0, truncation (a time limit)
+discount 1.
 """
 
 from __future__ import annotations
@@ -10,7 +18,10 @@ import dataclasses
 import time
 from typing import Optional
 
+import numpy as np
+
 DEFAULT_ENV = "CartPole-v0"
+GYM_PREFIX = "gym:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,32 +40,85 @@ def env_id_for(policy, requested: Optional[str] = None) -> str:
   return env_name.item().decode() if env_name is not None else DEFAULT_ENV
 
 
+class GymnasiumEnvironment:
+  """A Gymnasium environment that steps in TF-Agents time steps (numpy)."""
+
+  def __init__(self, env_id: str):
+    import gymnasium  # pylint: disable=import-outside-toplevel
+    from tf_agents.trajectories import time_step  # pylint: disable=import-outside-toplevel
+    try:
+      self._env = gymnasium.make(env_id)
+    except gymnasium.error.Error as e:
+      raise ValueError(f"env_id: no Gymnasium environment {env_id!r} ({e}); "
+                       f"'{GYM_PREFIX}{env_id}' picks gym's") from None
+    self._ts = time_step
+    self._space = self._env.observation_space
+
+  def reset(self, seed: int):
+    observation, _ = self._env.reset(seed=seed)
+    return self._ts.restart(_as_space_dtype(observation, self._space))
+
+  def step(self, action):
+    observation, reward, terminated, truncated, _ = self._env.step(action)
+    observation = _as_space_dtype(observation, self._space)
+    if terminated:
+      return self._ts.termination(observation, np.float32(reward))
+    if truncated:
+      return self._ts.truncation(observation, np.float32(reward))
+    return self._ts.transition(observation, np.float32(reward))
+
+
+class GymEnvironment:
+  """A gym 0.23 environment through TF-Agents' `suite_gym` (its own conversions)."""
+
+  def __init__(self, env_id: str):
+    import gym  # pylint: disable=import-outside-toplevel
+    from tf_agents.environments import suite_gym  # pylint: disable=import-outside-toplevel
+    try:
+      self._env = suite_gym.load(env_id)
+    except gym.error.Error as e:
+      raise ValueError(f"env_id: no gym environment {env_id!r} ({e})") from None
+
+  def reset(self, seed: int):
+    self._env.seed(seed)
+    return self._env.reset()
+
+  def step(self, action):
+    return self._env.step(action)
+
+
 def load_env(env_id: str):
-  """The Gym environment `env_id` as a TF-Agents `PyEnvironment`.
+  """The environment `env_id` (Gymnasium's, or gym's with the `gym:` prefix).
 
   Raises:
     ValueError: no environment of that id is registered.
   """
-  import gym  # pylint: disable=import-outside-toplevel
-  from tf_agents.environments import suite_gym  # pylint: disable=import-outside-toplevel
-  try:
-    return suite_gym.load(env_id)
-  except gym.error.Error as e:
-    raise ValueError(f"env_id: no Gym environment {env_id!r} ({e})") from None
+  if env_id.startswith(GYM_PREFIX):
+    return GymEnvironment(env_id[len(GYM_PREFIX):])
+  return GymnasiumEnvironment(env_id)
+
+
+def _as_space_dtype(observation, space):
+  """The observation with its space's dtypes (as TF-Agents' gym wrapper casts them)."""
+  if isinstance(observation, dict):
+    return {k: _as_space_dtype(v, space[k]) for k, v in observation.items()}
+  if isinstance(observation, tuple):
+    return tuple(_as_space_dtype(v, s) for v, s in zip(observation, space))
+  dtype = getattr(space, "dtype", None)
+  return np.asarray(observation, dtype=dtype)
 
 
 def run_episode(env, policy, seed: int, latencies: Optional[list] = None) -> Episode:
-  """Runs one episode from `env.seed(seed); env.reset()` until the last step.
+  """Runs one episode from `env.reset(seed)` until the last step.
 
   Args:
-    env: a TF-Agents `PyEnvironment` with a `seed` method.
+    env: an environment from `load_env`.
     policy: a `PyPolicy` taking unbatched time steps.
     seed: the environment's seed for this episode.
     latencies: if given, each `action()` call's seconds are appended.
   """
   start = time.perf_counter()
-  env.seed(seed)
-  step = env.reset()
+  step = env.reset(seed)
   state = policy.get_initial_state()
   total, length = 0.0, 0
   while not step.is_last():

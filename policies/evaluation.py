@@ -205,8 +205,8 @@ def evaluate(model_path: str,
   Args:
     model_path: the `PolicySaver` directory, as the workers see it (local
       path, gs://, s3://, ...).
-    env_id: Gym environment id; default: the policy's `env_name` metadata,
-      else CartPole-v0.
+    env_id: Gymnasium environment id (`gym:ID` for gym 0.23's); default:
+      the policy's `env_name` metadata, else CartPole-v0.
     episodes: how many episodes; episode i uses environment seed `seed + i`.
     workers: how many Ray actors (one CPU each).
     address: a Ray cluster to join (e.g. "auto" or "ray://head:10001"). With

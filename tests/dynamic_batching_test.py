@@ -32,7 +32,9 @@ def test_64_threads_get_what_serial_unbatched_calls_get(saved, backend):
   steps = _q_steps(64)
   serial = [_policy(saved, "q_mlp", backend).action(s).action for s in steps]
   results = {}
-  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False)) as policy:
+  # A leader waits (up to 0.2 s) for the batch to fill, so batches form however fast calls are.
+  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False),
+                             max_wait_us=200_000) as policy:
     def act(i):
       for k in range(20):
         j = (i + k) % 64
@@ -85,7 +87,9 @@ def test_a_bad_caller_fails_alone_with_the_unbatched_message(saved, backend):
   with pytest.raises(ValueError) as unbatched_error:
     _policy(saved, "q_mlp", backend).action(bad)
   got = {}
-  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False)) as policy:
+  # A leader waits (up to 0.2 s) for the batch to fill, so batches form however fast calls are.
+  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False),
+                             max_wait_us=200_000) as policy:
     def act(i):
       for _ in range(10):
         got[i] = policy.action(bad if i == 3 else steps[i]).action
@@ -152,7 +156,9 @@ def test_hot_swaps_during_batching_never_mix_weights(saved, backend, tmp_path):
     refs.append([reference.action(s).action for s in steps])
   assert refs[0] != refs[1]
   mixed = []
-  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False)) as policy:
+  # A leader waits (up to 0.2 s) for the batch to fill, so batches form however fast calls are.
+  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False),
+                             max_wait_us=200_000) as policy:
     def act(i):
       got = [policy.action(s).action for s in steps]
       if got not in refs:   # one caller's 8 sequential calls may straddle a swap;
@@ -181,7 +187,7 @@ def test_stochastic_rows_sample_independently(saved, backend):
   step = ts.TimeStep(np.int32(1), np.float32(0), np.float32(1), np.ones(5, np.float32))
   got = []
   wrapped = _policy(saved, "ppo_collect", backend, batch_time_steps=False)
-  with DynamicBatchingPolicy(wrapped) as policy:
+  with DynamicBatchingPolicy(wrapped, max_batch_size=16, max_wait_us=200_000) as policy:
     assert not run_threads(16, lambda i: got.extend(policy.action(step).action.tolist()
                                                      for _ in range(4)))
     assert policy.mean_batch_size > 1

@@ -129,7 +129,7 @@ def test_broken_policy_path_is_a_clear_error(tmp_path):
 
 
 def test_unknown_environment_is_a_clear_error():
-  with pytest.raises(ValueError, match=r"^env_id: no Gym environment 'NoSuchEnv-v9'"):
+  with pytest.raises(ValueError, match=r"^env_id: no Gymnasium environment 'NoSuchEnv-v9'"):
     evaluation.evaluate(DEFAULT_POLICY, "NoSuchEnv-v9", episodes=2, workers=1)
 
 

@@ -1,7 +1,7 @@
 """Command line for saved TF-Agents policies.
 
     policy_cli inspect [DIR]   specs, signatures, train step, metadata, op families
-    policy_cli run [DIR]       drive the policy in its Gym environment; average
+    policy_cli run [DIR]       drive the policy in its Gymnasium environment; average
                                return against a random policy, per-step latency
     policy_cli evaluate [DIR]  many seeded episodes on Ray workers (local or a
                                cluster); mean return with its 95% CI, steps/s
@@ -84,7 +84,7 @@ def run(model_dir: str, env_name: str | None, episodes: int, seed: int,
                                      allow_unsafe_ops=allow_unsafe_ops, backend=backend)
   env_name = episodes_lib.env_id_for(policy, env_name)
   env = episodes_lib.load_env(env_name)
-  random_policy = random_py_policy.RandomPyPolicy(env.time_step_spec(), env.action_spec(),
+  random_policy = random_py_policy.RandomPyPolicy(policy.time_step_spec, policy.action_spec,
                                                   seed=seed)
   latencies: list = []
   start = time.perf_counter()
@@ -158,8 +158,8 @@ def main(argv=None) -> int:
                       help="write a histogram of the returns")
   for p in (p_run, p_eval):
     p.add_argument("--env", default=None,
-                   help="Gym environment id (default: the policy's env_name metadata, "
-                        f"else {episodes_lib.DEFAULT_ENV})")
+                   help="Gymnasium environment id, or gym:ID for gym 0.23's (default: the "
+                        f"policy's env_name metadata, else {episodes_lib.DEFAULT_ENV})")
     p.add_argument("--episodes", type=int, default=20 if p is p_run else 100)
     p.add_argument("--seed", type=int, default=0, help="environment seed of episode 0")
     p.add_argument("--backend", default="tf", help="engine that runs action()")

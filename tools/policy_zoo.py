@@ -10,7 +10,11 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-import tensorflow as tf
+from tools import tf_agents_keras
+
+tf_agents_keras.select_keras_2()   # before TF-Agents resolves tf.keras
+
+import tensorflow as tf  # noqa: E402  pylint: disable=wrong-import-position
 from tf_agents.agents.ppo import ppo_policy
 from tf_agents.networks import actor_distribution_network
 from tf_agents.networks import actor_distribution_rnn_network

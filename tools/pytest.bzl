@@ -1,23 +1,31 @@
-"""`pytest_test`: a py_test that runs one pytest file with the shared fixtures."""
+"""`pytest_test`: a py_test per stack that runs one pytest file with the shared fixtures."""
 
-def pytest_test(name, srcs = None, deps = [], data = [], args = [], **kwargs):
+load("//tools:stacks.bzl", "PRIMARY", "STACKS")
+
+def pytest_test(name, srcs = None, deps = [], data = [], args = [], tags = [], **kwargs):
     """Runs `<name>.py` (or `srcs[0]`) under pytest, tests/conftest.py fixtures included.
 
-    The entry point is always tests/pytest_main.py, so a test file needs no
-    `__main__` block and cannot pass by never starting pytest.
+    `<name>` runs on the primary stack; `<name>_<stack>` (e.g. `_py313`, tagged
+    with the stack's name) re-executes the same runfiles under that stack's
+    interpreter. The entry point is always tests/pytest_main.py, so a test
+    file needs no `__main__` block and cannot pass by never starting pytest.
     """
     srcs = srcs or [name + ".py"]
-    native.py_test(
-        name = name,
-        srcs = srcs + ["conftest.py", "pytest_main.py", "spec_strategies.py"],
-        main = "pytest_main.py",
-        args = ["%s/%s" % (native.package_name(), srcs[0])] + args,
-        python_version = "PY3",
-        srcs_version = "PY3",
-        deps = deps + [
-            "//policies",
-            "//tools:policy_zoo",
-        ],
-        data = data,
-        **kwargs
-    )
+    for stack in STACKS:
+        primary = stack.name == PRIMARY.name
+        native.py_test(
+            name = name if primary else name + "_" + stack.name,
+            srcs = srcs + ["conftest.py", "pytest_main.py", "spec_strategies.py"],
+            main = "pytest_main.py",
+            args = ([] if primary else ["--python=" + stack.python]) +
+                   ["%s/%s" % (native.package_name(), srcs[0])] + args,
+            python_version = "PY3",
+            srcs_version = "PY3",
+            tags = tags + ([] if primary else [stack.name]),
+            deps = deps + [
+                "//policies",
+                "//tools:policy_zoo",
+            ],
+            data = data,
+            **kwargs
+        )

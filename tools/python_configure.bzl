@@ -1,24 +1,32 @@
-"""Repository rule exposing the project's Python interpreter to Bazel.
+"""Repository rule exposing one of the project's Python environments to Bazel.
 
-Finds the interpreter (`PYTHON_BIN_PATH`, else `.venv/bin/python` at the
-workspace root), symlinks its C headers plus the pybind11 and numpy headers,
-and generates:
+Finds the interpreter (the `interpreter_env` variable, else `<venv>/bin/python`
+at the workspace root), symlinks its C headers plus the pybind11 and numpy
+headers, and generates:
   * `:python_headers`, `:pybind11_headers`, `:numpy_headers` (cc_library),
   * `:python_toolchain`, a Python 3 toolchain running that interpreter, so
-    every py_binary / py_test sees the packages installed in the venv.
+    every py_binary / py_test sees the packages installed in that venv
+    (WORKSPACE registers the primary stack's),
+  * `defs.bzl` with `STACK`: the stack's name, repository, interpreter and
+    extension-module suffix (`EXT_SUFFIX`, e.g. `.cpython-313-x86_64-linux-gnu.so`),
+    read by tools/stacks.bzl.
 """
 
 _QUERY = """
-import sysconfig, numpy, pybind11
+import sys, sysconfig, numpy, pybind11
 print(sysconfig.get_paths()["include"])
 print(pybind11.get_include())
 print(numpy.get_include())
+print(sysconfig.get_config_var("EXT_SUFFIX"))
+print("%d.%d" % sys.version_info[:2])
 """
 
 _BUILD = """
 load("@bazel_tools//tools/python:toolchain.bzl", "py_runtime_pair")
 
 package(default_visibility = ["//visibility:public"])
+
+exports_files(["defs.bzl"])
 
 cc_library(
     name = "python_headers",
@@ -58,27 +66,54 @@ toolchain(
 )
 """
 
+_DEFS = """\"\"\"The `{name}` stack, as found by python_configure.\"\"\"
+
+STACK = struct(
+    name = "{name}",
+    repository = "@{repository}",
+    python = "{interpreter}",
+    python_version = "{version}",
+    ext_suffix = "{ext_suffix}",
+)
+"""
+
 def _python_configure_impl(rctx):
     workspace_root = rctx.path(Label("//:WORKSPACE")).dirname
-    interpreter = rctx.os.environ.get("PYTHON_BIN_PATH", "")
+    interpreter = rctx.os.environ.get(rctx.attr.interpreter_env, "")
     if not interpreter:
-        interpreter = str(workspace_root) + "/.venv/bin/python"
+        interpreter = "{}/{}/bin/python".format(workspace_root, rctx.attr.venv)
 
-    # Re-run when the pinned package set changes.
-    rctx.path(Label("//:requirements.txt"))
+    # Re-run when the stack's pinned package set changes.
+    rctx.path(rctx.attr.requirements)
 
     result = rctx.execute([interpreter, "-c", _QUERY])
     if result.return_code != 0:
-        fail(("python_configure: cannot run {} ({}). Run tools/setup.sh first " +
-              "or set PYTHON_BIN_PATH.").format(interpreter, result.stderr.strip()))
-    python_include, pybind11_include, numpy_include = result.stdout.strip().splitlines()
+        fail(("python_configure: the {} stack cannot run {} ({}). Run tools/setup.sh " +
+              "first or set {}.").format(rctx.attr.stack, interpreter, result.stderr.strip(),
+                                         rctx.attr.interpreter_env))
+    python_include, pybind11_include, numpy_include, ext_suffix, version = (
+        result.stdout.strip().splitlines()
+    )
     rctx.symlink(python_include, "python_include")
     rctx.symlink(pybind11_include, "pybind11_include")
     rctx.symlink(numpy_include, "numpy_include")
     rctx.file("BUILD", _BUILD.format(interpreter = interpreter))
+    rctx.file("defs.bzl", _DEFS.format(
+        name = rctx.attr.stack,
+        repository = rctx.name,
+        interpreter = interpreter,
+        version = version,
+        ext_suffix = ext_suffix,
+    ))
 
 python_configure = repository_rule(
     implementation = _python_configure_impl,
-    environ = ["PYTHON_BIN_PATH"],
+    attrs = {
+        "stack": attr.string(mandatory = True, doc = "short name, e.g. py311"),
+        "venv": attr.string(mandatory = True, doc = "venv directory at the workspace root"),
+        "interpreter_env": attr.string(mandatory = True, doc = "variable that overrides the venv"),
+        "requirements": attr.label(mandatory = True, allow_single_file = True),
+    },
+    environ = ["PYTHON_BIN_PATH", "PYTHON313_BIN_PATH"],
     local = True,
 )

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Idempotent set-up: Bazel (Debian's bazel-bootstrap) and the project's .venv.
+# Idempotent set-up: Bazel (Debian's bazel-bootstrap) and one venv per tested stack:
+#   .venv        Python 3.11, requirements.txt (TF-Agents' pinned stack)
+#   .venv-py313  Python 3.13, requirements-py313.txt, then requirements-py313-no-deps.txt
 # Quiet when nothing is missing.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,18 +23,48 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   command -v bazel >/dev/null 2>&1 || die "bazel is still missing after installing bazel-bootstrap"
 fi
 
-py="${PYTHON_FOR_VENV:-python3.11}"
-stamp=".venv/.requirements.sha256"
-want="$(sha256sum requirements.txt | cut -d' ' -f1)"
-if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  command -v "$py" >/dev/null 2>&1 || die "$py not found (TensorFlow 2.15 needs Python 3.9-3.11)"
-  echo "setup: creating .venv from requirements.txt" >&2
-  [ -x .venv/bin/python ] || "$py" -m venv .venv
+# find_python X.Y: an interpreter of that version, from pyenv first (its shims
+# only run the active version), else from PATH.
+find_python() {
+  local want="$1" version path
+  if command -v pyenv >/dev/null 2>&1; then
+    for version in $(pyenv versions --bare 2>/dev/null | grep -E "^${want//./\\.}(\\.|$)" | sort -rV); do
+      path="$(PYENV_VERSION="$version" pyenv which "python$want" 2>/dev/null)" || continue
+      [ -x "$path" ] && { echo "$path"; return 0; }
+    done
+  fi
+  path="$(command -v "python$want" 2>/dev/null)" || return 1
+  "$path" -c 'import sys' >/dev/null 2>&1 && echo "$path"
+}
+
+# make_venv DIR PYTHON_VERSION OVERRIDE_VAR REQUIREMENTS [NO_DEPS_REQUIREMENTS]
+make_venv() {
+  local dir="$1" version="$2" override="$3" requirements="$4" no_deps="${5:-}"
+  local stamp="$dir/.requirements.sha256" want py log
+  want="$(cat "$requirements" ${no_deps:+"$no_deps"} | sha256sum | cut -d' ' -f1)"
+  if [ -x "$dir/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    return 0
+  fi
+  py="${!override:-}"
+  [ -n "$py" ] || py="$(find_python "$version")" \
+    || die "Python $version not found (install it, e.g. with pyenv, or set $override)"
+  echo "setup: creating $dir (Python $version) from $requirements${no_deps:+ and $no_deps}" >&2
+  [ -x "$dir/bin/python" ] || "$py" -m venv "$dir"
   log="$(mktemp)"
-  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt >"$log" 2>&1; then
+  if ! "$dir/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements" \
+      >"$log" 2>&1; then
     grep -v '^WARNING: Location' "$log" >&2 || true
-    die "pip install -r requirements.txt failed"
+    die "pip install -r $requirements failed (into $dir)"
+  fi
+  if [ -n "$no_deps" ] && ! "$dir/bin/python" -m pip install -q --disable-pip-version-check \
+      --no-deps -r "$no_deps" >"$log" 2>&1; then
+    grep -v '^WARNING: Location' "$log" >&2 || true
+    die "pip install --no-deps -r $no_deps failed (into $dir)"
   fi
   rm -f "$log"
   echo "$want" > "$stamp"
-fi
+}
+
+# TF 2.15 supports Python 3.9-3.11 only: never a bare python3 that could be newer.
+make_venv .venv 3.11 PYTHON_FOR_VENV requirements.txt
+make_venv .venv-py313 3.13 PYTHON313_FOR_VENV requirements-py313.txt requirements-py313-no-deps.txt

@@ -16,6 +16,9 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tools import tf_agents_keras  # noqa: E402
+
+tf_agents_keras.select_keras_2()   # before TF-Agents resolves tf.keras
 
 import numpy as np  # noqa: E402
 from tf_agents.trajectories import time_step as ts  # noqa: E402

@@ -26,6 +26,8 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.core.protobuf import struct_pb2
 from tensorflow.python.framework import type_spec_registry
 
+from policies import compat
+
 _FLOAT = types_pb2.DT_FLOAT
 
 
@@ -72,7 +74,7 @@ def _drop_unknown_specs(message) -> bool:
   for field, value in message.ListFields():
     if field.type != descriptor.FieldDescriptor.TYPE_MESSAGE:
       continue
-    if field.label != descriptor.FieldDescriptor.LABEL_REPEATED:
+    if not compat.is_repeated(field):
       changed |= _drop_unknown_specs(value)
     elif field.message_type.GetOptions().map_entry:
       if field.message_type.fields_by_name["value"].type == descriptor.FieldDescriptor.TYPE_MESSAGE:

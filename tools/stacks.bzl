@@ -1,0 +1,12 @@
+"""The Python stacks the project builds and tests, as found by python_configure.
+
+`PRIMARY` (Python 3.11, TF-Agents' pinned set) runs py_binary targets and the
+plain test names; every stack in `STACKS` gets its own native extension
+(named with its `EXT_SUFFIX`) and, beyond the primary, its own test variants.
+"""
+
+load("@local_python//:defs.bzl", _py311 = "STACK")
+load("@local_python313//:defs.bzl", _py313 = "STACK")
+
+PRIMARY = _py311
+STACKS = [_py311, _py313]
