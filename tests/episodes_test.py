@@ -40,12 +40,22 @@ def _assert_same_steps(a: list, b: list):
       assert np.asarray(getattr(x, field)).dtype == np.asarray(getattr(y, field)).dtype
 
 
-@pytest.mark.parametrize("seed", [0, 7])
-def test_gymnasium_and_gym_step_the_same_cartpole(default_policy, seed):
+@pytest.mark.parametrize("seed, at_time_limit", [(0, True), (2, True), (7, False)])
+def test_gymnasium_and_gym_step_the_same_cartpole(default_policy, seed, at_time_limit):
+  """The same steps, but for the time limit: TF-Agents' suite_gym calls it a termination."""
   gymnasium_env = episodes.load_env("CartPole-v1")
   gym_env = episodes.load_env("gym:CartPole-v1")
-  _assert_same_steps(_trajectory(gymnasium_env, default_policy, seed),
-                     _trajectory(gym_env, default_policy, seed))
+  ours = _trajectory(gymnasium_env, default_policy, seed)
+  theirs = _trajectory(gym_env, default_policy, seed)
+  assert (len(ours) == 501) == at_time_limit
+  if at_time_limit:
+    _assert_same_steps(ours[:-1], theirs[:-1])
+    assert ours[-1].is_last() and theirs[-1].is_last()
+    np.testing.assert_array_equal(ours[-1].observation, theirs[-1].observation)
+    assert float(ours[-1].discount) == 1.0     # truncated: the last state's value counts
+    assert float(theirs[-1].discount) == 0.0   # gym 0.23's done=True, taken as termination
+  else:
+    _assert_same_steps(ours, theirs)
   _assert_same_steps(_trajectory(gymnasium_env, None, seed, actions=(1, 1)),
                      _trajectory(gym_env, None, seed, actions=(1, 1)))
 

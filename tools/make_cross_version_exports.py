@@ -4,11 +4,11 @@
 
 Run once per TensorFlow version whose exports the suite must load elsewhere
 (the output is committed, so the suite needs no second TensorFlow to make
-it). For each policy it writes `<out>/<name>/` (the export, with
-`policy_specs.pbtxt` and a `save_checkpoint` under `checkpoint/` whose weights
-are the export's negated) and `<out>/<name>.npz`: sampled observations, the
-initial state and the actions this TensorFlow's policy takes on them, from
-the export's weights and from the checkpoint's.
+it). For each policy it writes, under `<out>/<name>/`: `export/` (with
+`policy_specs.pbtxt`), `checkpoint/` (a `save_checkpoint` whose weights are
+the export's negated) and `reference.npz`: sampled observations and the
+actions this TensorFlow's policy takes on them, stepping through them in
+order with its state carried, with the export's and the checkpoint's weights.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _sample(spec, rng):
       lambda s: rng.normal(size=(STEPS,) + tuple(s.shape)).astype(s.dtype.as_numpy_dtype), spec)
 
 
-def _actions(policy, observations) -> tuple:
+def _actions(policy, observations) -> np.ndarray:
   """Actions of `policy` stepping through `observations` one at a time (state carried)."""
   state = policy.get_initial_state(1)
   actions = []
@@ -52,27 +52,27 @@ def _actions(policy, observations) -> tuple:
     out = policy.action(step, state)
     state = out.state
     actions.append(out.action.numpy()[0])
-  return np.stack(actions), tf.nest.map_structure(lambda s: s.numpy(),
-                                                  policy.get_initial_state(1))
+  return np.stack(actions)
 
 
 def write(name: str, out_dir: str) -> None:
   policy = POLICIES[name]()
   rng = np.random.default_rng(0)
   observations = _sample(policy.time_step_spec.observation, rng)
-  path = os.path.join(out_dir, name)
-  shutil.rmtree(path, ignore_errors=True)
+  root = os.path.join(out_dir, name)
+  shutil.rmtree(root, ignore_errors=True)
+  path = os.path.join(root, "export")
   saver = policy_zoo.save(policy, path, train_step=21, metadata={
       "env_name": tf.Variable("cross-version"), "tf_version": tf.Variable(tf.__version__)})
-  actions, _ = _actions(policy, observations)
+  actions = _actions(policy, observations)
   for v in policy.variables():
     v.assign(-v)
-  saver.save_checkpoint(os.path.join(path, "checkpoint"))
-  checkpoint_actions, _ = _actions(policy, observations)
+  saver.save_checkpoint(os.path.join(root, "checkpoint"))
+  checkpoint_actions = _actions(policy, observations)
   flat_obs = {f"obs/{i}": o for i, o in enumerate(tf.nest.flatten(observations))}
-  np.savez(os.path.join(out_dir, name + ".npz"), actions=actions,
+  np.savez(os.path.join(root, "reference.npz"), actions=actions,
            checkpoint_actions=checkpoint_actions, tf_version=tf.__version__, **flat_obs)
-  print(f"{path}: TF {tf.__version__}, {STEPS} steps")
+  print(f"{root}: TF {tf.__version__}, {STEPS} steps")
 
 
 def main(argv=None) -> int:

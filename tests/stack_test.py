@@ -1,0 +1,137 @@
+"""What differs between the stacks: Keras, protobuf, and exports saved by another TensorFlow.
+
+Every case runs on both stacks (`stack_test` on TF 2.15, `stack_test_py313`
+on TF 2.21), so an export saved by TF 2.21 is loaded by TF 2.15 and the
+embedded TF 2.15 export by TF 2.21.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import struct_pb2
+from tf_agents.policies import py_tf_eager_policy
+from tf_agents.trajectories import time_step as ts
+
+from policies import SavedModelPyTFEagerPolicy
+from policies import compat
+from tools import policy_cli
+
+REPO = os.path.dirname(os.path.dirname(policy_cli.__file__))
+TF_2_21 = os.path.join(REPO, "tests", "fixtures", "tf2_21")
+
+
+def _reference(name: str):
+  """The TF 2.21 export, its checkpoint, and what TF 2.21 computed on them."""
+  root = os.path.join(TF_2_21, name)
+  data = np.load(os.path.join(root, "reference.npz"))
+  return os.path.join(root, "export"), os.path.join(root, "checkpoint"), data
+
+
+def _steps(policy, data) -> list:
+  flat = [data[f"obs/{i}"] for i in range(len(tf.nest.flatten(policy.time_step_spec.observation)))]
+  observations = tf.nest.pack_sequence_as(policy.time_step_spec.observation, flat)
+  steps = []
+  for i in range(len(flat[0])):
+    obs = tf.nest.map_structure(lambda o, i=i: o[i], observations)
+    steps.append(ts.restart(obs) if i == 0 else ts.transition(obs, np.float32(0)))
+  return steps
+
+
+def _act(policy, steps) -> np.ndarray:
+  state = policy.get_initial_state()
+  actions = []
+  for step in steps:
+    out = policy.action(step, state)
+    state = out.state
+    actions.append(out.action)
+  return np.stack(actions)
+
+
+@pytest.mark.parametrize("backend", ["tf", "lite"])
+def test_a_tf_2_21_export_acts_as_tf_2_21_did(backend):
+  """Greedy Q actions exactly; the LSTM's continuous actions within float tolerance."""
+  for name, exact in (("q_mlp", True), ("lstm_actor", False)):
+    export, checkpoint, data = _reference(name)
+    policy = SavedModelPyTFEagerPolicy(export, load_specs_from_pbtxt=True, backend=backend)
+    assert policy.backend == backend and policy.load_mode == "object graph"
+    assert policy.get_train_step() == 21
+    assert policy.get_metadata()["tf_version"].item().decode() == str(data["tf_version"])
+    steps = _steps(policy, data)
+    for weights, expected in ((None, data["actions"]), (checkpoint, data["checkpoint_actions"])):
+      if weights:
+        policy.update_from_checkpoint(weights)
+      got = _act(policy, steps)
+      if exact:
+        np.testing.assert_array_equal(got, expected, err_msg=f"{name} {weights}")
+      else:
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=f"{name} {weights}")
+
+
+def test_a_tf_2_21_export_matches_tf_agents_here():
+  for name in ("q_mlp", "lstm_actor"):
+    export, _, data = _reference(name)
+    ours = SavedModelPyTFEagerPolicy(export, load_specs_from_pbtxt=True)
+    theirs = py_tf_eager_policy.SavedModelPyTFEagerPolicy(export, load_specs_from_pbtxt=True)
+    steps = _steps(ours, data)
+    state = theirs.get_initial_state(batch_size=1)
+    expected = []
+    for step in steps:
+      out = theirs.action(step, state)
+      state = out.state
+      expected.append(out.action)
+    np.testing.assert_array_equal(_act(ours, steps), np.stack(expected), err_msg=name)
+
+
+@pytest.mark.parametrize("backend", ["tf", "lite"])
+def test_the_embedded_tf_2_15_export_matches_tf_agents(backend):
+  ours = SavedModelPyTFEagerPolicy(policy_cli.DEFAULT_POLICY, load_specs_from_pbtxt=True,
+                                   backend=backend)
+  theirs = py_tf_eager_policy.SavedModelPyTFEagerPolicy(policy_cli.DEFAULT_POLICY,
+                                                        load_specs_from_pbtxt=True)
+  rng = np.random.default_rng(4)
+  for _ in range(200):
+    step = ts.restart((rng.normal(size=4) * [1, 2, 0.2, 2]).astype(np.float32))
+    assert ours.action(step).action == theirs.action(step).action
+
+
+_KERAS_3_BESIDE_THE_LIBRARY = """
+import json, os
+import numpy as np
+import keras
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+from policies import SavedModelPyTFEagerPolicy
+from tf_agents.trajectories import time_step as ts
+from tools import policy_cli
+policy = SavedModelPyTFEagerPolicy(policy_cli.DEFAULT_POLICY, load_specs_from_pbtxt=True)
+action = policy.action(ts.restart(np.zeros(4, np.float32))).action
+import tensorflow as tf
+print(json.dumps({
+    "keras": keras.__version__, "legacy_keras": os.environ.get("TF_USE_LEGACY_KERAS"),
+    "action": int(action), "model_outputs": int(model(np.zeros((1, 4), np.float32)).shape[1]),
+    "tf_keras_is_keras": tf.keras.layers.Dense is keras.layers.Dense}))
+"""
+
+
+def test_the_library_leaves_keras_as_the_user_has_it():
+  """The user's Keras (3 on TF 2.21) keeps working and the library never sets TF_USE_LEGACY_KERAS."""
+  env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+  process = subprocess.run([sys.executable, "-c", _KERAS_3_BESIDE_THE_LIBRARY], env=env, cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+  assert process.returncode == 0, process.stderr[-3000:]
+  report = json.loads(process.stdout.strip().splitlines()[-1])
+  assert report["legacy_keras"] is None
+  assert report["model_outputs"] == 3 and report["action"] in (0, 1)
+  if tuple(int(x) for x in tf.__version__.split(".")[:2]) >= (2, 16):
+    assert report["keras"].startswith("3.") and report["tf_keras_is_keras"]
+
+
+def test_repeated_protobuf_fields_are_told_apart_on_this_protobuf():
+  fields = struct_pb2.StructuredValue.DESCRIPTOR.fields_by_name
+  assert not compat.is_repeated(fields["list_value"])
+  assert compat.is_repeated(struct_pb2.ListValue.DESCRIPTOR.fields_by_name["values"])
+  assert compat.is_repeated(struct_pb2.DictValue.DESCRIPTOR.fields_by_name["fields"])
