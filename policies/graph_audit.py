@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import re
-from typing import Dict, Iterable, List, Set
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from tensorflow.core.protobuf import saved_model_pb2
 
@@ -187,6 +187,107 @@ def op_types(concrete_function) -> Set[str]:
   library[function_def.signature.name] = function_def
   direct = _direct_ops(library)
   return set().union(*(direct[f] for f in _reachable(library, [function_def.signature.name])))
+
+
+def sampled_outputs(concrete_function) -> Tuple[bool, ...]:
+  """For each flat output of a live concrete function: whether it depends on a random op.
+
+  Follows data dependencies (not control dependencies) through every function
+  call (`PartitionedCall`, `StatefulPartitionedCall`, library functions called
+  as ops), output by output. Any other op that runs functions (While, If,
+  Case) counts as random if one of its functions can run a random op.
+  """
+  library = {f.signature.name: f
+             for f in concrete_function.graph.as_graph_def().library.function}
+  function_def = concrete_function.function_def
+  library[function_def.signature.name] = function_def
+  return tuple(random for random, _ in _OutputDependencies(library).of(function_def.signature.name))
+
+
+class _OutputDependencies:
+  """Per function output: (depends on a random op inside, indices of the inputs it reads)."""
+
+  _CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
+
+  def __init__(self, library: Dict[str, object]):
+    self._library = library
+    self._direct = _direct_ops(library)
+    self._summaries: Dict[str, list] = {}
+    self._may_sample: Dict[str, bool] = {}
+
+  def of(self, name: str) -> list:
+    """(random, input indices) per output of library function `name`."""
+    if name not in self._summaries:
+      function = self._library[name]
+      args = {a.name: i for i, a in enumerate(function.signature.input_arg)}
+      nodes = {n.name: n for n in function.node_def}
+      results: Dict[str, object] = {}
+      for ref in function.ret.values():
+        self._resolve(ref.split(":")[0], args, nodes, results)
+      self._summaries[name] = [
+          self._lookup(function.ret[a.name], args, nodes, results)
+          for a in function.signature.output_arg]
+    return self._summaries[name]
+
+  def _may_run_random(self, name: str) -> bool:
+    if name not in self._may_sample:
+      self._may_sample[name] = any(
+          self._direct[f] & RANDOM_OPS for f in _reachable(self._library, [name]))
+    return self._may_sample[name]
+
+  def _callee(self, node) -> Optional[str]:
+    if node.op in self._library:
+      return node.op
+    if node.op in self._CALL_OPS and node.attr["f"].func.name in self._library:
+      return node.attr["f"].func.name
+    return None
+
+  def _resolve(self, root: str, args: dict, nodes: dict, results: dict) -> None:
+    """Fills `results[node]` for `root` and what it reads, inputs first (no recursion)."""
+    stack = [(root, False)]
+    while stack:
+      name, ready = stack.pop()
+      if name in results or name in args or name not in nodes:
+        continue
+      node = nodes[name]
+      data = [i for i in node.input if not i.startswith("^")]
+      if not ready:
+        stack.append((name, True))
+        stack.extend((i.split(":")[0], False) for i in data)
+        continue
+      inputs = [self._lookup(i, args, nodes, results) for i in data]
+      callee = self._callee(node)
+      if callee is None:   # an op: each output reads every input
+        random = node.op in RANDOM_OPS or any(
+            self._may_run_random(f) for f in _called_functions(node, self._library))
+        reads: Set[int] = set()
+        for r, ins in inputs:
+          random, reads = random or r, reads | ins
+        results[name] = (random, frozenset(reads))
+      else:                # a call: output by output, through the callee
+        per_output = []
+        for random, reads in self.of(callee):
+          mine: Set[int] = set()
+          for j in reads:
+            if j < len(inputs):
+              random, mine = random or inputs[j][0], mine | inputs[j][1]
+          per_output.append((random, frozenset(mine)))
+        results[name] = per_output
+
+  def _lookup(self, ref: str, args: dict, nodes: dict, results: dict) -> tuple:
+    parts = ref.split(":")
+    if len(parts) == 1 and parts[0] in args:
+      return False, frozenset({args[parts[0]]})
+    result = results.get(parts[0], (False, frozenset()))
+    if isinstance(result, tuple):
+      return result
+    node = nodes[parts[0]]
+    if node.op in self._library:   # "node:output_arg:index"
+      names = [a.name for a in self._library[node.op].signature.output_arg]
+      position = names.index(parts[1]) if len(parts) > 1 and parts[1] in names else 0
+    else:                          # PartitionedCall: "node:output:index"
+      position = int(parts[2]) if len(parts) > 2 else 0
+    return result[position] if position < len(result) else (True, frozenset())
 
 
 def _direct_ops(library: Dict[str, object]) -> Dict[str, Set[str]]:

@@ -238,7 +238,12 @@ class ObjectGraphPolicy(LoadedPolicy):
     return self.saved.model_variables
 
   def restore(self, checkpoint_prefix):
-    status = self._checkpoint.read(checkpoint_prefix)
+    # `PolicySaver.save_checkpoint` roots its checkpoint at a "policy" child;
+    # `PolicySaver.save` writes the SavedModel's own, rooted at the policy.
+    reader = py_checkpoint_reader.NewCheckpointReader(checkpoint_prefix)
+    nested = any(k.startswith("policy/") for k in reader.get_variable_to_dtype_map())
+    checkpoint = self._checkpoint if nested else tf.train.Checkpoint(root=self.saved)
+    status = checkpoint.read(checkpoint_prefix)
     status.assert_existing_objects_matched().expect_partial()
 
   def attribute(self, name):

@@ -281,6 +281,8 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
         raise
       raise ValueError(f"{model_path}: its action graph cannot run with "
                        f"single_threaded_executor=True: {e.message.splitlines()[0]}") from None
+    self._requested_backend = backend
+    self._backend_reason: Optional[str] = "backend='tf' was requested"
     if backend != "tf":
       self._use_lite(active, backend, lite_cache_dir)
 
@@ -292,10 +294,29 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     except ValueError as e:
       if backend == "lite":
         raise
+      self._backend_reason = storage.first_line(e)
       log.warning("backend='auto': running on TF, not LiteRT: %s", e)
       return
     self._switch.activate(active)   # re-reads call_args
     self._engine = engine
+    self._backend_reason = None
+
+  def _prepare_update(self, standby: _PolicyCopy) -> None:
+    """Readies the restored standby copy for the engine in use.
+
+    With backend="auto", weights that LiteRT cannot serve (conversion or
+    validation fails) run on TF from this update on, with one warning: the
+    policy never stays on old weights because of LiteRT.
+    """
+    try:
+      standby.call_args = self._engine.prepare(standby.loaded)
+    except ValueError as e:
+      if self._engine.name != "lite" or self._requested_backend != "auto":
+        raise
+      log.warning("backend='auto': these weights run on TF, not LiteRT: %s", e)
+      self._backend_reason = storage.first_line(e)
+      standby.call_args = tf_eager.call_args(standby.loaded)
+      self._engine = tf_eager.TFEagerEngine(self._plan, replaces_buffer_engine=True)
 
   def _tf_call(self, time_step, policy_state, loaded: loading.LoadedPolicy):
     return self._run(time_step, policy_state, loaded.action)
@@ -338,6 +359,17 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
   def backend(self) -> str:
     """The engine that runs `action()`: "tf" or "lite"."""
     return self._engine.name
+
+  @property
+  def backend_reason(self) -> Optional[str]:
+    """Why `backend` is not "lite" (None when it is): the request, or the first line of the
+    conversion or validation failure that made backend="auto" stay on (or go back to) TF."""
+    return self._backend_reason
+
+  @property
+  def lite_validation(self):
+    """The last LiteRT validation report (`lite_validation.ValidationReport`), None on TF."""
+    return self._engine.last_report if self._engine.name == "lite" else None
 
   @property
   def load_mode(self) -> str:
@@ -402,7 +434,7 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
       try:
         standby.loaded.restore(prefix)
         self._warm_up(standby)
-        standby.call_args = self._engine.prepare(standby.loaded)
+        self._prepare_update(standby)
       except Exception as e:  # pylint: disable=broad-except
         # Only the standby copy was touched; the next update restores it fully.
         raise ValueError(f"cannot restore checkpoint {checkpoint_path}: "

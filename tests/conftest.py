@@ -40,6 +40,12 @@ ALL_POLICIES = tuple(_BUILDERS)
 
 # Fixtures for one purpose each, not in ALL_POLICIES.
 _BUILDERS["cumprod"] = (policy_zoo.CumprodPolicy, True, None)   # has no LiteRT builtin
+# Sampling policies (LiteRT's distribution check).
+_BUILDERS["q_sampling"] = (policy_zoo.q_sampling_policy, False, None)
+_BUILDERS["epsilon_greedy"] = (policy_zoo.epsilon_greedy_policy, False, None)
+_BUILDERS["ppo_categorical"] = (policy_zoo.ppo_categorical_collect_policy, False, None)
+_BUILDERS["gaussian_actor"] = (policy_zoo.gaussian_actor_policy, False, None)
+_BUILDERS["lstm_stochastic"] = (lambda: policy_zoo.lstm_actor_policy(greedy=False), False, None)
 
 
 def scaled_checkpoint(fixture: SavedPolicy, directory: str, scale: float) -> str:

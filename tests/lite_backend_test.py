@@ -10,6 +10,7 @@ import tensorflow as tf
 from conftest import act_during_swaps, run_threads, scaled_checkpoint
 from policies import SavedModelPyTFEagerPolicy
 from policies.engines import lite
+from policies.engines import lite_validation
 
 
 def _load(fixture, **kwargs):
@@ -20,7 +21,7 @@ def _inputs(policy, count, batch=None, seed=0):
   rng = np.random.default_rng(seed)
   specs = policy._policy_specs  # pylint: disable=protected-access
   outer = () if batch is None else (batch,)
-  return [lite.sample_inputs(specs.time_step_spec, specs.policy_state_spec, outer,
+  return [lite_validation.sample_inputs(specs.time_step_spec, specs.policy_state_spec, outer,
                              outer or (1,), rng) for _ in range(count)]
 
 

@@ -221,6 +221,37 @@ def test_update_from_checkpoint_changes_weights_and_outputs(saved, tmp_path):
   assert policy.get_train_step_from_last_restored_checkpoint_path() == 1234
 
 
+@pytest.mark.parametrize("backend", ["tf", "lite"])
+def test_update_from_a_policy_saver_save_directory(saved, tmp_path, backend):
+  """TF-Agents documents save() directories as checkpoints; its own class fails on them."""
+  fixture = saved("lstm_actor")
+  flipped_dir = str(tmp_path / "flipped_export")
+  for v in fixture.tf_policy.variables():
+    v.assign(-v)
+  try:
+    fixture.saver.save(flipped_dir)
+  finally:
+    for v in fixture.tf_policy.variables():
+      v.assign(-v)
+  flipped = SavedModelPyTFEagerPolicy(flipped_dir, load_specs_from_pbtxt=True)
+  policy = SavedModelPyTFEagerPolicy(fixture.path, load_specs_from_pbtxt=True, backend=backend)
+  step = _time_steps(policy.time_step_spec, 1)[0]
+  before = policy.action(step, policy.get_initial_state()).action.copy()
+  policy.update_from_checkpoint(flipped_dir)
+  after = policy.action(step, policy.get_initial_state()).action
+  want = flipped.action(step, flipped.get_initial_state()).action
+  assert not np.allclose(before, want)
+  np.testing.assert_allclose(after, want, rtol=1e-5, atol=1e-5)
+  with pytest.raises(AssertionError, match="not bound to checkpointed values"):
+    tfa_eager.SavedModelPyTFEagerPolicy(fixture.path, load_specs_from_pbtxt=True
+                                        ).update_from_checkpoint(flipped_dir)
+  other = str(tmp_path / "other_export")
+  policy_zoo.save(policy_zoo.q_mlp_policy(), other)
+  with pytest.raises(ValueError, match=f"^cannot restore checkpoint {other}: "):
+    policy.update_from_checkpoint(other)
+  np.testing.assert_array_equal(policy.action(step, policy.get_initial_state()).action, after)
+
+
 def test_registered_functions_are_callable(tmp_path):
   policy = policy_zoo.q_mlp_policy()
   saver = policy_zoo.make_saver(policy)

@@ -17,74 +17,45 @@ from tensorflow.core.protobuf import struct_pb2
 from tf_agents.policies import py_tf_eager_policy
 from tf_agents.trajectories import time_step as ts
 
+import reference_exports
 from policies import SavedModelPyTFEagerPolicy
 from policies import compat
 from tools import policy_cli
 
 REPO = os.path.dirname(os.path.dirname(policy_cli.__file__))
-TF_2_21 = os.path.join(REPO, "tests", "fixtures", "tf2_21")
-
-
-def _reference(name: str):
-  """The TF 2.21 export, its checkpoint, and what TF 2.21 computed on them."""
-  root = os.path.join(TF_2_21, name)
-  data = np.load(os.path.join(root, "reference.npz"))
-  return os.path.join(root, "export"), os.path.join(root, "checkpoint"), data
-
-
-def _steps(policy, data) -> list:
-  flat = [data[f"obs/{i}"] for i in range(len(tf.nest.flatten(policy.time_step_spec.observation)))]
-  observations = tf.nest.pack_sequence_as(policy.time_step_spec.observation, flat)
-  steps = []
-  for i in range(len(flat[0])):
-    obs = tf.nest.map_structure(lambda o, i=i: o[i], observations)
-    steps.append(ts.restart(obs) if i == 0 else ts.transition(obs, np.float32(0)))
-  return steps
-
-
-def _act(policy, steps) -> np.ndarray:
-  state = policy.get_initial_state()
-  actions = []
-  for step in steps:
-    out = policy.action(step, state)
-    state = out.state
-    actions.append(out.action)
-  return np.stack(actions)
 
 
 @pytest.mark.parametrize("backend", ["tf", "lite"])
 def test_a_tf_2_21_export_acts_as_tf_2_21_did(backend):
   """Greedy Q actions exactly; the LSTM's continuous actions within float tolerance."""
   for name, exact in (("q_mlp", True), ("lstm_actor", False)):
-    export, checkpoint, data = _reference(name)
+    export, checkpoint, data = reference_exports.reference("tf2_21", name)
     policy = SavedModelPyTFEagerPolicy(export, load_specs_from_pbtxt=True, backend=backend)
     assert policy.backend == backend and policy.load_mode == "object graph"
     assert policy.get_train_step() == 21
     assert policy.get_metadata()["tf_version"].item().decode() == str(data["tf_version"])
-    steps = _steps(policy, data)
+    steps = reference_exports.steps(policy, data)
     for weights, expected in ((None, data["actions"]), (checkpoint, data["checkpoint_actions"])):
       if weights:
         policy.update_from_checkpoint(weights)
-      got = _act(policy, steps)
-      if exact:
-        np.testing.assert_array_equal(got, expected, err_msg=f"{name} {weights}")
-      else:
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=f"{name} {weights}")
+      reference_exports.assert_actions(reference_exports.act(policy, steps), expected, exact,
+                                       f"{name} {weights}")
 
 
 def test_a_tf_2_21_export_matches_tf_agents_here():
   for name in ("q_mlp", "lstm_actor"):
-    export, _, data = _reference(name)
+    export, _, data = reference_exports.reference("tf2_21", name)
     ours = SavedModelPyTFEagerPolicy(export, load_specs_from_pbtxt=True)
     theirs = py_tf_eager_policy.SavedModelPyTFEagerPolicy(export, load_specs_from_pbtxt=True)
-    steps = _steps(ours, data)
+    steps = reference_exports.steps(ours, data)
     state = theirs.get_initial_state(batch_size=1)
     expected = []
     for step in steps:
       out = theirs.action(step, state)
       state = out.state
       expected.append(out.action)
-    np.testing.assert_array_equal(_act(ours, steps), np.stack(expected), err_msg=name)
+    np.testing.assert_array_equal(reference_exports.act(ours, steps), np.stack(expected),
+                                  err_msg=name)
 
 
 @pytest.mark.parametrize("backend", ["tf", "lite"])

@@ -44,9 +44,10 @@ def _format_spec_nest(spec_nest, indent="    ") -> str:
 
 def inspect(model_dir: str, allow_unsafe_ops: bool = False) -> None:
   policy = SavedModelPyTFEagerPolicy(model_dir, load_specs_from_pbtxt=True,
-                                     allow_unsafe_ops=allow_unsafe_ops)
+                                     allow_unsafe_ops=allow_unsafe_ops, backend="auto")
   print(f"policy: {_describe(model_dir)}")
   print(f"  loaded from: {policy.load_mode}")
+  print(f"  LiteRT: {_lite_summary(policy)}")
   for name in ("time_step_spec", "action_spec", "policy_state_spec", "info_spec"):
     print(f"  {name}:\n{_format_spec_nest(getattr(policy, name))}")
   print("  signatures:")
@@ -62,6 +63,20 @@ def inspect(model_dir: str, allow_unsafe_ops: bool = False) -> None:
   print("  op families used by the policy's functions:")
   for family, ops in sorted(policy.op_families().items()):
     print(f"    {family}: {', '.join(sorted(ops))}")
+
+
+def _lite_summary(policy) -> str:
+  """Whether the policy runs on LiteRT, with the validation figures, or why not."""
+  if policy.backend != "lite":
+    return f"no, runs on TF: {policy.backend_reason}"
+  parts = []
+  for check in policy.lite_validation.outputs:
+    if check.kind == "sampled":
+      parts.append(f"{check.path} sampled ({check.statistic} {check.figure:.3f} <= "
+                   f"{check.threshold:.3f})")
+    else:
+      parts.append(f"{check.path} deterministic (max |lite - tf| {check.figure:.2g})")
+  return "yes; " + ", ".join(parts)
 
 
 def _describe(model_dir: str) -> str:

@@ -14,10 +14,13 @@ from tools import tf_agents_keras
 
 tf_agents_keras.select_keras_2()   # before TF-Agents resolves tf.keras
 
+import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 import tensorflow as tf  # noqa: E402  pylint: disable=wrong-import-position
 from tf_agents.agents.ppo import ppo_policy
 from tf_agents.networks import actor_distribution_network
 from tf_agents.networks import actor_distribution_rnn_network
+from tf_agents.networks import categorical_projection_network
+from tf_agents.networks import network
 from tf_agents.networks import q_network
 from tf_agents.networks import value_network
 from tf_agents.policies import actor_policy
@@ -97,6 +100,75 @@ def ppo_collect_policy(seed: int = 0):
   value.create_variables()
   return ppo_policy.PPOPolicy(ts.time_step_spec(obs_spec), action_spec, actor, value,
                               collect=True)
+
+
+def q_sampling_policy(seed: int = 0, num_actions: int = 4, obs_dim: int = 8,
+                      first_action_shift: float = 0.0):
+  """A plain `QPolicy`: samples its action from softmax(Q) (a 2x64 MLP Q network).
+
+  `first_action_shift` is added to the first action's Q (its logit) before sampling.
+  """
+  tf.random.set_seed(seed)
+  obs_spec = tf.TensorSpec([obs_dim], tf.float32, "observation")
+  action_spec = tensor_spec.BoundedTensorSpec((), tf.int64, 0, num_actions - 1, "action")
+  net = q_network.QNetwork(obs_spec, action_spec, fc_layer_params=(64, 64))
+  net.create_variables()
+  if first_action_shift:
+    bias = net.layers[-1].bias
+    bias.assign(bias + tf.one_hot(0, num_actions) * first_action_shift)
+  return q_policy.QPolicy(ts.time_step_spec(obs_spec), action_spec, q_network=net)
+
+
+def epsilon_greedy_policy(epsilon: float = 0.3, seed: int = 0):
+  """Epsilon-greedy exploration over a greedy Q policy (a random action with probability epsilon)."""
+  from tf_agents.policies import epsilon_greedy_policy as eg  # pylint: disable=import-outside-toplevel
+  greedy = q_mlp_policy(num_actions=4, seed=seed, leaf_dim=8)
+  return eg.EpsilonGreedyPolicy(greedy.wrapped_policy, epsilon)
+
+
+class _CategoricalProjection(categorical_projection_network.CategoricalProjectionNetwork):
+  """TF-Agents' categorical projection; its own constructor calls int() on a 1-element
+  array, which numpy 2 refuses, so the same construction is spelled out here."""
+
+  def __init__(self, sample_spec, logits_init_output_factor=0.1,  # pylint: disable=super-init-not-called
+               name="CategoricalProjectionNetwork"):
+    num_actions = int(np.unique(sample_spec.maximum - sample_spec.minimum + 1)[0])
+    output_shape = sample_spec.shape.concatenate([num_actions])
+    network.DistributionNetwork.__init__(  # pylint: disable=non-parent-init-called
+        self, input_tensor_spec=None, state_spec=(),
+        output_spec=self._output_distribution_spec(output_shape, sample_spec, name), name=name)
+    self._sample_spec = sample_spec
+    self._output_shape = output_shape
+    self._projection_layer = tf.keras.layers.Dense(
+        output_shape.num_elements(),
+        kernel_initializer=tf.compat.v1.keras.initializers.VarianceScaling(
+            scale=logits_init_output_factor),
+        bias_initializer=tf.keras.initializers.Zeros(), name="logits")
+
+
+def ppo_categorical_collect_policy(seed: int = 0):
+  """A PPO collect policy over a discrete action: samples from a categorical distribution."""
+  tf.random.set_seed(seed)
+  obs_spec = tf.TensorSpec([5], tf.float32, "observation")
+  action_spec = tensor_spec.BoundedTensorSpec((), tf.int64, 0, 3, "action")
+  actor = actor_distribution_network.ActorDistributionNetwork(
+      obs_spec, action_spec, fc_layer_params=(32,), discrete_projection_net=_CategoricalProjection)
+  value = value_network.ValueNetwork(obs_spec, fc_layer_params=(32,))
+  actor.create_variables()
+  value.create_variables()
+  return ppo_policy.PPOPolicy(ts.time_step_spec(obs_spec), action_spec, actor, value,
+                              collect=True)
+
+
+def gaussian_actor_policy(seed: int = 0, fc=(16,)):
+  """A stochastic actor over an MLP: samples a continuous action from a normal; no info."""
+  tf.random.set_seed(seed)
+  obs_spec = tf.TensorSpec([3], tf.float32, "observation")
+  action_spec = tensor_spec.BoundedTensorSpec([2], tf.float32, -1.0, 1.0, "action")
+  net = actor_distribution_network.ActorDistributionNetwork(obs_spec, action_spec,
+                                                            fc_layer_params=fc)
+  net.create_variables()
+  return actor_policy.ActorPolicy(ts.time_step_spec(obs_spec), action_spec, net)
 
 
 def random_policy():

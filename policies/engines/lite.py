@@ -29,22 +29,22 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert import interpreter as litert
-from tensorflow.python.util import nest
 
+from policies import graph_audit
 from policies import loading
+from policies import marshaling_plan
 from policies import storage
 from policies.engines import lite_rewrites
+from policies.engines import lite_validation
 
-# Validation: deterministic float outputs must satisfy
-# |lite - tf| <= FLOAT_RTOL * |tf| + FLOAT_ATOL; integer and bool outputs must be equal.
-FLOAT_RTOL = 1e-5
-FLOAT_ATOL = 1e-5
-VALIDATION_SAMPLES = 64
+# What validation allows deterministic float outputs (lite_validation has the rest).
+FLOAT_RTOL = lite_validation.FLOAT_RTOL
+FLOAT_ATOL = lite_validation.FLOAT_ATOL
 # Batch sizes with prepared interpreters; the one prepared first is dropped.
 MAX_BATCH_SIZES = 12
 CACHE_ENV = "POLICY_RUNTIME_CACHE_DIR"
 
-_CACHE_MAGIC = b"policy_runtime.lite.v1\n"
+_CACHE_MAGIC = b"policy_runtime.lite.v2\n"
 _BLOCKING_OP = re.compile(r"'tf\.(\w+)' op is neither a custom op nor a flex op")
 
 log = logging.getLogger("policies")
@@ -226,6 +226,11 @@ class LiteModel:
     if free is not None:
       free.append(lease)
 
+  def discard(self, batch: int) -> None:
+    """Drops the interpreters prepared for `batch` (e.g. validation's large batches)."""
+    with self._lock:
+      self._free.pop(batch, None)
+
   def _new_lease(self, batch: int, interpreter=None):
     if interpreter is None:
       interpreter = litert.Interpreter(model_content=self.flatbuffer, num_threads=1)
@@ -258,74 +263,6 @@ class LiteModel:
         while len(self._free) > MAX_BATCH_SIZES:
           del self._free[next(iter(self._free))]
     return lease
-
-
-# -- Validation -------------------------------------------------------------------
-
-
-def _sample(spec, outer: tuple, rng: np.random.Generator, field: str) -> np.ndarray:
-  shape = outer + tuple(spec.shape)
-  dtype = np.dtype(spec.dtype)
-  if field == "step_type":
-    return rng.integers(0, 3, size=shape).astype(dtype)
-  if dtype == np.bool_:
-    return rng.integers(0, 2, size=shape).astype(bool)
-  low = getattr(spec, "minimum", None)
-  high = getattr(spec, "maximum", None)
-  if np.issubdtype(dtype, np.integer):
-    low = 0 if low is None else low
-    high = 2 if high is None else high
-    return rng.integers(np.broadcast_to(low, shape), np.broadcast_to(high, shape) + 1,
-                        size=shape).astype(dtype)
-  if np.issubdtype(dtype, np.floating):
-    if low is not None and high is not None:
-      low = np.maximum(np.broadcast_to(low, shape), -10.0)
-      high = np.minimum(np.broadcast_to(high, shape), 10.0)
-      return rng.uniform(low, high, size=shape).astype(dtype)
-    return rng.normal(size=shape).astype(dtype)
-  raise ValueError(f"no LiteRT validation input for dtype {dtype}")
-
-
-def sample_inputs(time_step_spec, policy_state_spec, time_step_outer: tuple,
-                  state_outer: tuple, rng: np.random.Generator):
-  """A (time_step, policy_state) of random values within the specs."""
-  time_step = time_step_spec._replace(**{
-      field: tf.nest.map_structure(
-          lambda s, f=field: _sample(s, time_step_outer, rng, f), getattr(time_step_spec, field))
-      for field in time_step_spec._fields})
-  state = tf.nest.map_structure(lambda s: _sample(s, state_outer, rng, "state"),
-                                policy_state_spec)
-  return time_step, state
-
-
-def compare(reference, again, lite, action_spec) -> Optional[str]:
-  """Why `lite` disagrees with the TF outputs (`reference`, `again`), or None.
-
-  Leaves on which the two TF runs agree are deterministic and must match;
-  the others are samples, checked for dtype, shape and the action bounds.
-  """
-  paths = nest.flatten_with_joined_string_paths(reference)
-  flat_again = tf.nest.flatten(again)
-  flat_lite = tf.nest.flatten(lite)
-  bounds = {("action/" + p if p else "action"): spec
-            for p, spec in nest.flatten_with_joined_string_paths(action_spec)}
-  for (path, ref), ref2, got in zip(paths, flat_again, flat_lite):
-    ref, got = np.asarray(ref), np.asarray(got)
-    if ref.dtype != got.dtype or ref.shape != got.shape:
-      return f"{path}: LiteRT gives {got.dtype}{list(got.shape)}, TF {ref.dtype}{list(ref.shape)}"
-    if np.array_equal(ref, np.asarray(ref2), equal_nan=True):
-      if np.issubdtype(ref.dtype, np.floating):
-        if not np.allclose(got, ref, rtol=FLOAT_RTOL, atol=FLOAT_ATOL, equal_nan=True):
-          worst = float(np.max(np.abs(got.astype(np.float64) - ref)))
-          return f"{path}: LiteRT differs from TF by up to {worst:.3g}"
-      elif not np.array_equal(got, ref):
-        return f"{path}: LiteRT gives {got.ravel()[:4]}..., TF {ref.ravel()[:4]}..."
-      continue
-    spec = bounds.get(path)
-    if spec is not None and hasattr(spec, "minimum"):
-      if np.any(got < spec.minimum) or np.any(got > spec.maximum):
-        return f"{path}: LiteRT sampled a value outside [{spec.minimum}, {spec.maximum}]"
-  return None
 
 
 class LiteEngine:
@@ -364,6 +301,8 @@ class LiteEngine:
       self._output_names[index] = name
     self.call = plan.native_call_buffers   # call(time_step, policy_state, lease, release)
     self.last_conversion = None            # "converted" or "cache hit", for tests and logs
+    self.last_report = None                # the last ValidationReport
+    self._draw_plan = None
 
   def prepare(self, loaded: loading.LoadedPolicy) -> tuple:
     model = self.model_for(loaded)
@@ -412,21 +351,95 @@ class LiteEngine:
                      self._plan.fixed_batch_size or 1)
 
   def validate(self, model: LiteModel, loaded: loading.LoadedPolicy) -> None:
-    """Raises ValueError unless LiteRT agrees with TF on sampled inputs."""
+    """Raises ValueError unless LiteRT behaves like TF (see lite_validation)."""
+    try:
+      self.last_report = self._validate(model, loaded)
+    except lite_validation.ValidationError as e:
+      raise ValueError(f"{self._what}: the LiteRT model disagrees with the TF function "
+                       f"on sampled inputs: {e}") from None
+
+  def _validate(self, model: LiteModel, loaded: loading.LoadedPolicy):
     rng = np.random.default_rng(0)
     specs = self._specs
+    sampled = self._sampled_leaves(loaded)
+    bounds = lite_validation.action_bounds(specs.action_spec)
     if self._plan.batch_time_steps:
-      cases = [sample_inputs(specs.time_step_spec, specs.policy_state_spec, (), (1,), rng)
-               for _ in range(VALIDATION_SAMPLES)]
+      cases = [lite_validation.sample_inputs(specs.time_step_spec, specs.policy_state_spec,
+                                             (), (1,), rng)
+               for _ in range(lite_validation.DETERMINISTIC_CASES)]
     else:
-      batch = self._plan.fixed_batch_size or VALIDATION_SAMPLES
-      cases = [sample_inputs(specs.time_step_spec, specs.policy_state_spec, (batch,), (batch,),
-                             rng)]
+      batch = self._plan.fixed_batch_size or lite_validation.DETERMINISTIC_CASES
+      cases = [lite_validation.sample_inputs(specs.time_step_spec, specs.policy_state_spec,
+                                             (batch,), (batch,), rng)]
+    paths = None
     for time_step, state in cases:
-      reference = self._tf_call(time_step, state, loaded)
-      again = self._tf_call(time_step, state, loaded)
-      lite = self.call(time_step, state, model.lease, model.release)
-      problem = compare(reference, again, lite, specs.action_spec)
-      if problem:
-        raise ValueError(f"{self._what}: the LiteRT model disagrees with the TF function "
-                         f"on sampled inputs: {problem}")
+      step = self._tf_call(time_step, state, loaded)
+      if paths is None:
+        paths = lite_validation.leaf_paths(step)
+        worst = [0.0] * len(paths)
+      reference = tf.nest.flatten(step)
+      lite = tf.nest.flatten(self.call(time_step, state, model.lease, model.release))
+      for i, (path, ref, got) in enumerate(zip(paths, reference, lite)):
+        worst[i] = max(worst[i], lite_validation.check_leaf(path, ref, got, sampled[i], bounds))
+    checks = [lite_validation.OutputCheck(
+        p, "deterministic", w,
+        0.0 if not np.issubdtype(np.asarray(r).dtype, np.floating) else FLOAT_ATOL,
+        "max abs difference") for p, w, r in zip(paths, worst, reference)]
+    draws = 0
+    if any(sampled):
+      draws, distributions = self._check_distributions(model, loaded, paths, sampled, rng)
+      checks = [distributions.get(i, c) for i, c in enumerate(checks)]
+    return lite_validation.ValidationReport(checks, draws)
+
+  def _sampled_leaves(self, loaded: loading.LoadedPolicy) -> list:
+    """For each PolicyStep leaf (tf.nest order): whether it depends on a random op."""
+    function = loaded.action
+    by_output = graph_audit.sampled_outputs(function.concrete)
+    indices = function.output_indices or range(function.num_outputs)
+    return [by_output[i] for i in indices]
+
+  def _batched_plan(self) -> marshaling_plan.MarshalingPlan:
+    if self._draw_plan is None:
+      self._draw_plan = marshaling_plan.MarshalingPlan(self._plan.function, batch_time_steps=False)
+    return self._draw_plan
+
+  def _check_distributions(self, model: LiteModel, loaded: loading.LoadedPolicy, paths: list,
+                           sampled: list, rng: np.random.Generator) -> tuple:
+    """Many draws on a few fixed inputs from each engine, compared element by element."""
+    specs = self._specs
+    plan = self._batched_plan()
+    batch, calls = lite_validation.draw_plan(self._plan.fixed_batch_size)
+    inputs = [lite_validation.sample_inputs(specs.time_step_spec, specs.policy_state_spec,
+                                            (), (1,), rng)
+              for _ in range(lite_validation.DISTRIBUTION_INPUTS)]
+    tf_draws = {i: [] for i, s in enumerate(sampled) if s}
+    lite_draws = {i: [] for i in tf_draws}
+    name, captures = loaded.action.name, loaded.action.captures
+    try:
+      for time_step, state in inputs:
+        time_steps, states = lite_validation.copies(time_step, state, batch, False)
+        runs = {i: ([], []) for i in tf_draws}
+        for _ in range(calls):
+          ref = tf.nest.flatten(plan.native_call(time_steps, states, name, captures))
+          got = tf.nest.flatten(plan.native_call_buffers(time_steps, states, model.lease,
+                                                         model.release))
+          for i in tf_draws:
+            runs[i][0].append(ref[i])
+            runs[i][1].append(got[i])
+        for i in tf_draws:
+          tf_draws[i].append(np.concatenate(runs[i][0]))
+          lite_draws[i].append(np.concatenate(runs[i][1]))
+    finally:
+      if batch != (self._plan.fixed_batch_size or 1):
+        model.discard(batch)
+    bounds = lite_validation.action_bounds(specs.action_spec)
+    tests = sum(int(np.prod(d[0].shape[1:], dtype=np.int64)) for d in tf_draws.values())
+    tests *= len(inputs)
+    checks = {}
+    for i in tf_draws:
+      for got in lite_draws[i]:
+        lite_validation.check_leaf(paths[i], got, got, True, bounds)
+      checks[i] = lite_validation.compare_distributions(paths[i], tf_draws[i], lite_draws[i],
+                                                        bounds.get(paths[i]), tests)
+    return batch * calls, checks
+

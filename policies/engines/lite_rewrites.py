@@ -11,10 +11,16 @@ shapes, dtypes and bounds of the samples, as for every sampled output).
                    maxval - minval - 1)
   computed in float32: uniform over [minval, maxval) for ranges up to 2**24.
 
-For exports whose object graph does not decode here (a value of a TypeSpec
-this process has not registered, e.g. TFP distribution specs saved by
-TF 2.3-2.12), such specs in the object graph's function signatures become
-None: the converter decodes the object graph but only traces `action`.
+Stateful random ops lose their export-time seeds (`seed`, `seed2` become 0):
+LiteRT's kernels then draw each op instance's seed from the OS, so the
+interpreters of a pool (and of different processes) sample independently
+instead of replaying one stream, as two copies with the export's seeds would.
+
+For exports whose object graph does not decode here (a TypeSpec of a class
+this TF does not know, as TF 2.3/2.4 wrote TFP distribution specs, or of a
+name this process has not registered), such specs in the object graph's
+function signatures become None: the converter decodes the object graph but
+only traces `action`.
 """
 
 from __future__ import annotations
@@ -27,21 +33,34 @@ from tensorflow.core.protobuf import struct_pb2
 from tensorflow.python.framework import type_spec_registry
 
 from policies import compat
+from policies import graph_audit
 
 _FLOAT = types_pb2.DT_FLOAT
 
 
 def for_builtins(saved_model_pb: bytes) -> bytes:
   """`saved_model_pb` with the rewrites above applied (the same bytes if none applies)."""
-  if b"RandomUniformInt" not in saved_model_pb:
-    return saved_model_pb
   proto = saved_model_pb2.SavedModel()
   proto.ParseFromString(saved_model_pb)
   changed = False
   for meta_graph in proto.meta_graphs:
     for function in meta_graph.graph_def.library.function:
       changed |= _rewrite_random_uniform_int(function)
+      changed |= _unseed(function)
   return proto.SerializeToString() if changed else saved_model_pb
+
+
+def _unseed(function) -> bool:
+  """Sets the seed attributes of stateful random ops to 0 (LiteRT then seeds each op instance,
+  so each interpreter, from the OS: pooled interpreters never replay one stream)."""
+  changed = False
+  for node in function.node_def:
+    if node.op in graph_audit.RANDOM_OPS:
+      for key in ("seed", "seed2"):
+        if key in node.attr and node.attr[key].i != 0:
+          node.attr[key].i = 0
+          changed = True
+  return changed
 
 
 def without_unknown_type_specs(saved_model_pb: bytes) -> bytes:
@@ -52,6 +71,18 @@ def without_unknown_type_specs(saved_model_pb: bytes) -> bytes:
   for meta_graph in proto.meta_graphs:
     changed |= _drop_unknown_specs(meta_graph.object_graph_def)
   return proto.SerializeToString() if changed else saved_model_pb
+
+
+_KNOWN_SPEC_CLASSES = frozenset(struct_pb2.TypeSpecProto.TypeSpecClass.values())
+
+
+def _decodable(spec) -> bool:
+  """Whether this TF can decode a TypeSpecProto: a class its enum knows (TF 2.3/2.4 wrote
+  TFP's specs as class 275837168, unknown since), and a registered name if it names one."""
+  if spec.type_spec_class not in _KNOWN_SPEC_CLASSES:
+    return False
+  return (spec.type_spec_class != struct_pb2.TypeSpecProto.REGISTERED_TYPE_SPEC or
+          _registered(spec.type_spec_class_name))
 
 
 def _registered(name: str) -> bool:
@@ -65,8 +96,7 @@ def _registered(name: str) -> bool:
 def _drop_unknown_specs(message) -> bool:
   if isinstance(message, struct_pb2.StructuredValue):
     spec = message.type_spec_value if message.HasField("type_spec_value") else None
-    if (spec is not None and spec.type_spec_class == struct_pb2.TypeSpecProto.REGISTERED_TYPE_SPEC
-        and not _registered(spec.type_spec_class_name)):
+    if spec is not None and not _decodable(spec):
       message.Clear()
       message.none_value.SetInParent()
       return True

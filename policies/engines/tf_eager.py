@@ -16,8 +16,18 @@ class TFEagerEngine:
 
   name = "tf"
 
-  def __init__(self, plan: marshaling_plan.MarshalingPlan):
+  def __init__(self, plan: marshaling_plan.MarshalingPlan, replaces_buffer_engine: bool = False):
+    """`replaces_buffer_engine`: calls may still find a copy prepared for a
+    buffer engine (LiteRT) while this engine takes over; those run there."""
     self.call = plan.native_call   # call(time_step, policy_state, function_name, captures)
+    if replaces_buffer_engine:
+      tf_call, buffer_call = plan.native_call, plan.native_call_buffers
+
+      def call(time_step, policy_state, *call_args):
+        run = tf_call if isinstance(call_args[0], str) else buffer_call
+        return run(time_step, policy_state, *call_args)
+
+      self.call = call
 
   def prepare(self, loaded: loading.LoadedPolicy) -> tuple:
     return call_args(loaded)
