@@ -1,9 +1,11 @@
 """The main job: policy_cli inspect / run on the embedded default policy."""
 
-import io
 import contextlib
+import io
+import re
 
 from tools import policy_cli
+from tools import policy_zoo
 
 
 def test_run_default_policy_beats_random():
@@ -20,7 +22,8 @@ def test_inspect_default_policy_lists_specs_signatures_and_ops():
   with contextlib.redirect_stdout(out):
     assert policy_cli.main(["inspect"]) == 0
   text = out.getvalue()
-  for expected in ("loaded from: object graph", "time_step_spec", "observation: float32[4]", "action(", "get_initial_state(",
+  for expected in ("loaded from: object graph", "LiteRT: yes; action deterministic",
+                   "time_step_spec", "observation: float32[4]", "action(", "get_initial_state(",
                    "train step:", "env_name: array(b'CartPole-v0'", "op families", "variables:"):
     assert expected in text, expected
 
@@ -28,3 +31,24 @@ def test_inspect_default_policy_lists_specs_signatures_and_ops():
 def test_missing_directory_is_a_clean_error(capsys):
   assert policy_cli.main(["inspect", "/no/such/dir"]) == 1
   assert "policy directory not found: /no/such/dir" in capsys.readouterr().err
+
+
+def test_inspect_says_why_a_policy_stays_on_tf(tmp_path):
+  path = str(tmp_path / "cumprod")
+  policy_zoo.save(policy_zoo.CumprodPolicy(), path)
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    assert policy_cli.main(["inspect", path]) == 0
+  line = next(l for l in out.getvalue().splitlines() if "LiteRT:" in l)
+  assert line.strip().startswith("LiteRT: no, runs on TF: ")
+  assert "no LiteRT builtin for: Cumprod" in line
+
+
+def test_inspect_reports_the_distribution_check_of_a_sampling_policy(tmp_path):
+  path = str(tmp_path / "q_sampling")
+  policy_zoo.save(policy_zoo.q_sampling_policy(), path)
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    assert policy_cli.main(["inspect", path]) == 0
+  assert re.search(r"LiteRT: yes; action sampled \(total variation 0\.\d{3} <= 0\.054\)",
+                   out.getvalue())
