@@ -28,6 +28,18 @@ from tf_agents.policies import py_policy
 from policies import marshaling_plan
 from policies.saved_model_policy import SavedModelPyTFEagerPolicy
 
+def _rows_call(rows_plan):
+  """`call(rows, pad_to, *call_args)` for the engine the copy was prepared for: TF's
+  (function name, captures) or a buffer engine's (lease, release). A copy carries its
+  own, so a batch runs right even while backend="auto" moves from LiteRT to TF."""
+  tf_rows, buffer_rows = rows_plan.call_rows, rows_plan.call_rows_buffers
+
+  def call(rows, pad_to, *call_args):
+    return (tf_rows if isinstance(call_args[0], str) else buffer_rows)(rows, pad_to, *call_args)
+
+  return call
+
+
 class BatcherClosedError(RuntimeError):
   """The DynamicBatchingPolicy was closed before the call got its action."""
 
@@ -100,7 +112,7 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
         function.num_outputs, batch_time_steps=True, fixed_batch=None,
         input_slots=function.input_slots, output_indices=function.output_indices)
     self._switch = policy._switch  # pylint: disable=protected-access
-    self._call_rows = engine.rows_call(self._rows)
+    self._call_rows = _rows_call(self._rows)
     self._lock = threading.Lock()     # guards the fields below
     self._filled = threading.Condition(self._lock)
     self._pending: Deque[_Request] = collections.deque()

@@ -369,7 +369,7 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
   @property
   def lite_validation(self):
     """The last LiteRT validation report (`lite_validation.ValidationReport`), None on TF."""
-    return self._engine.last_report if self._engine.name == "lite" else None
+    return self._engine.last_report
 
   @property
   def load_mode(self) -> str:

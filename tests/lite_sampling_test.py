@@ -9,6 +9,7 @@ import tensorflow as tf
 from tf_agents.trajectories import time_step as ts
 
 from conftest import scaled_checkpoint
+from policies import DynamicBatchingPolicy
 from policies import SavedModelPyTFEagerPolicy
 from policies import graph_audit
 from policies.engines import lite_validation
@@ -188,3 +189,22 @@ def test_an_update_that_fails_validation(saved, tmp_path, caplog):
   np.testing.assert_array_equal(got.action, new.action)
   auto.update_from_checkpoint(checkpoint)   # later updates stay on TF
   assert auto.backend == "tf"
+
+
+def test_the_batcher_keeps_serving_when_auto_moves_to_tf(saved, tmp_path):
+  fixture = saved("lstm_actor")
+  checkpoint = scaled_checkpoint(fixture, str(tmp_path / "policy_checkpoint_0000000002"), 1e12)
+  reference = _load(fixture.path, batch_time_steps=False)
+  reference.update_from_checkpoint(checkpoint)
+  auto = _load(fixture.path, backend="auto", batch_time_steps=False)
+  step = tf.nest.map_structure(lambda s: np.full(s.shape, 0.5, s.dtype),
+                               auto.time_step_spec)._replace(step_type=np.int32(1))
+  with DynamicBatchingPolicy(auto) as batcher:
+    state = batcher.get_initial_state()
+    batcher.action(step, state)
+    auto.update_from_checkpoint(checkpoint)
+    assert auto.backend == "tf"
+    got = batcher.action(step, state)
+  want = reference.action(tf.nest.map_structure(lambda x: np.asarray(x)[None], step),
+                          reference.get_initial_state(1))
+  np.testing.assert_array_equal(got.action, want.action[0])

@@ -310,11 +310,6 @@ class LiteEngine:
     return (model.lease, model.release)
 
   @staticmethod
-  def rows_call(rows_plan):
-    """`call(rows, pad_to, *call_args)` of a row plan (for the dynamic batcher)."""
-    return rows_plan.call_rows_buffers
-
-  @staticmethod
   def rows_batch(rows: int, max_rows: int) -> int:
     """Rows padded to a power of two (at most `max_rows`): a few prepared
     interpreter sizes serve every batch, and none is resized per call."""
@@ -381,10 +376,11 @@ class LiteEngine:
       lite = tf.nest.flatten(self.call(time_step, state, model.lease, model.release))
       for i, (path, ref, got) in enumerate(zip(paths, reference, lite)):
         worst[i] = max(worst[i], lite_validation.check_leaf(path, ref, got, sampled[i], bounds))
+    floating = [np.issubdtype(np.asarray(r).dtype, np.floating) for r in reference]
     checks = [lite_validation.OutputCheck(
-        p, "deterministic", w,
-        0.0 if not np.issubdtype(np.asarray(r).dtype, np.floating) else FLOAT_ATOL,
-        "max abs difference") for p, w, r in zip(paths, worst, reference)]
+        path, "deterministic", w, FLOAT_ATOL if f else 0.0,
+        f"max abs difference (allowed: {FLOAT_RTOL:g} * |tf| + {FLOAT_ATOL:g})" if f else
+        "max abs difference (exact)") for path, w, f in zip(paths, worst, floating)]
     draws = 0
     if any(sampled):
       draws, distributions = self._check_distributions(model, loaded, paths, sampled, rng)

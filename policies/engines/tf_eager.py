@@ -15,6 +15,7 @@ class TFEagerEngine:
   """Runs a copy's own `action` graph function (exact TF-Agents parity)."""
 
   name = "tf"
+  last_report = None
 
   def __init__(self, plan: marshaling_plan.MarshalingPlan, replaces_buffer_engine: bool = False):
     """`replaces_buffer_engine`: calls may still find a copy prepared for a
@@ -31,11 +32,6 @@ class TFEagerEngine:
 
   def prepare(self, loaded: loading.LoadedPolicy) -> tuple:
     return call_args(loaded)
-
-  @staticmethod
-  def rows_call(rows_plan):
-    """`call(rows, pad_to, *call_args)` of a row plan (for the dynamic batcher)."""
-    return rows_plan.call_rows
 
   @staticmethod
   def rows_batch(rows: int, max_rows: int) -> int:  # pylint: disable=unused-argument
