@@ -3,18 +3,34 @@
     from policies import SavedModelPyTFEagerPolicy
     policy = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True)
     step = policy.action(time_step, policy.get_initial_state())
+
+The names below are imported on first use (PEP 562), so importing the package,
+or a module of it that needs no TensorFlow (`policies.local_ray`,
+`policies.episodes`), imports no TensorFlow.
 """
 
-from policies import compat
+import importlib
 
-compat.import_gym_without_banner()   # before TF-Agents imports gym
+_EXPORTS = {
+    "BatcherClosedError": "policies.dynamic_batching",
+    "CheckpointFollower": "policies.checkpoint_follower",
+    "DynamicBatchingPolicy": "policies.dynamic_batching",
+    "PyTFEagerPolicyBase": "policies.saved_model_policy",
+    "SavedModelPyTFEagerPolicy": "policies.saved_model_policy",
+    "UnsafeGraphError": "policies.graph_audit",
+}
 
-from policies.checkpoint_follower import CheckpointFollower
-from policies.dynamic_batching import BatcherClosedError
-from policies.dynamic_batching import DynamicBatchingPolicy
-from policies.graph_audit import UnsafeGraphError
-from policies.saved_model_policy import PyTFEagerPolicyBase
-from policies.saved_model_policy import SavedModelPyTFEagerPolicy
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["BatcherClosedError", "CheckpointFollower", "DynamicBatchingPolicy",
-           "PyTFEagerPolicyBase", "SavedModelPyTFEagerPolicy", "UnsafeGraphError"]
+
+def __getattr__(name: str):
+  module = _EXPORTS.get(name)
+  if module is None:
+    raise AttributeError(f"module 'policies' has no attribute {name!r}")
+  value = getattr(importlib.import_module(module), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__))

@@ -22,6 +22,8 @@ import threading
 import time
 from typing import Any, Deque, List, Optional
 
+from policies import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
+
 from tensorflow.python.eager import core
 from tf_agents.policies import py_policy
 

@@ -45,6 +45,7 @@ class GymnasiumEnvironment:
 
   def __init__(self, env_id: str):
     import gymnasium  # pylint: disable=import-outside-toplevel
+    from policies import quiet_gym  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     from tf_agents.trajectories import time_step  # pylint: disable=import-outside-toplevel
     try:
       self._env = gymnasium.make(env_id)
@@ -72,6 +73,7 @@ class GymEnvironment:
   """A gym 0.23 environment through TF-Agents' `suite_gym` (its own conversions)."""
 
   def __init__(self, env_id: str):
+    from policies import quiet_gym  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     import gym  # pylint: disable=import-outside-toplevel
     from tf_agents.environments import suite_gym  # pylint: disable=import-outside-toplevel
     try:

@@ -32,6 +32,8 @@ import uuid
 import weakref
 from typing import Dict, List, Optional
 
+from policies import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
+
 import numpy as np
 import tensorflow as tf
 # Registers TFP's TypeSpecs; PolicySaver exports reference them in the

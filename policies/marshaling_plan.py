@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
+from policies import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
+
 import numpy as np
 import tensorflow as tf
 from tensorflow.python import pywrap_tfe

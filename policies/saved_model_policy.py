@@ -14,6 +14,8 @@ import re
 import threading
 from typing import Any, Optional
 
+from policies import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
+
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import core

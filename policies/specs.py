@@ -6,6 +6,8 @@ import dataclasses
 import os
 from typing import Any, Optional
 
+from policies import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
+
 import numpy as np
 import tensorflow as tf
 from tf_agents.policies import policy_saver

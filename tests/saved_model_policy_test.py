@@ -307,3 +307,29 @@ def test_loads_in_a_fresh_process(saved):
                           env=dict(os.environ), timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip().endswith("(2,)")
+
+
+_PACKAGE_FACE = """
+import sys
+import policies
+from policies import compat, episodes
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf_agents", "gym"))
+print("before:", heavy)
+from policies import SavedModelPyTFEagerPolicy, DynamicBatchingPolicy, CheckpointFollower
+print("after:", "tensorflow" in sys.modules, "tf_agents" in sys.modules)
+print("all:", sorted(policies.__all__) == sorted(n for n in dir(policies) if n in policies.__all__))
+"""
+
+
+def test_the_package_face_imports_tensorflow_only_when_asked():
+  import subprocess
+  import sys
+  result = subprocess.run([sys.executable, "-c", _PACKAGE_FACE], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stdout.strip().splitlines()
+  assert lines[-3:] == ["before: []", "after: True True", "all: True"]
+  assert "Gym has been unmaintained" not in result.stderr
+  with pytest.raises(AttributeError, match="has no attribute 'NoSuchName'"):
+    import policies  # pylint: disable=import-outside-toplevel
+    getattr(policies, "NoSuchName")
