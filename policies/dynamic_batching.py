@@ -27,20 +27,9 @@ from policies import quiet_gym  # noqa: F401  before TF-Agents, which imports gy
 from tensorflow.python.eager import core
 from tf_agents.policies import py_policy
 
+from policies import engines
 from policies import marshaling_plan
 from policies.saved_model_policy import SavedModelPyTFEagerPolicy
-
-def _rows_call(rows_plan):
-  """`call(rows, pad_to, *call_args)` for the engine the copy was prepared for: TF's
-  (function name, captures) or a buffer engine's (lease, release). A copy carries its
-  own, so a batch runs right even while backend="auto" moves from LiteRT to TF."""
-  tf_rows, buffer_rows = rows_plan.call_rows, rows_plan.call_rows_buffers
-
-  def call(rows, pad_to, *call_args):
-    return (tf_rows if isinstance(call_args[0], str) else buffer_rows)(rows, pad_to, *call_args)
-
-  return call
-
 
 class BatcherClosedError(RuntimeError):
   """The DynamicBatchingPolicy was closed before the call got its action."""
@@ -114,7 +103,8 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
         function.num_outputs, batch_time_steps=True, fixed_batch=None,
         input_slots=function.input_slots, output_indices=function.output_indices)
     self._switch = policy._switch  # pylint: disable=protected-access
-    self._call_rows = _rows_call(self._rows)
+    # A copy carries its own engine's call_args (backend="auto" may move it to TF).
+    self._call_rows = engines.by_call_args(self._rows.call_rows, self._rows.call_rows_buffers)
     self._lock = threading.Lock()     # guards the fields below
     self._filled = threading.Condition(self._lock)
     self._pending: Deque[_Request] = collections.deque()

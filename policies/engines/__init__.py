@@ -14,9 +14,20 @@ Every engine offers the same small interface to `SavedModelPyTFEagerPolicy`:
     engine.last_report          the last validation report (None: nothing to
                                 validate)
 
-The dynamic batcher's row path picks `call_rows` (TF's call_args) or
-`call_rows_buffers` (a buffer engine's) from each copy's call_args.
+Each copy carries its own call_args, so where copies prepared for different
+engines can meet (backend="auto" moving to TF on an update; the dynamic
+batcher's row path) `by_call_args` picks the native entry point per call.
 
 The marshaling plan is the one place that knows the nest layout; each engine
 feeds it in its own way (TF eager tensors, or LiteRT's buffers).
 """
+
+
+def by_call_args(tf_call, buffer_call):
+  """`call(a, b, *call_args)` running `tf_call` for a copy prepared for TF (its call_args
+  start with the function name) and `buffer_call` for one prepared for a buffer engine."""
+
+  def call(first, second, *call_args):
+    return (tf_call if isinstance(call_args[0], str) else buffer_call)(first, second, *call_args)
+
+  return call

@@ -109,13 +109,12 @@ def sample_inputs(time_step_spec, policy_state_spec, time_step_outer: tuple,
   return time_step, state
 
 
-def copies(time_step, policy_state, batch: int, time_step_batched: bool):
-  """`batch` copies of one input: time-step leaves get (or repeat) a batch dimension."""
-  def repeat(x, batched):
-    x = np.asarray(x)
-    return np.repeat(x, batch, axis=0) if batched else np.repeat(x[None], batch, axis=0)
-  return (tf.nest.map_structure(lambda x: repeat(x, time_step_batched), time_step),
-          tf.nest.map_structure(lambda x: repeat(x, True), policy_state))
+def copies(time_step, policy_state, batch: int):
+  """`batch` copies of one unbatched time step and its state (a batch of 1)."""
+  return (tf.nest.map_structure(lambda x: np.repeat(np.asarray(x)[None], batch, axis=0),
+                                time_step),
+          tf.nest.map_structure(lambda x: np.repeat(np.asarray(x), batch, axis=0),
+                                policy_state))
 
 
 # -- Checks ---------------------------------------------------------------------------
@@ -130,6 +129,15 @@ def action_bounds(action_spec) -> dict:
           for p, spec in nest.flatten_with_joined_string_paths(action_spec)}
 
 
+def check_bounds(path: str, got: np.ndarray, bounds: dict) -> None:
+  """Raises ValidationError if a sampled leaf leaves its action spec's bounds."""
+  spec = bounds.get(path)
+  if spec is not None and hasattr(spec, "minimum"):
+    if np.any(got < spec.minimum) or np.any(got > spec.maximum):
+      raise ValidationError(f"{path}: LiteRT sampled a value outside "
+                            f"[{spec.minimum}, {spec.maximum}]")
+
+
 def check_leaf(path: str, ref, got, sampled: bool, bounds: dict) -> float:
   """The leaf's worst deviation (0 for sampled leaves); raises ValidationError on a mismatch."""
   ref, got = np.asarray(ref), np.asarray(got)
@@ -137,11 +145,7 @@ def check_leaf(path: str, ref, got, sampled: bool, bounds: dict) -> float:
     raise ValidationError(f"{path}: LiteRT gives {got.dtype}{list(got.shape)}, "
                           f"TF {ref.dtype}{list(ref.shape)}")
   if sampled:
-    spec = bounds.get(path)
-    if spec is not None and hasattr(spec, "minimum"):
-      if np.any(got < spec.minimum) or np.any(got > spec.maximum):
-        raise ValidationError(f"{path}: LiteRT sampled a value outside "
-                              f"[{spec.minimum}, {spec.maximum}]")
+    check_bounds(path, got, bounds)
     return 0.0
   if np.issubdtype(ref.dtype, np.floating):
     close = np.isclose(got, ref, rtol=FLOAT_RTOL, atol=FLOAT_ATOL, equal_nan=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from policies import engines
 from policies import loading
 from policies import marshaling_plan
 
@@ -22,13 +23,7 @@ class TFEagerEngine:
     buffer engine (LiteRT) while this engine takes over; those run there."""
     self.call = plan.native_call   # call(time_step, policy_state, function_name, captures)
     if replaces_buffer_engine:
-      tf_call, buffer_call = plan.native_call, plan.native_call_buffers
-
-      def call(time_step, policy_state, *call_args):
-        run = tf_call if isinstance(call_args[0], str) else buffer_call
-        return run(time_step, policy_state, *call_args)
-
-      self.call = call
+      self.call = engines.by_call_args(plan.native_call, plan.native_call_buffers)
 
   def prepare(self, loaded: loading.LoadedPolicy) -> tuple:
     return call_args(loaded)
