@@ -362,7 +362,7 @@ struct CallState {
 class Plan {
  public:
   Plan(py::tuple time_step_tree, py::tuple state_tree, py::tuple output_tree,
-       int num_args, py::dict runtime)
+       int num_args, py::object runtime)
       : time_step_(ParseNode(time_step_tree)),
         state_(ParseNode(state_tree)),
         output_(ParseOutNode(output_tree)),
@@ -371,15 +371,20 @@ class Plan {
     CollectSlots(time_step_);
     CollectSlots(state_);
     min_outputs_ = MaxOutputIndex(output_) + 1;
-    from_dlpack_ = runtime["from_dlpack"];
-    eager_tensor_ = runtime["eager_tensor"];
-    context_handle_ = runtime["context_handle"];
-    device_ = runtime["device"];
-    execute_ = runtime["execute"];
-    attrs_ = runtime["attrs"];
-    num_outputs_ = runtime["num_outputs"];
+    // No runtime (None): a plan for buffer engines only, which needs no TensorFlow.
+    if (!runtime.is_none()) {
+      py::dict tf = runtime.cast<py::dict>();
+      from_dlpack_ = tf["from_dlpack"];
+      eager_tensor_ = tf["eager_tensor"];
+      context_handle_ = tf["context_handle"];
+      device_ = tf["device"];
+      execute_ = tf["execute"];
+      attrs_ = tf["attrs"];
+      num_outputs_ = tf["num_outputs"];
+      if (!PyType_Check(eager_tensor_.ptr())) throw py::type_error("runtime: eager_tensor must be a type");
+      eager_tensor_type_ = reinterpret_cast<PyTypeObject*>(eager_tensor_.ptr());
+    }
     numpy_method_ = py::str("_numpy_internal");
-    eager_tensor_type_ = reinterpret_cast<PyTypeObject*>(eager_tensor_.ptr());
     mapping_type_ = py::module_::import("collections.abc").attr("Mapping");
     sequence_type_ = py::module_::import("collections.abc").attr("Sequence");
   }
@@ -387,6 +392,7 @@ class Plan {
   // Validates and converts: the argument list (`num_args` tensors) `Call` would pass. With `staging`, small leaves land in
   // the plan's reused staging tensors, which the next call overwrites.
   py::list Flatten(py::handle time_step, py::handle policy_state, bool staging) const {
+    RequireTensorFlow("flatten");
     CallState state;
     state.use_staging = staging;
     StagingLease lease{this, &state};
@@ -397,6 +403,7 @@ class Plan {
   // `function_name` and `captures` pick the loaded copy of the function to run.
   py::object Call(py::handle time_step, py::handle policy_state, py::handle function_name,
                   py::tuple captures) const {
+    RequireTensorFlow("call");
     CallState state;
     state.use_staging = true;
     StagingLease lease{this, &state};
@@ -484,6 +491,7 @@ class Plan {
   // arrays, in output order, for `PackRow`.
   py::list CallRows(py::list rows, npy_intp pad_to, py::handle function_name,
                     py::tuple captures) const {
+    RequireTensorFlow("call_rows");
     std::vector<PyObject*> row_lists = RowLists(rows);
     npy_intp batch = std::max(static_cast<npy_intp>(row_lists.size()), pad_to);
     py::list args = Steal(PyList_New(num_args_ + captures.size()));
@@ -530,6 +538,12 @@ class Plan {
   }
 
  private:
+  void RequireTensorFlow(const char* entry) const {
+    if (eager_tensor_type_ == nullptr)
+      throw py::value_error(std::string(entry) +
+                            ": this plan was built without a TF runtime (buffer engines only)");
+  }
+
   static Py_ssize_t MaxOutputIndex(const OutNode& node) {
     if (node.kind == OutKind::kLeaf) {
       if (node.index < 0) throw py::value_error("output index out of range");
@@ -925,7 +939,7 @@ class Plan {
     if (PyArray_IsScalar(value, Generic)) {
       return Steal(PyArray_FromScalar(value, nullptr));
     }
-    if (PyObject_TypeCheck(value, eager_tensor_type_)) {
+    if (eager_tensor_type_ != nullptr && PyObject_TypeCheck(value, eager_tensor_type_)) {
       // An eager tensor, as TF-Agents accepts: a numpy view of its buffer
       // (dtype checked like any array; the view keeps the tensor alive).
       py::object view = Steal(PyObject_CallMethodNoArgs(value, numpy_method_.ptr()));
@@ -1259,9 +1273,9 @@ PYBIND11_MODULE(_marshal, m) {
   m.attr("ANY_BATCH") = kAnyBatch;
   m.attr("ZERO_COPY_MIN_BYTES") = kZeroCopyMinBytes;
   py::class_<Plan>(m, "Plan")
-      .def(py::init<py::tuple, py::tuple, py::tuple, int, py::dict>(),
+      .def(py::init<py::tuple, py::tuple, py::tuple, int, py::object>(),
            py::arg("time_step_tree"), py::arg("state_tree"), py::arg("output_tree"),
-           py::arg("num_args"), py::arg("runtime"))
+           py::arg("num_args"), py::arg("runtime") = py::none())
       .def("flatten", &Plan::Flatten, py::arg("time_step"), py::arg("policy_state"),
            py::arg("staging") = false)
       .def("call", &Plan::Call, py::arg("time_step"), py::arg("policy_state"),

@@ -4,9 +4,16 @@
     policy = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True)
     step = policy.action(time_step, policy.get_initial_state())
 
+Compiled once where TensorFlow is, a policy acts without it:
+
+    from policies import compile_policy            # imports TensorFlow
+    compile_policy(path, compiled_dir)
+    from policies import compiled                  # does not
+    policy = compiled.CompiledPolicy(compiled_dir)
+
 The names below are imported on first use (PEP 562), so importing the package,
 or a module of it that needs no TensorFlow (`policies.local_ray`,
-`policies.episodes`), imports no TensorFlow.
+`policies.episodes`, `policies.compiled`), imports no TensorFlow.
 """
 
 import importlib
@@ -14,10 +21,13 @@ import importlib
 _EXPORTS = {
     "BatcherClosedError": "policies.dynamic_batching",
     "CheckpointFollower": "policies.checkpoint_follower",
+    "CompiledFollower": "policies.compiled_follower",
+    "CompiledPolicy": "policies.compiled",
     "DynamicBatchingPolicy": "policies.dynamic_batching",
     "PyTFEagerPolicyBase": "policies.saved_model_policy",
     "SavedModelPyTFEagerPolicy": "policies.saved_model_policy",
     "UnsafeGraphError": "policies.graph_audit",
+    "compile_policy": "policies.compile",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,71 +1,45 @@
-"""Dynamic batching: many threads' single-step `action()` calls, one batched call.
+"""Dynamic batching as a TF-Agents `PyPolicy`: `DynamicBatchingPolicy`.
 
-`DynamicBatchingPolicy` wraps a `SavedModelPyTFEagerPolicy` created with
-`batch_time_steps=False`, on either backend. Each caller's time step (and
-policy state) is validated in the caller's thread by the native plan, exactly
-as the unbatched policy validates it. There is no batcher thread: a caller
-that finds no batch running leads one. It takes up to `max_batch_size` - 1
-waiting calls besides its own (after up to `max_wait_us`, to let a batch
-fill), stacks their rows natively (into TF tensors, or straight into a LiteRT
-interpreter's input buffers, padded to a power of two so a few prepared
-interpreter sizes serve every batch), runs the wrapped policy once on the
-active weights, wakes each caller with its own row, and hands the lead to the
-first caller still waiting. A lone caller so runs its call in its own thread
-with no thread hand-off; many callers each pay one wake-up.
+The batcher itself (`policies.batching.DynamicBatcher`, no TensorFlow) runs
+many threads' single-step `action()` calls as one batched call; see there for
+how batches form. This module gives it TF-Agents' `PyPolicy` face, over a
+`SavedModelPyTFEagerPolicy` (either backend) or a `CompiledPolicy`, both
+created with `batch_time_steps=False`.
 """
 
 from __future__ import annotations
 
-import _thread
-import collections
-import threading
-import time
-from typing import Any, Deque, List, Optional
+from typing import Any, Optional
 
 from policies import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
 
-from tensorflow.python.eager import core
 from tf_agents.policies import py_policy
 
-from policies import engines
-from policies import marshaling_plan
-from policies.saved_model_policy import SavedModelPyTFEagerPolicy
+from policies import batching
+from policies import compiled
+from policies import compiled_tf_agents
 
-class BatcherClosedError(RuntimeError):
-  """The DynamicBatchingPolicy was closed before the call got its action."""
-
-
-class _Request:
-  __slots__ = ("row", "done", "outputs", "index", "error", "lead")
-
-  def __init__(self, row: list):
-    self.row = row
-    self.done = _thread.allocate_lock()
-    self.done.acquire()            # released once: with its result, or to make it lead
-    self.outputs: Optional[list] = None
-    self.index = 0
-    self.error: Optional[BaseException] = None
-    self.lead = False
+BatcherClosedError = batching.BatcherClosedError
 
 
 class DynamicBatchingPolicy(py_policy.PyPolicy):
   """A `PyPolicy` that batches concurrent single-step calls into one call.
 
-  Same specs as the wrapped policy. `action(time_step, policy_state=())`
-  takes one unbatched time step (and a policy state with a batch of 1, as
-  `get_initial_state()` returns it) from any number of threads at once and
-  returns an unbatched action and info, like `batch_time_steps=True`.
-
-  Use it as a context manager, or call `close()`: callers whose call is not
-  already running get a `BatcherClosedError`.
+  Same specs as the wrapped policy (TF-Agents' specs for a `CompiledPolicy`).
+  `action(time_step, policy_state=())` takes one unbatched time step (and a
+  policy state with a batch of 1, as `get_initial_state()` returns it) from
+  any number of threads at once and returns an unbatched action and info,
+  like `batch_time_steps=True`. Use it as a context manager or call
+  `close()`: calls not already in a running batch then get a
+  `BatcherClosedError`.
   """
 
-  def __init__(self, policy: SavedModelPyTFEagerPolicy, max_batch_size: int = 64,
-               max_wait_us: float = 0.0):
+  def __init__(self, policy, max_batch_size: int = 64, max_wait_us: float = 0.0):
     """Wraps `policy`; batches form from the calls that overlap.
 
     Args:
-      policy: a `SavedModelPyTFEagerPolicy` created with `batch_time_steps=False`.
+      policy: a `SavedModelPyTFEagerPolicy` or `CompiledPolicy` created with
+        `batch_time_steps=False`.
       max_batch_size: most calls run in one batch. A policy exported with a
         fixed batch size runs batches of at most that size, padded to it.
       max_wait_us: how long the caller leading a batch waits for more calls
@@ -77,78 +51,58 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
       ValueError: the policy batches its own time steps, a bad batch size, or
         a signature with unknown inner dimensions (rows must stack).
     """
-    if not isinstance(policy, SavedModelPyTFEagerPolicy):
-      raise TypeError(f"DynamicBatchingPolicy wraps a SavedModelPyTFEagerPolicy, got "
-                      f"{type(policy).__name__}")
-    if policy._batch_time_steps:  # pylint: disable=protected-access
-      raise ValueError("DynamicBatchingPolicy needs the wrapped policy created with "
-                       "batch_time_steps=False (it runs batches of callers)")
-    if max_batch_size < 1:
-      raise ValueError(f"max_batch_size: expected at least 1, got {max_batch_size}")
-    super().__init__(policy.time_step_spec, policy.action_spec, policy.policy_state_spec,
-                     policy.info_spec)
+    self._batcher = batching.DynamicBatcher(policy, max_batch_size, max_wait_us)
     self._policy = policy
-    function = policy._plan.function  # pylint: disable=protected-access
-    fixed = policy._plan.fixed_batch_size  # pylint: disable=protected-access
-    engine = policy._engine  # pylint: disable=protected-access
-    self.max_batch_size = min(max_batch_size, fixed) if fixed else max_batch_size
-    # The batch n calls run at, by n: the fixed size, or as the engine pads.
-    self._padded = [fixed or engine.rows_batch(n, self.max_batch_size)
-                    for n in range(self.max_batch_size + 1)]
-    self.max_wait_us = max_wait_us
-    # Validates one caller's unbatched step (state with a batch of 1), and
-    # packs one row of the batched outputs, as batch_time_steps=True would.
-    self._rows = marshaling_plan.build_native_plan(
-        function.time_step_spec, function.policy_state_spec, function.output_structure,
-        function.num_outputs, batch_time_steps=True, fixed_batch=None,
-        input_slots=function.input_slots, output_indices=function.output_indices)
-    self._switch = policy._switch  # pylint: disable=protected-access
-    # A copy carries its own engine's call_args (backend="auto" may move it to TF).
-    self._call_rows = engines.by_call_args(self._rows.call_rows, self._rows.call_rows_buffers)
-    self._lock = threading.Lock()     # guards the fields below
-    self._filled = threading.Condition(self._lock)
-    self._pending: Deque[_Request] = collections.deque()
-    self._leading = False             # a caller is running (or about to run) batches
-    self._closed = False
-    self.batches = 0                  # statistics: batches run, calls served
-    self.calls = 0
+    if isinstance(policy, compiled.CompiledPolicy):
+      specs = [compiled_tf_agents.tf_agents_specs(s) for s in (
+          policy.time_step_spec, policy.action_spec, policy.policy_state_spec,
+          policy.info_spec)]
+    else:
+      specs = [policy.time_step_spec, policy.action_spec, policy.policy_state_spec,
+               policy.info_spec]
+    super().__init__(*specs)
 
   # -- PyPolicy -----------------------------------------------------------------
 
   def _action(self, time_step, policy_state, seed: Optional[Any] = None):
-    if seed is not None:
-      self._policy._check_seed(seed)  # pylint: disable=protected-access
-    request = _Request(self._rows.validate(time_step, policy_state))
-    with self._lock:
-      if self._closed:
-        raise BatcherClosedError("DynamicBatchingPolicy is closed")
-      lead = not self._leading
-      if lead:
-        self._leading = True
-      else:
-        self._pending.append(request)
-        if len(self._pending) + 1 >= self.max_batch_size:
-          self._filled.notify()
-    if not lead:
-      request.done.acquire()
-    if lead or request.lead:
-      self._lead(request)
-    if request.error is not None:
-      raise request.error
-    return self._rows.pack_row(request.outputs, request.index)
+    return self._batcher.action(time_step, policy_state, seed)
 
   def _get_initial_state(self, batch_size: Optional[int]):
-    return self._policy.get_initial_state(1 if batch_size is None else batch_size)
+    return self._batcher.get_initial_state(batch_size)
 
   # -- Wrapped policy -------------------------------------------------------------
 
   @property
-  def wrapped_policy(self) -> SavedModelPyTFEagerPolicy:
+  def wrapped_policy(self):
     return self._policy
+
+  @property
+  def max_batch_size(self) -> int:
+    return self._batcher.max_batch_size
+
+  @property
+  def max_wait_us(self) -> float:
+    return self._batcher.max_wait_us
+
+  @property
+  def batches(self) -> int:
+    return self._batcher.batches
+
+  @property
+  def calls(self) -> int:
+    return self._batcher.calls
+
+  @property
+  def mean_batch_size(self) -> float:
+    return self._batcher.mean_batch_size
 
   def update_from_checkpoint(self, checkpoint_path: str) -> None:
     """Updates the wrapped policy's weights; every batch runs on one set of weights."""
     self._policy.update_from_checkpoint(checkpoint_path)
+
+  def update(self, path) -> None:
+    """Swaps a wrapped `CompiledPolicy` to another compiled directory (see its `update`)."""
+    self._policy.update(path)
 
   def get_train_step_from_last_restored_checkpoint_path(self) -> Optional[int]:
     return self._policy.get_train_step_from_last_restored_checkpoint_path()
@@ -162,96 +116,14 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
   def variables(self):
     return self._policy.variables()
 
-  @property
-  def mean_batch_size(self) -> float:
-    return self.calls / self.batches if self.batches else 0.0
-
   # -- Lifetime ---------------------------------------------------------------------
 
   def close(self) -> None:
     """Stops batching; calls not already in a running batch get a BatcherClosedError."""
-    with self._lock:
-      self._closed = True
-      waiting = list(self._pending)
-      self._pending.clear()
-      self._filled.notify_all()
-    _finish(waiting, error=_closed_error())
+    self._batcher.close()
 
   def __enter__(self) -> "DynamicBatchingPolicy":
     return self
 
   def __exit__(self, *exc) -> None:
     self.close()
-
-  def __del__(self):
-    try:
-      self.close()
-    except Exception:  # pylint: disable=broad-except
-      pass
-
-  # -- The batcher ------------------------------------------------------------------
-
-  def _lead(self, own: _Request) -> None:
-    """Runs one batch, `own` first, then hands the lead to the next waiting caller.
-
-    The caller that finds no batch running leads: it takes up to
-    `max_batch_size` - 1 waiting calls besides its own, runs them, and wakes
-    their callers. A caller that arrives meanwhile waits, and the first of
-    them leads the next batch. A lone caller so runs its own call in its own
-    thread, with no hand-off.
-    """
-    batch = [own]
-    try:
-      with self._lock:
-        if self.max_wait_us and len(self._pending) + 1 < self.max_batch_size \
-            and not self._closed:
-          deadline = time.perf_counter() + self.max_wait_us * 1e-6
-          while (len(self._pending) + 1 < self.max_batch_size and not self._closed and
-                 self._filled.wait(deadline - time.perf_counter())):
-            pass
-        while self._pending and len(batch) < self.max_batch_size:
-          batch.append(self._pending.popleft())
-        closed = self._closed
-      if closed:
-        _finish(batch[1:], error=_closed_error())
-        own.error = _closed_error()
-        return
-      try:
-        outputs = self._switch.call(self._call_rows, [r.row for r in batch],
-                                    self._padded[len(batch)])
-      except BaseException as e:  # pylint: disable=broad-except
-        own.error = _batch_error(e)
-        _finish(batch[1:], error=own.error)
-        if not isinstance(e, Exception):
-          raise                         # e.g. KeyboardInterrupt, in the leading caller's thread
-        return
-      self.batches += 1
-      self.calls += len(batch)
-      own.outputs = outputs
-      _finish(batch[1:], outputs=outputs, first=1)
-    finally:
-      with self._lock:
-        successor = self._pending.popleft() if self._pending else None
-        self._leading = successor is not None
-      if successor is not None:
-        successor.lead = True
-        successor.done.release()
-
-
-def _finish(batch: List[_Request], outputs: Optional[list] = None,
-            error: Optional[BaseException] = None, first: int = 0) -> None:
-  """Hands each caller of `batch` its row of `outputs` (from row `first`), or `error`."""
-  for index, request in enumerate(batch, first):
-    request.outputs, request.index, request.error = outputs, index, error
-    request.done.release()
-
-
-def _closed_error() -> BatcherClosedError:
-  return BatcherClosedError("DynamicBatchingPolicy was closed before this call ran")
-
-
-def _batch_error(error: BaseException) -> BaseException:
-  """The error every caller of a failed batch gets."""
-  if isinstance(error, core._NotOkStatusException):  # pylint: disable=protected-access
-    error = core._status_to_exception(error)  # pylint: disable=protected-access
-  return RuntimeError(f"the batched call failed: {type(error).__name__}: {error}")

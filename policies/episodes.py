@@ -9,7 +9,8 @@ drivers see it. Both register the classic ids, so the prefix is how a user
 chooses. Either way an episode run with `seed` starts from
 `reset(seed=seed)` (gym: `seed(seed)` then `reset()`), and steps are
 TF-Agents time steps: termination has discount 0, truncation (a time limit)
-discount 1.
+discount 1. Gymnasium episodes need no TensorFlow (`policies.time_steps`),
+so TF-free workers run them with a compiled policy.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import time
 from typing import Optional
 
 import numpy as np
+
+from policies import time_steps
 
 DEFAULT_ENV = "CartPole-v0"
 GYM_PREFIX = "gym:"
@@ -45,14 +48,12 @@ class GymnasiumEnvironment:
 
   def __init__(self, env_id: str):
     import gymnasium  # pylint: disable=import-outside-toplevel
-    from policies import quiet_gym  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-    from tf_agents.trajectories import time_step  # pylint: disable=import-outside-toplevel
     try:
       self._env = gymnasium.make(env_id)
     except gymnasium.error.Error as e:
       raise ValueError(f"env_id: no Gymnasium environment {env_id!r} ({e}); "
                        f"'{GYM_PREFIX}{env_id}' picks gym's") from None
-    self._ts = time_step
+    self._ts = time_steps
     self._space = self._env.observation_space
 
   def reset(self, seed: int):

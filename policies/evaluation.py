@@ -5,7 +5,9 @@
     print(result.summary())
 
 Each worker is a Ray actor that loads the policy once, from its path (any
-file system TensorFlow reads), and its environment. Episodes are handed out
+file system TensorFlow reads), and its environment. A compiled policy
+directory (`policies.compile_policy`; a local path on every worker) runs as a
+`CompiledPolicy`, and its workers then import no TensorFlow. Episodes are handed out
 one or two at a time to whichever worker is free, and episode `i` always
 runs with environment seed `seed + i`, so a deterministic policy gives the
 same returns whatever the number of workers.
@@ -27,13 +29,14 @@ import os
 import time
 from typing import Any, Callable, Optional, Sequence
 
+import sys
+
 import numpy as np
 import ray
 
+from policies import compiled_format
 from policies import episodes as episodes_lib
-from policies import graph_audit
 from policies import local_ray
-from policies import saved_model_policy
 
 ENGINE = "ray"
 
@@ -44,9 +47,9 @@ _IN_FLIGHT_PER_WORKER = 2
 # How often the driver wakes up while waiting (so Ctrl-C is seen promptly).
 _POLL_S = 0.5
 
-# Errors a worker reports as themselves rather than as a RuntimeError.
-_WORKER_ERRORS = {cls.__name__: cls for cls in (
-    FileNotFoundError, ValueError, TypeError, graph_audit.UnsafeGraphError)}
+# Errors a worker reports as themselves rather than as a RuntimeError
+# (UnsafeGraphError, a ValueError, is looked up when raised: its module imports TF).
+_WORKER_ERRORS = {cls.__name__: cls for cls in (FileNotFoundError, ValueError, TypeError)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +74,10 @@ class EvaluationResult:
   load_time_s: float    # until every worker had loaded the policy
   run_time_s: float     # from the first episode handed out to the last result
   wall_time_s: float    # the whole call, Ray start-up included
+  # Per worker: seconds to import what the policy needs and load it (TensorFlow
+  # included for a SavedModel), and whether it imported TensorFlow.
+  worker_load_s: tuple = ()
+  worker_tensorflow: tuple = ()
 
   @property
   def returns(self) -> np.ndarray:
@@ -130,7 +137,8 @@ class EvaluationResult:
         "steps": self.steps, "steps_per_s": self.steps_per_s,
         "worker_steps_per_s": self.worker_steps_per_s, "restarts": self.restarts,
         "load_time_s": self.load_time_s, "run_time_s": self.run_time_s,
-        "wall_time_s": self.wall_time_s, "returns": self.returns.tolist(),
+        "wall_time_s": self.wall_time_s, "worker_load_s": list(self.worker_load_s),
+        "worker_tensorflow": list(self.worker_tensorflow), "returns": self.returns.tolist(),
         "lengths": self.lengths.tolist(),
     }
 
@@ -144,6 +152,8 @@ class EvaluationResult:
         f"steps/s: {self.steps_per_s:,.0f} overall; per worker: {per_worker}",
         f"time: {self.wall_time_s:.1f} s (loading {self.load_time_s:.1f} s, "
         f"episodes {self.run_time_s:.1f} s), worker restarts: {self.restarts}",
+        f"worker import + load: median {np.median(self.worker_load_s):.2f} s; TensorFlow "
+        f"imported on {sum(self.worker_tensorflow)} of {len(self.worker_tensorflow)} workers",
     ])
 
 
@@ -160,17 +170,20 @@ class _EpisodeWorker:
 
   def __init__(self, model_path: str, env_id: Optional[str], policy_kwargs: dict):
     self._error = None
+    started = time.perf_counter()
     try:
-      self._policy = saved_model_policy.SavedModelPyTFEagerPolicy(model_path, **policy_kwargs)
+      self._policy = _load_policy(model_path, policy_kwargs)
       self._env_id = episodes_lib.env_id_for(self._policy, env_id)
       self._env = episodes_lib.load_env(self._env_id)
     except Exception as e:  # pylint: disable=broad-except
       self._error = (type(e).__name__, str(e))
+    self._load_s = time.perf_counter() - started
 
   def ready(self) -> dict:
     if self._error:
       return {"error": self._error}
-    return {"pid": os.getpid(), "env_id": self._env_id}
+    return {"pid": os.getpid(), "env_id": self._env_id, "load_s": self._load_s,
+            "tensorflow": "tensorflow" in sys.modules}
 
   def run_episode(self, worker: int, index: int, seed: int):
     if self._error:
@@ -183,8 +196,20 @@ class _EpisodeWorker:
                          worker, os.getpid())
 
 
+def _load_policy(model_path: str, policy_kwargs: dict):
+  """A CompiledPolicy for a compiled directory (no TensorFlow), else the SavedModel's."""
+  if compiled_format.is_compiled(model_path):
+    from policies import compiled  # pylint: disable=import-outside-toplevel
+    return compiled.CompiledPolicy(model_path, batch_time_steps=True)
+  from policies import saved_model_policy  # pylint: disable=import-outside-toplevel
+  return saved_model_policy.SavedModelPyTFEagerPolicy(model_path, **policy_kwargs)
+
+
 def _raise_worker_error(error: Sequence[str]):
   name, message = error
+  if name == "UnsafeGraphError":
+    from policies import graph_audit  # pylint: disable=import-outside-toplevel
+    raise graph_audit.UnsafeGraphError(message)
   cls = _WORKER_ERRORS.get(name)
   if cls is None:
     raise RuntimeError(f"{name}: {message}")
@@ -204,7 +229,8 @@ def evaluate(model_path: str,
 
   Args:
     model_path: the `PolicySaver` directory, as the workers see it (local
-      path, gs://, s3://, ...).
+      path, gs://, s3://, ...), or a compiled policy directory (local path;
+      `backend` and `policy_kwargs` do not apply).
     env_id: Gymnasium environment id (`gym:ID` for gym 0.23's); default:
       the policy's `env_name` metadata, else CartPole-v0.
     episodes: how many episodes; episode i uses environment seed `seed + i`.
@@ -243,7 +269,7 @@ def evaluate(model_path: str,
     worker_cls = ray.remote(num_cpus=1, max_restarts=_WORKER_RESTARTS,
                             max_task_retries=_WORKER_RESTARTS)(_EpisodeWorker)
     actors = [worker_cls.remote(model_path, env_id, policy_kwargs) for _ in range(workers)]
-    env_ids = _wait_ready(actors)
+    replies = _wait_ready(actors)
     loaded = time.perf_counter()
     results = _run_episodes(actors, episodes, seed, on_episode)
     finished = time.perf_counter()
@@ -254,8 +280,12 @@ def evaluate(model_path: str,
       ray.shutdown()
   return EvaluationResult(
       episodes=tuple(results[i] for i in range(episodes)), workers=workers,
-      env_id=env_ids[0], backend=backend, load_time_s=loaded - start,
-      run_time_s=finished - loaded, wall_time_s=time.perf_counter() - start)
+      env_id=replies[0]["env_id"],
+      backend="lite (compiled)" if compiled_format.is_compiled(model_path) else backend,
+      load_time_s=loaded - start, run_time_s=finished - loaded,
+      wall_time_s=time.perf_counter() - start,
+      worker_load_s=tuple(r["load_s"] for r in replies),
+      worker_tensorflow=tuple(r["tensorflow"] for r in replies))
 
 
 def _connect(address: Optional[str], workers: int) -> bool:
@@ -270,9 +300,9 @@ def _connect(address: Optional[str], workers: int) -> bool:
 
 
 def _wait_ready(actors: list) -> list:
-  """The env id each worker resolved; raises the first worker's load error."""
+  """Each worker's ready() reply; raises the first worker's load error."""
   pending = {actor.ready.remote(): actor for actor in actors}
-  env_ids = []
+  replies = []
   while pending:
     done, _ = ray.wait(list(pending), num_returns=1, timeout=_POLL_S)
     for ref in done:
@@ -280,8 +310,8 @@ def _wait_ready(actors: list) -> list:
       reply = ray.get(ref)
       if "error" in reply:
         _raise_worker_error(reply["error"])
-      env_ids.append(reply["env_id"])
-  return env_ids
+      replies.append(reply)
+  return replies
 
 
 def _run_episodes(actors: list, episodes: int, seed: int,

@@ -14,13 +14,12 @@ from typing import Any, Optional
 
 from policies import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
 
-import numpy as np
 import tensorflow as tf
 from tensorflow.python import pywrap_tfe
 from tensorflow.python.eager import context
 from tensorflow.python.framework import ops
 
-from native import marshal
+from policies import plan_layout
 from tf_agents.trajectories import policy_step
 
 
@@ -43,65 +42,6 @@ def _tf_runtime(num_outputs: int, executor_type: str) -> dict:
       "attrs": tuple(item for pair in attrs.items() for item in pair),
       "num_outputs": num_outputs,
   }
-
-
-def _is_namedtuple(value) -> bool:
-  return isinstance(value, tuple) and hasattr(type(value), "_fields")
-
-
-def _input_tree(structure, path: str, slots: list, batch: int, slot_of) -> tuple:
-  """Encodes a spec nest as native input nodes; appends leaf specs to `slots`."""
-  if isinstance(structure, tf.TensorSpec):
-    slot = slot_of(len(slots))
-    slots.append(structure)
-    inner = tuple(-1 if d is None else int(d) for d in structure.shape.as_list()[1:])
-    return ("leaf", path, slot, np.dtype(structure.dtype.as_numpy_dtype), inner,
-            batch, structure.dtype.as_datatype_enum)
-  if _is_namedtuple(structure):
-    children = tuple(
-        _input_tree(getattr(structure, f), f"{path}.{f}", slots, batch, slot_of)
-        for f in structure._fields)
-    return ("namedtuple", path, children, tuple(structure._fields), type(structure).__name__)
-  if isinstance(structure, dict):
-    keys = tuple(sorted(structure))
-    children = tuple(
-        _input_tree(structure[k], f"{path}[{k!r}]", slots, batch, slot_of)
-        for k in keys)
-    return ("dict", path, children, keys)
-  if isinstance(structure, (list, tuple)):
-    children = tuple(
-        _input_tree(v, f"{path}[{i}]", slots, batch, slot_of) for i, v in enumerate(structure))
-    return ("sequence", path, children)
-  if structure is None:
-    return ("sequence", path, ())
-  raise TypeError(f"{path}: unsupported input spec {structure!r}")
-
-
-def _output_tree(structure, counter: list, unbatch: bool, top: bool = False) -> tuple:
-  """Output nodes; `counter` = [leaves seen, index_of(leaf number)]."""
-  if isinstance(structure, (tf.TensorSpec, tf.Tensor)):
-    index = counter[1](counter[0])
-    counter[0] += 1
-    return ("leaf", index, unbatch)
-  if _is_namedtuple(structure):
-    out_type = type(structure)
-    if top:
-      out_type = policy_step.PolicyStep
-      children = tuple(
-          _output_tree(getattr(structure, f), counter, unbatch and f != "state")
-          for f in structure._fields)
-    else:
-      children = tuple(_output_tree(v, counter, unbatch) for v in structure)
-    return ("namedtuple", out_type, children)
-  if isinstance(structure, dict):
-    # Values are flattened in sorted-key order; the dict keeps its own order.
-    by_key = {k: _output_tree(structure[k], counter, unbatch) for k in sorted(structure)}
-    return ("dict", tuple(structure), tuple(by_key[k] for k in structure))
-  if isinstance(structure, list):
-    return ("list", tuple(_output_tree(v, counter, unbatch) for v in structure))
-  if isinstance(structure, tuple):
-    return ("tuple", tuple(_output_tree(v, counter, unbatch) for v in structure))
-  raise TypeError(f"unsupported output structure {structure!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,39 +81,17 @@ def action_function_from_concrete(concrete) -> ActionFunction:
   )
 
 
-def leading_batch(spec_nest) -> int | None:
-  """The fixed batch size of a batched spec nest, None when unknown."""
-  sizes = {s.shape[0] for s in tf.nest.flatten(spec_nest)}
-  if len(sizes) > 1:
-    raise ValueError(f"inconsistent batch dimensions in signature: {sorted(map(str, sizes))}")
-  return sizes.pop() if sizes else None
-
-
 def build_native_plan(time_step_spec, policy_state_spec, output_structure, num_outputs: int,
                       batch_time_steps: bool, fixed_batch: int | None,
                       input_slots: Optional[tuple] = None,
                       output_indices: Optional[tuple] = None,
                       executor_type: str = ""):
-  """The native `Plan` for nests of batched signature specs.
-
-  With `batch_time_steps`, time-step leaves come unbatched (a batch of 1 is
-  added) and state leaves come with a batch of 1; otherwise every leaf carries
-  the caller's batch, which must be consistent (and equal `fixed_batch` if set).
-  """
-  caller_batch = marshal.ANY_BATCH if fixed_batch is None else fixed_batch
-  ts_batch = marshal.NO_CALLER_BATCH if batch_time_steps else caller_batch
-  state_batch = 1 if batch_time_steps else caller_batch
-  slot_of = (lambda i: i) if input_slots is None else input_slots.__getitem__
-  slots: list = []
-  ts_tree = _input_tree(time_step_spec, "time_step", slots, ts_batch, slot_of)
-  state_tree = _input_tree(policy_state_spec, "policy_state", slots, state_batch, slot_of)
-  counter = [0, (lambda i: i) if output_indices is None else output_indices.__getitem__]
-  out_tree = _output_tree(output_structure, counter, batch_time_steps, top=True)
-  if counter[0] != num_outputs:
-    raise ValueError(f"action function returns {num_outputs} tensors but its output "
-                     f"structure has {counter[0]} leaves")
-  return marshal.Plan(ts_tree, state_tree, out_tree, len(slots),
-                     _tf_runtime(num_outputs, executor_type))
+  """The native `Plan` (with TF's runtime) for nests of batched `tf.TensorSpec`s
+  (see `plan_layout.build_native_plan`)."""
+  return plan_layout.build_native_plan(
+      time_step_spec, policy_state_spec, output_structure, num_outputs, batch_time_steps,
+      fixed_batch, policy_step.PolicyStep, input_slots, output_indices,
+      _tf_runtime(num_outputs, executor_type))
 
 
 class MarshalingPlan:
@@ -182,13 +100,10 @@ class MarshalingPlan:
   def __init__(self, function: ActionFunction, batch_time_steps: bool, executor_type: str = ""):
     self.function = function
     self.batch_time_steps = batch_time_steps
-    fixed = leading_batch((function.time_step_spec, function.policy_state_spec))
+    fixed = plan_layout.leading_batch((function.time_step_spec, function.policy_state_spec))
     self.fixed_batch_size = fixed
-    if batch_time_steps and fixed not in (None, 1):
-      raise ValueError(
-          f"this policy was saved with a fixed batch size of {fixed}, so it cannot act "
-          f"on single unbatched time steps; create it with batch_time_steps=False and "
-          f"pass batches of {fixed}")
+    if batch_time_steps and plan_layout.fixed_batch_error(fixed):
+      raise ValueError(plan_layout.fixed_batch_error(fixed))
 
     self._native = build_native_plan(
         function.time_step_spec, function.policy_state_spec, function.output_structure,

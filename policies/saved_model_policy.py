@@ -22,9 +22,12 @@ from tensorflow.python.eager import core
 from tf_agents.policies import py_policy
 
 from native import marshal
+from policies import batching
+from policies import engines
 from policies import graph_audit
 from policies import loading
 from policies import marshaling_plan
+from policies import plan_layout
 from policies import specs as specs_lib
 from policies import storage
 from policies.engines import lite
@@ -126,27 +129,13 @@ class PyTFEagerPolicyBase(py_policy.PyPolicy):
     return _to_numpy(self._initial_state_tensors(self._initial_state_batch(batch_size)))
 
   def _initial_state_batch(self, batch_size: Optional[int]) -> int:
-    fixed = self._plan.fixed_batch_size
-    if batch_size is None:
-      if self._batch_time_steps:
-        return 1
-      if fixed is not None:
-        return fixed
-      raise ValueError(
-          "get_initial_state: pass batch_size (the number of environments) when the "
-          "policy was created with batch_time_steps=False")
-    if fixed is not None and batch_size != fixed:
-      raise ValueError(
-          f"get_initial_state: expected batch_size {fixed} (fixed at export), got {batch_size}")
-    return batch_size
+    return plan_layout.initial_state_batch(batch_size, self._batch_time_steps,
+                                           self._plan.fixed_batch_size)
 
   def _check_seed(self, seed) -> None:
     """A seed is meaningful only for deterministic graphs, where it changes nothing."""
     if self._stochastic:
-      raise ValueError(
-          f"seed={seed!r}: this policy samples with random ops whose seeds were fixed when "
-          "its graph was built, so a per-call seed cannot be applied. Seed the policy "
-          "at export instead (PolicySaver(policy, seed=...)) and call action() without seed")
+      raise ValueError(plan_layout.seed_error(seed))
 
   def variables(self):
     """The policy's variables as numpy arrays."""
@@ -320,6 +309,20 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
       standby.call_args = tf_eager.call_args(standby.loaded)
       self._engine = tf_eager.TFEagerEngine(self._plan, replaces_buffer_engine=True)
 
+  def _batching_parts(self) -> batching.BatchingParts:
+    """For `batching.DynamicBatcher`: a plan for single callers' rows, on this policy's copies."""
+    function = self._plan.function
+    rows = marshaling_plan.build_native_plan(
+        function.time_step_spec, function.policy_state_spec, function.output_structure,
+        function.num_outputs, batch_time_steps=True, fixed_batch=None,
+        input_slots=function.input_slots, output_indices=function.output_indices)
+    # A copy carries its own engine's call_args (backend="auto" may move it to TF).
+    return batching.BatchingParts(
+        rows=rows, switch=self._switch,
+        call_rows=engines.by_call_args(rows.call_rows, rows.call_rows_buffers),
+        padded=self._engine.rows_batch, fixed_batch_size=self._plan.fixed_batch_size,
+        check_seed=self._check_seed, batch_error=_batch_error)
+
   def _tf_call(self, time_step, policy_state, loaded: loading.LoadedPolicy):
     return self._run(time_step, policy_state, loaded.action)
 
@@ -481,6 +484,12 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
         f"e.g. a Ray worker, and load it there with SavedModelPyTFEagerPolicy(path, ...)")
 
   __reduce__ = __reduce_ex__ = __copy__ = __deepcopy__ = _not_copyable
+
+
+def _batch_error(error: BaseException) -> BaseException:
+  if isinstance(error, core._NotOkStatusException):  # pylint: disable=protected-access
+    error = core._status_to_exception(error)  # pylint: disable=protected-access
+  return batching.runtime_error(error)
 
 
 def _train_step_from_path(path: str) -> Optional[int]:

@@ -7,6 +7,8 @@ Every read of the library goes through here or through TF's own readers.
 
 from __future__ import annotations
 
+import os
+
 import tensorflow as tf
 
 
@@ -50,6 +52,16 @@ def read_bytes(path: str) -> bytes:
     raise FileNotFoundError(f"file not found: {path}") from None
   except tf.errors.OpError as e:
     raise ValueError(f"cannot read {path}: {first_line(e)}") from None
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  """Writes a whole file (making its directory); ValueError naming it on failure."""
+  try:
+    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+    with tf.io.gfile.GFile(path, "wb") as f:
+      f.write(data)
+  except tf.errors.OpError as e:
+    raise ValueError(f"cannot write {path}: {first_line(e)}") from None
 
 
 def copy_tree(source: str, target: str) -> None:

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from conftest import scaled_checkpoint
 from policies import CheckpointFollower
-from policies import SavedModelPyTFEagerPolicy
+from policies import SavedModelPyTFEagerPolicy, compile_policy
 from policies import episodes as episodes_lib
 from policies import evaluation
 from policies import local_ray
@@ -102,6 +102,19 @@ def test_confidence_interval_is_students_t(reference_returns):
   result = evaluation.evaluate(DEFAULT_POLICY, VARIED_ENV, episodes=10, workers=2)
   half_width = 2.2621571627 * np.std(reference_returns, ddof=1) / np.sqrt(10)   # t(0.975, 9)
   assert result.ci95 == pytest.approx(half_width, rel=1e-5)
+
+
+def test_a_compiled_directory_evaluates_on_workers_without_tensorflow(reference_returns,
+                                                                     tmp_path):
+  out = compile_policy(DEFAULT_POLICY, str(tmp_path / "compiled")).path
+  result = evaluation.evaluate(out, VARIED_ENV, episodes=10, workers=2)
+  assert result.returns.tolist() == reference_returns   # same actions, same episodes
+  assert result.backend == "lite (compiled)"
+  assert result.worker_tensorflow == (False, False)
+  saved = evaluation.evaluate(DEFAULT_POLICY, VARIED_ENV, episodes=2, workers=2)
+  assert saved.worker_tensorflow == (True, True)
+  assert len(result.worker_load_s) == 2 and min(result.worker_load_s) > 0
+  assert "TensorFlow imported on 0 of 2 workers" in result.summary()
 
 
 def test_killed_worker_loses_and_doubles_nothing(reference_returns):

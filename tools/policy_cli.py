@@ -5,8 +5,10 @@
                                return against a random policy, per-step latency
     policy_cli evaluate [DIR]  many seeded episodes on Ray workers (local or a
                                cluster); mean return with its 95% CI, steps/s
+    policy_cli compile DIR OUT compile the export for acting without TensorFlow
+                               (policies.compiled.CompiledPolicy)
 
-Without DIR all three use the embedded default: a CartPole policy trained by
+Without DIR, inspect, run and evaluate use the embedded default: a CartPole policy trained by
 tools/train_cartpole.py.
 """
 
@@ -137,6 +139,23 @@ def evaluate(model_dir: str, env_name: str | None, episodes: int, workers: int,
   return summary
 
 
+def compile_command(model_dir: str, out_dir: str, checkpoint: str | None,
+                    allow_unsafe_ops: bool) -> dict:
+  from policies import compile as compile_lib  # pylint: disable=import-outside-toplevel
+
+  start = time.perf_counter()
+  result = compile_lib.compile_policy(model_dir, out_dir, checkpoint=checkpoint,
+                                      allow_unsafe_ops=allow_unsafe_ops)
+  seconds = time.perf_counter() - start
+  validation = result.report["validation"] or {}
+  print(f"compiled {model_dir}{f' with {checkpoint}' if checkpoint else ''} -> {out_dir} "
+        f"in {seconds:.1f} s (train step {result.train_step})")
+  for check in validation.get("outputs", []):
+    print(f"  {check['path']}: {check['kind']}, {check['statistic']} {check['figure']:.3g} "
+          f"(threshold {check['threshold']:.3g})")
+  return result.report
+
+
 def _plot_returns(result, path: str) -> None:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
@@ -164,6 +183,11 @@ def main(argv=None) -> int:
   p_run.add_argument("dir", nargs="?", default=DEFAULT_POLICY)
   p_eval = sub.add_parser("evaluate", help="many seeded episodes on Ray workers")
   p_eval.add_argument("dir", nargs="?", default=DEFAULT_POLICY)
+  p_compile = sub.add_parser("compile", help="compile DIR into OUT for acting without TF")
+  p_compile.add_argument("dir")
+  p_compile.add_argument("out")
+  p_compile.add_argument("--checkpoint", default=None,
+                         help="compile these weights (a PolicySaver checkpoint directory)")
   p_eval.add_argument("--workers", type=int, default=2, help="Ray actors, one CPU each")
   p_eval.add_argument("--address", default=None,
                       help="Ray cluster to join (default: start a local instance)")
@@ -178,19 +202,21 @@ def main(argv=None) -> int:
     p.add_argument("--episodes", type=int, default=20 if p is p_run else 100)
     p.add_argument("--seed", type=int, default=0, help="environment seed of episode 0")
     p.add_argument("--backend", default="tf", help="engine that runs action()")
-  for p in (p_inspect, p_run, p_eval):
+  for p in (p_inspect, p_run, p_eval, p_compile):
     p.add_argument("--allow-unsafe-ops", action="store_true",
                    help="load graphs that touch files, the network or run Python")
   args = parser.parse_args(argv)
   try:
     if args.command == "inspect":
       inspect(args.dir, args.allow_unsafe_ops)
+    elif args.command == "compile":
+      compile_command(args.dir, args.out, args.checkpoint, args.allow_unsafe_ops)
     elif args.command == "run":
       run(args.dir, args.env, args.episodes, args.seed, args.allow_unsafe_ops, args.backend)
     else:
       evaluate(args.dir, args.env, args.episodes, args.workers, args.address, args.backend,
                args.seed, args.json, args.plot, args.allow_unsafe_ops)
-  except (FileNotFoundError, ValueError, TypeError, graph_audit.UnsafeGraphError,
+  except (FileNotFoundError, FileExistsError, ValueError, TypeError, graph_audit.UnsafeGraphError,
           RuntimeError) as e:   # RuntimeError: e.g. evaluation.WorkerLostError
     print(f"policy_cli: {e}", file=sys.stderr)
     return 1

@@ -77,22 +77,27 @@ STACK = struct(
 )
 """
 
-def _python_configure_impl(rctx):
+def _run_interpreter(rctx, rule, name, query):
+    """(interpreter, its output of `query`): `interpreter_env`, else the venv's python."""
     workspace_root = rctx.path(Label("//:WORKSPACE")).dirname
     interpreter = rctx.os.environ.get(rctx.attr.interpreter_env, "")
     if not interpreter:
         interpreter = "{}/{}/bin/python".format(workspace_root, rctx.attr.venv)
 
-    # Re-run when the stack's pinned package set changes.
+    # Re-run when the pinned package set changes.
     rctx.path(rctx.attr.requirements)
 
-    result = rctx.execute([interpreter, "-c", _QUERY])
+    result = rctx.execute([interpreter, "-c", query])
     if result.return_code != 0:
-        fail(("python_configure: the {} stack cannot run {} ({}). Run tools/setup.sh " +
-              "first or set {}.").format(rctx.attr.stack, interpreter, result.stderr.strip(),
+        fail(("{}: the {} environment cannot run {} ({}). Run tools/setup.sh " +
+              "first or set {}.").format(rule, name, interpreter, result.stderr.strip(),
                                          rctx.attr.interpreter_env))
+    return interpreter, result.stdout.strip()
+
+def _python_configure_impl(rctx):
+    interpreter, stdout = _run_interpreter(rctx, "python_configure", rctx.attr.stack, _QUERY)
     python_include, pybind11_include, numpy_include, ext_suffix, version = (
-        result.stdout.strip().splitlines()
+        stdout.splitlines()
     )
     rctx.symlink(python_include, "python_include")
     rctx.symlink(pybind11_include, "pybind11_include")
@@ -115,5 +120,41 @@ python_configure = repository_rule(
         "requirements": attr.label(mandatory = True, allow_single_file = True),
     },
     environ = ["PYTHON_BIN_PATH", "PYTHON313_BIN_PATH"],
+    local = True,
+)
+
+_INTERPRETER_DEFS = """\"\"\"The `{name}` environment's interpreter, as found by venv_interpreter.\"\"\"
+
+ENVIRONMENT = struct(
+    name = "{name}",
+    python = "{interpreter}",
+    ext_suffix = "{ext_suffix}",
+)
+"""
+
+_EXT_SUFFIX = "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))"
+
+def _venv_interpreter_impl(rctx):
+    interpreter, ext_suffix = _run_interpreter(rctx, "venv_interpreter", rctx.attr.environment,
+                                               _EXT_SUFFIX)
+    rctx.file("BUILD", "")
+    rctx.file("defs.bzl", _INTERPRETER_DEFS.format(
+        name = rctx.attr.environment,
+        interpreter = interpreter,
+        ext_suffix = ext_suffix,
+    ))
+
+# An environment tests run in (re-executed by tests/pytest_main.py) that builds
+# nothing of its own: e.g. the TF-free one, which imports the py313 stack's
+# native module.
+venv_interpreter = repository_rule(
+    implementation = _venv_interpreter_impl,
+    attrs = {
+        "environment": attr.string(mandatory = True, doc = "short name, e.g. tffree"),
+        "venv": attr.string(mandatory = True, doc = "venv directory at the workspace root"),
+        "interpreter_env": attr.string(mandatory = True, doc = "variable that overrides the venv"),
+        "requirements": attr.label(mandatory = True, allow_single_file = True),
+    },
+    environ = ["PYTHON313_TFFREE_BIN_PATH"],
     local = True,
 )

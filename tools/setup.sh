@@ -2,6 +2,7 @@
 # Idempotent set-up: Bazel (Debian's bazel-bootstrap) and one venv per tested stack:
 #   .venv        Python 3.11, requirements.txt (TF-Agents' pinned stack)
 #   .venv-py313  Python 3.13, requirements-py313.txt, then requirements-py313-no-deps.txt
+#   .venv-tffree Python 3.13, requirements-tffree.txt (compiled policies, no TensorFlow)
 # Quiet when nothing is missing.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -68,3 +69,4 @@ make_venv() {
 # TF 2.15 supports Python 3.9-3.11 only: never a bare python3 that could be newer.
 make_venv .venv 3.11 PYTHON_FOR_VENV requirements.txt
 make_venv .venv-py313 3.13 PYTHON313_FOR_VENV requirements-py313.txt requirements-py313-no-deps.txt
+make_venv .venv-tffree 3.13 PYTHON313_FOR_VENV requirements-tffree.txt

@@ -3,10 +3,15 @@
 `PRIMARY` (Python 3.11, TF-Agents' pinned set) runs py_binary targets and the
 plain test names; every stack in `STACKS` gets its own native extension
 (named with its `EXT_SUFFIX`) and, beyond the primary, its own test variants.
+`TFFREE` is the environment without TensorFlow that `_tffree` tests run in.
 """
 
 load("@local_python//:defs.bzl", _py311 = "STACK")
 load("@local_python313//:defs.bzl", _py313 = "STACK")
+load("@local_python313_tffree//:defs.bzl", _tffree = "ENVIRONMENT")
 
 PRIMARY = _py311
 STACKS = [_py311, _py313]
+
+# Python 3.13 without TensorFlow (compiled policies); imports the py313 native build.
+TFFREE = _tffree

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up (tools/setup.sh), runs every test on both stacks with one
-# `bazel test //...` (targets ending in _py313 run on Python 3.13), prints
-# each stack's pytest counts, and ends with one line `N passed, M failed`
-# summed over both.
+# `bazel test //...` (targets ending in _py313 run on Python 3.13, those
+# ending in _tffree in the environment without TensorFlow), prints each
+# one's pytest counts, and ends with one line `N passed, M failed` summed
+# over all.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -22,6 +23,7 @@ counts="$(
     [ -n "$line" ] || line="1 failed"   # no log, or crashed before pytest reported
     stack=py311
     [[ "$target" == *_py313 ]] && stack=py313
+    [[ "$target" == *_tffree ]] && stack=tffree
     echo "$stack $line"
   done | awk '{ for (i = 2; i < NF; i++) {
                   if ($(i+1) ~ /^passed/) p[$1] += $i

@@ -8,7 +8,7 @@ validated against the TF function on sampled inputs before it serves a call.
 Per call the native plan validates the caller's nest exactly as on the TF
 path, copies each leaf into the interpreter's input buffers, runs it, and
 copies the outputs into arrays the caller owns (`Plan.call_buffers`).
-Interpreters are prepared per batch size (the last `MAX_BATCH_SIZES`
+Interpreters (`lite_model`) are prepared per batch size (the last `MAX_BATCH_SIZES`
 sizes prepared), one per concurrent caller, so no interpreter ever runs
 two calls at once and no call resizes a tensor.
 """
@@ -28,20 +28,19 @@ from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
-from ai_edge_litert import interpreter as litert
 
+from policies import batching
 from policies import graph_audit
 from policies import loading
 from policies import marshaling_plan
 from policies import storage
+from policies.engines import lite_model
 from policies.engines import lite_rewrites
 from policies.engines import lite_validation
 
 # What validation allows deterministic float outputs (lite_validation has the rest).
 FLOAT_RTOL = lite_validation.FLOAT_RTOL
 FLOAT_ATOL = lite_validation.FLOAT_ATOL
-# Batch sizes with prepared interpreters; the one prepared first is dropped.
-MAX_BATCH_SIZES = 12
 CACHE_ENV = "POLICY_RUNTIME_CACHE_DIR"
 
 _CACHE_MAGIC = b"policy_runtime.lite.v2\n"
@@ -175,96 +174,6 @@ class ConversionCache:
         os.remove(tmp)
 
 
-# -- Interpreters -----------------------------------------------------------------
-
-
-class LiteModel:
-  """A converted `action` and its interpreters, by batch size.
-
-  `lease(batch)` hands one caller an interpreter prepared for `batch`, as
-  `(inputs, invoke, outputs, batch, interpreter)` with numpy arrays over its
-  input and output buffers in the function's order; `release(lease)` returns
-  it. An interpreter serves one call at a time.
-
-  Args:
-    flatbuffer: the converted model.
-    input_names: its `action` signature's input names, by argument slot.
-    output_names: its output names, by output index.
-    first_batch: the batch size of the first interpreter (made here, so a
-      model that does not run fails at load rather than on a call).
-
-  Raises:
-    ValueError: the signature does not have those names, or a tensor moves.
-  """
-
-  def __init__(self, flatbuffer: bytes, input_names: list, output_names: list,
-               first_batch: int):
-    self.flatbuffer = flatbuffer
-    interpreter = litert.Interpreter(model_content=flatbuffer, num_threads=1)
-    signature = interpreter._get_full_signature_list().get("action", {})  # pylint: disable=protected-access
-    inputs, outputs = signature.get("inputs", {}), signature.get("outputs", {})
-    if sorted(inputs) != sorted(input_names) or sorted(outputs) != sorted(output_names):
-      raise ValueError(f"the LiteRT signature does not match the specs: inputs "
-                       f"{sorted(inputs)}, outputs {sorted(outputs)}")
-    self._input_indices = [inputs[n] for n in input_names]
-    self._output_indices = [outputs[n] for n in output_names]
-    self._free: dict = {}                       # batch -> [lease, ...], oldest size first
-    self._lock = threading.Lock()               # creating and evicting only
-    self.release(self._new_lease(first_batch, interpreter))
-
-  def lease(self, batch: int):
-    free = self._free.get(batch)
-    if free:
-      try:
-        return free.pop()
-      except IndexError:
-        pass
-    return self._new_lease(batch)
-
-  def release(self, lease) -> None:
-    free = self._free.get(lease[3])
-    if free is not None:
-      free.append(lease)
-
-  def discard(self, batch: int) -> None:
-    """Drops the interpreters prepared for `batch` (e.g. validation's large batches)."""
-    with self._lock:
-      self._free.pop(batch, None)
-
-  def _new_lease(self, batch: int, interpreter=None):
-    if interpreter is None:
-      interpreter = litert.Interpreter(model_content=self.flatbuffer, num_threads=1)
-    details = {d["index"]: d for d in interpreter.get_input_details()}
-    for index in self._input_indices:
-      signature = list(details[index]["shape_signature"])
-      if signature and signature[0] < 0:
-        interpreter.resize_tensor_input(index, [batch] + signature[1:], strict=True)
-    interpreter.allocate_tensors()
-    # The public invoke() refuses to run while numpy views of the buffers
-    # exist. The views are safe: no tensor is resized after allocation, and
-    # buffers are taken after a first run (which may still move them) and
-    # checked not to move on the next one.
-    invoke = interpreter._interpreter.Invoke  # pylint: disable=protected-access
-    for index in self._input_indices:
-      interpreter.tensor(index)().fill(0)
-    invoke()
-    indices = self._input_indices + self._output_indices
-    views = [interpreter.tensor(i)() for i in indices]
-    invoke()
-    if [v.__array_interface__["data"][0] for v in views] != \
-        [interpreter.tensor(i)().__array_interface__["data"][0] for i in indices]:
-      raise ValueError("the LiteRT model has tensors whose buffers move between calls "
-                       "(dynamic shapes), which this engine does not support")
-    count = len(self._input_indices)
-    lease = (views[:count], invoke, views[count:], batch, interpreter)
-    with self._lock:
-      if batch not in self._free:
-        self._free[batch] = []
-        while len(self._free) > MAX_BATCH_SIZES:
-          del self._free[next(iter(self._free))]
-    return lease
-
-
 class LiteEngine:
   """Runs copies of the policy on LiteRT (see module docstring).
 
@@ -310,13 +219,10 @@ class LiteEngine:
     self.validate(model, loaded)
     return (model.lease, model.release)
 
-  @staticmethod
-  def rows_batch(rows: int, max_rows: int) -> int:
-    """Rows padded to a power of two (at most `max_rows`): a few prepared
-    interpreter sizes serve every batch, and none is resized per call."""
-    return min(1 << (rows - 1).bit_length(), max(rows, max_rows))
+  # Rows padded to a power of two: a few prepared interpreter sizes serve every batch.
+  rows_batch = staticmethod(batching.padded_rows)
 
-  def model_for(self, loaded: loading.LoadedPolicy) -> LiteModel:
+  def model_for(self, loaded: loading.LoadedPolicy) -> lite_model.LiteModel:
     """The copy's LiteRT model (current weights): from the cache, else converted."""
     directory = f"ram://policy_runtime_lite/{uuid.uuid4().hex}"
     try:
@@ -342,11 +248,11 @@ class LiteEngine:
     self.last_conversion = "converted"
     return model
 
-  def _model(self, flatbuffer: bytes) -> LiteModel:
-    return LiteModel(flatbuffer, self._input_names, self._output_names,
+  def _model(self, flatbuffer: bytes) -> lite_model.LiteModel:
+    return lite_model.LiteModel(flatbuffer, self._input_names, self._output_names,
                      self._plan.fixed_batch_size or 1)
 
-  def validate(self, model: LiteModel, loaded: loading.LoadedPolicy) -> None:
+  def validate(self, model: lite_model.LiteModel, loaded: loading.LoadedPolicy) -> None:
     """Raises ValueError unless LiteRT behaves like TF (see lite_validation)."""
     try:
       self.last_report = self._validate(model, loaded)
@@ -354,7 +260,7 @@ class LiteEngine:
       raise ValueError(f"{self._what}: the LiteRT model disagrees with the TF function "
                        f"on sampled inputs: {e}") from None
 
-  def _validate(self, model: LiteModel, loaded: loading.LoadedPolicy):
+  def _validate(self, model: lite_model.LiteModel, loaded: loading.LoadedPolicy):
     rng = np.random.default_rng(0)
     specs = self._specs
     sampled = self._sampled_leaves(loaded)
@@ -405,7 +311,7 @@ class LiteEngine:
       self._draw_plan = marshaling_plan.MarshalingPlan(self._plan.function, batch_time_steps=False)
     return self._draw_plan
 
-  def _check_distributions(self, model: LiteModel, loaded: loading.LoadedPolicy, paths: list,
+  def _check_distributions(self, model: lite_model.LiteModel, loaded: loading.LoadedPolicy, paths: list,
                            sampled: list, rng: np.random.Generator) -> tuple:
     """Many draws on a few fixed inputs from each engine, compared element by element."""
     specs = self._specs

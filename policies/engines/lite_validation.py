@@ -35,26 +35,17 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.util import nest
 
+# The statistics live without TF, for checks where TF is not.
+from policies.engines.sample_statistics import (  # noqa: F401
+    ALPHA, OutputCheck, ValidationError, compare_distributions, continuous_threshold,
+    discrete_threshold, kolmogorov_smirnov, total_variation)
+
 FLOAT_RTOL = 1e-5
 FLOAT_ATOL = 1e-5
 DETERMINISTIC_CASES = 64
 DISTRIBUTION_INPUTS = 4
 DRAWS = 20_000
 MAX_DRAW_CALLS = 256       # fixed-batch exports: at most this many calls per engine and input
-ALPHA = 1e-6               # false-alarm probability per load
-
-
-@dataclasses.dataclass(frozen=True)
-class OutputCheck:
-  """One output leaf's validation: its kind and its worst figure."""
-  path: str
-  kind: str                 # "deterministic" or "sampled"
-  figure: float             # worst |lite - tf| (deterministic) or worst distance (sampled)
-  threshold: float          # what the figure had to stay within (0: exact)
-  statistic: str            # "max abs difference", "total variation", "Kolmogorov-Smirnov"
-
-  def to_json(self) -> dict:
-    return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
@@ -65,13 +56,6 @@ class ValidationReport:
 
   def to_json(self) -> dict:
     return {"draws": self.draws, "outputs": [o.to_json() for o in self.outputs]}
-
-
-class ValidationError(ValueError):
-  """The LiteRT model does not behave like the TF function (the message says where)."""
-
-
-# -- Inputs ---------------------------------------------------------------------------
 
 
 def _sample(spec, outer: tuple, rng: np.random.Generator, field: str) -> np.ndarray:
@@ -162,71 +146,6 @@ def check_leaf(path: str, ref, got, sampled: bool, bounds: dict) -> float:
   if not np.array_equal(got, ref):
     raise ValidationError(f"{path}: LiteRT gives {got.ravel()[:4]}..., TF {ref.ravel()[:4]}...")
   return 0.0
-
-
-def categories(spec, tf_draws: np.ndarray, lite_draws: np.ndarray) -> int:
-  """The support size of a discrete element: the spec's range if bounded, else values seen."""
-  if spec is not None and hasattr(spec, "minimum") and tf_draws.dtype != np.bool_:
-    size = int(np.max(spec.maximum)) - int(np.min(spec.minimum)) + 1
-    if 0 < size <= 1 << 20:
-      return size
-  if tf_draws.dtype == np.bool_:
-    return 2
-  return len(np.union1d(tf_draws, lite_draws))
-
-
-def total_variation(a: np.ndarray, b: np.ndarray) -> float:
-  """Total variation distance between the empirical distributions of two 1-D samples."""
-  values, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
-  count_a = np.bincount(inverse[:len(a)], minlength=len(values)) / len(a)
-  count_b = np.bincount(inverse[len(a):], minlength=len(values)) / len(b)
-  return 0.5 * float(np.abs(count_a - count_b).sum())
-
-
-def kolmogorov_smirnov(a: np.ndarray, b: np.ndarray) -> float:
-  """The two-sample Kolmogorov-Smirnov distance sup |F_a - F_b|."""
-  a, b = np.sort(a.astype(np.float64)), np.sort(b.astype(np.float64))
-  points = np.concatenate([a, b])
-  return float(np.max(np.abs(np.searchsorted(a, points, side="right") / len(a) -
-                             np.searchsorted(b, points, side="right") / len(b))))
-
-
-def discrete_threshold(num_categories: int, draws: int, tests: int) -> float:
-  return (math.sqrt(num_categories / draws) +
-          2 * math.sqrt(math.log(2 * tests / ALPHA) / (2 * draws)))
-
-
-def continuous_threshold(draws: int, tests: int) -> float:
-  return 2 * math.sqrt(math.log(4 * tests / ALPHA) / (2 * draws))
-
-
-def compare_distributions(path: str, tf_draws: List[np.ndarray], lite_draws: List[np.ndarray],
-                          spec, tests: int) -> OutputCheck:
-  """Element by element, over every fixed input: the worst distance against its threshold.
-
-  `tf_draws[k]`, `lite_draws[k]`: the draws on input k, shape [draws, ...].
-  """
-  worst, worst_threshold, statistic = 0.0, 0.0, "total variation"
-  for ref, got in zip(tf_draws, lite_draws):
-    ref = ref.reshape(len(ref), -1)
-    got = got.reshape(len(got), -1)
-    discrete = not np.issubdtype(ref.dtype, np.floating)
-    statistic = "total variation" if discrete else "Kolmogorov-Smirnov"
-    for e in range(ref.shape[1]):
-      if discrete:
-        distance = total_variation(ref[:, e], got[:, e])
-        threshold = discrete_threshold(categories(spec, ref[:, e], got[:, e]), len(ref), tests)
-      else:
-        distance = kolmogorov_smirnov(ref[:, e], got[:, e])
-        threshold = continuous_threshold(len(ref), tests)
-      if distance > threshold:
-        element = f"[{e}]" if ref.shape[1] > 1 else ""
-        raise ValidationError(
-            f"{path}{element}: LiteRT samples from another distribution than TF: "
-            f"{statistic} distance {distance:.3f} over {len(ref)} draws, above {threshold:.3f}")
-      if distance / threshold >= (worst / worst_threshold if worst_threshold else 0.0):
-        worst, worst_threshold = distance, threshold
-  return OutputCheck(path, "sampled", worst, worst_threshold, statistic)
 
 
 def draw_plan(fixed_batch: Optional[int]) -> tuple:

@@ -1,0 +1,257 @@
+"""Compiled policies: act on a policy compiled by `policies.compile`, without TensorFlow.
+
+    from policies import compiled
+    policy = compiled.CompiledPolicy("/models/compiled/step_1000")
+    step = policy.action(time_step, policy.get_initial_state())
+
+This module and what it imports (numpy, ai-edge-litert, the native module)
+never import TensorFlow or TF-Agents. A `CompiledPolicy` has the surface of
+`SavedModelPyTFEagerPolicy`: `action`, `get_initial_state`, the four specs,
+`get_train_step`, `get_metadata`, and `update` for an atomic swap to another
+compiled directory. Inputs go through the same native plan, so bad input gets
+the same errors; results are arrays the caller owns. Paths are local (there is
+no TensorFlow file layer here). Outputs are within the validated tolerance of
+TensorFlow's, not bit-equal across CPUs (LiteRT picks kernels per ISA).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from typing import Any, Optional
+
+import numpy as np
+
+from native import marshal
+from policies import array_specs
+from policies import batching
+from policies import compiled_format
+from policies import plan_layout
+from policies.engines import lite_model
+
+PolicyStep = collections.namedtuple("PolicyStep", ["action", "state", "info"])
+PolicyStep.__new__.__defaults__ = ((), ())
+
+
+class _Model:
+  """One compiled directory, loaded: its files, LiteRT model and call arguments."""
+
+  def __init__(self, files: compiled_format.CompiledFiles, first_batch: int):
+    signature = files.policy["signature"]
+    blocked = lite_model.non_builtin_ops(files.flatbuffer)
+    path = os.path.join(files.directory, compiled_format.FLATBUFFER)
+    if blocked:
+      raise ValueError(f"{path}: uses operators outside LiteRT's builtins, which compiled "
+                       f"policies do not run: {', '.join(sorted(set(blocked)))}")
+    try:
+      self.model = lite_model.LiteModel(files.flatbuffer, signature["input_names"],
+                                        signature["output_names"], first_batch, zero_copy=False)
+    except (ValueError, RuntimeError) as e:
+      raise ValueError(f"{path}: the LiteRT model does not load: "
+                       f"{str(e).strip().splitlines()[0]}") from None
+    self.files = files
+    self.call_args = (self.model.lease, self.model.release)
+
+
+def _layout(policy: dict, path: str) -> dict:
+  """The decoded specs and signature layout of policy.json."""
+  try:
+    specs = policy["specs"]
+    signature = policy["signature"]
+    layout = {
+        "time_step_spec": array_specs.from_json(specs["time_step_spec"], "time_step_spec"),
+        "action_spec": array_specs.from_json(specs["action_spec"], "action_spec"),
+        "policy_state_spec": array_specs.from_json(specs["policy_state_spec"],
+                                                   "policy_state_spec"),
+        "info_spec": array_specs.from_json(specs["info_spec"], "info_spec"),
+        "signature_time_step": array_specs.from_json(signature["time_step"], "time_step"),
+        "signature_state": array_specs.from_json(signature["policy_state"], "policy_state"),
+        "outputs": array_specs.from_json(signature["outputs"], "outputs"),
+        "num_outputs": int(signature["num_outputs"]),
+        "input_slots": None if signature["input_slots"] is None else
+                       tuple(int(i) for i in signature["input_slots"]),
+        "output_indices": None if signature["output_indices"] is None else
+                          tuple(int(i) for i in signature["output_indices"]),
+        "fixed_batch_size": signature["fixed_batch_size"],
+        "stochastic": bool(policy["stochastic"]),
+    }
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from None
+  except (KeyError, TypeError) as e:
+    raise ValueError(f"{path}: malformed ({type(e).__name__}: {e})") from None
+  return layout
+
+
+class CompiledPolicy:
+  """A compiled policy acting on numpy nests (see the module docstring).
+
+  Args:
+    path: a directory written by `policies.compile_policy` (a local path).
+    batch_time_steps: single unbatched time steps (True) or batches (False),
+      as for `SavedModelPyTFEagerPolicy`.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    ValueError: the directory is half-written, truncated, corrupt, of another
+      format or a newer version, or its model uses non-builtin operators
+      (naming the file); or a batch mode its export cannot take.
+  """
+
+  backend = "lite"
+
+  def __init__(self, path, batch_time_steps: bool = True):
+    path = os.fspath(path)
+    files = compiled_format.read(path)
+    layout = _layout(files.policy, os.path.join(path, compiled_format.POLICY))
+    fixed = layout["fixed_batch_size"]
+    if batch_time_steps and plan_layout.fixed_batch_error(fixed):
+      raise ValueError(plan_layout.fixed_batch_error(fixed))
+    self._batch_time_steps = batch_time_steps
+    self._layout = layout
+    self._policy_json = files.policy
+    self._plan = plan_layout.build_native_plan(
+        layout["signature_time_step"], layout["signature_state"], layout["outputs"],
+        layout["num_outputs"], batch_time_steps, fixed, PolicyStep, layout["input_slots"],
+        layout["output_indices"], runtime=None)
+    self._call = self._plan.call_buffers
+    self._switch = marshal.CopySwitch(_Model(files, fixed or 1))
+    self._update_lock = threading.Lock()
+
+  # -- Specs ---------------------------------------------------------------------
+
+  @property
+  def time_step_spec(self):
+    return self._layout["time_step_spec"]
+
+  @property
+  def action_spec(self):
+    return self._layout["action_spec"]
+
+  @property
+  def policy_state_spec(self):
+    return self._layout["policy_state_spec"]
+
+  @property
+  def info_spec(self):
+    return self._layout["info_spec"]
+
+  @property
+  def policy_step_spec(self):
+    return PolicyStep(self.action_spec, self.policy_state_spec, self.info_spec)
+
+  @property
+  def batch_time_steps(self) -> bool:
+    return self._batch_time_steps
+
+  # -- Acting ----------------------------------------------------------------------
+
+  def action(self, time_step, policy_state=(), seed: Optional[Any] = None) -> PolicyStep:
+    """The `PolicyStep(action, state, info)` for `time_step`, as arrays the caller owns.
+
+    `time_step` is TF-Agents' `TimeStep` or any namedtuple with its fields.
+    `seed` must be None for policies that sample (their random ops were seeded
+    at export); deterministic policies accept any seed, which changes nothing.
+
+    Raises:
+      ValueError, TypeError: bad input, naming the field (as
+        `SavedModelPyTFEagerPolicy` does).
+    """
+    if seed is not None:
+      self._check_seed(seed)
+    return self._switch.call(self._call, time_step, policy_state)
+
+  def get_initial_state(self, batch_size: Optional[int] = None):
+    """The initial policy state for `batch_size` environments (numpy arrays)."""
+    leaves = self._switch.with_active(lambda model: _initial_state_leaves(model.files))
+    if not leaves:
+      return ()
+    batch = plan_layout.initial_state_batch(batch_size, self._batch_time_steps,
+                                            self._layout["fixed_batch_size"])
+    stored = int(self._policy_json["initial_state"]["batch"])
+    arrays = iter([np.array(np.broadcast_to(leaf[:1], (batch,) + leaf.shape[1:]))
+                   if stored != batch else leaf.copy() for leaf in leaves])
+    return array_specs.map_structure(lambda _: next(arrays), self.policy_state_spec)
+
+  # -- What the export stored ----------------------------------------------------
+
+  def get_train_step(self) -> np.ndarray:
+    """The training step of the weights that act now (numpy scalar)."""
+    return self._switch.with_active(lambda model: model.files.values["train_step"].copy())
+
+  def get_metadata(self) -> dict:
+    """The metadata saved with the policy, as a dict of numpy values."""
+    def read(model):
+      names = model.files.policy["metadata"]
+      strings = set(model.files.policy.get("metadata_strings", ()))
+      values = {}
+      for i, name in enumerate(names):
+        value = model.files.values[f"metadata_{i}"]
+        values[name] = value.astype(object) if name in strings else value.copy()
+      return values
+    return self._switch.with_active(read)
+
+  @property
+  def report(self) -> dict:
+    """report.json of the active directory: source fingerprint, versions, validation."""
+    return self._switch.with_active(lambda model: model.files.report)
+
+  @property
+  def path(self) -> str:
+    """The compiled directory that acts now."""
+    return self._switch.with_active(lambda model: model.files.directory)
+
+  @property
+  def manifest_sha256(self) -> str:
+    """SHA-256 of the active directory's manifest (names its exact files)."""
+    return self._switch.with_active(lambda model: model.files.manifest_sha256)
+
+  # -- Updates -------------------------------------------------------------------------
+
+  def update(self, path) -> None:
+    """Swaps atomically to another compiled directory of the same policy.
+
+    Calls in flight finish on the old model; later calls run on the new one.
+
+    Raises:
+      FileNotFoundError, ValueError: as the constructor, or a directory whose
+        specs or signature differ from this policy's. The policy then keeps
+        acting as before.
+    """
+    path = os.fspath(path)
+    with self._update_lock:
+      files = compiled_format.read(path)
+      policy_json = os.path.join(path, compiled_format.POLICY)
+      _layout(files.policy, policy_json)
+      for key in ("specs", "signature", "stochastic"):
+        if files.policy.get(key) != self._policy_json.get(key):
+          raise ValueError(f"{policy_json}: its {key} differ from this policy's "
+                           f"({self.path}); compile the same export's checkpoints to update")
+      self._switch.activate(_Model(files, self._layout["fixed_batch_size"] or 1))
+
+  def _check_seed(self, seed) -> None:
+    if self._layout["stochastic"]:
+      raise ValueError(plan_layout.seed_error(seed))
+
+  def _batching_parts(self) -> batching.BatchingParts:
+    """For `batching.DynamicBatcher`: a plan for single callers' rows, on this policy's models."""
+    layout = self._layout
+    rows = plan_layout.build_native_plan(
+        layout["signature_time_step"], layout["signature_state"], layout["outputs"],
+        layout["num_outputs"], True, None, PolicyStep, layout["input_slots"],
+        layout["output_indices"], runtime=None)
+    return batching.BatchingParts(
+        rows=rows, switch=self._switch, call_rows=rows.call_rows_buffers,
+        padded=batching.padded_rows, fixed_batch_size=layout["fixed_batch_size"],
+        check_seed=self._check_seed, batch_error=batching.runtime_error)
+
+  def _not_copyable(self, *unused):
+    raise TypeError(f"a CompiledPolicy cannot be pickled or copied: pass its directory "
+                    f"({self.path!r}) and load it where it is used")
+
+  __reduce__ = __reduce_ex__ = __copy__ = __deepcopy__ = _not_copyable
+
+
+def _initial_state_leaves(files: compiled_format.CompiledFiles) -> list:
+  count = int(files.policy["initial_state"]["leaves"])
+  return [files.values[f"initial_state_{i}"] for i in range(count)]
