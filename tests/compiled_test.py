@@ -25,7 +25,8 @@ from tools import policy_cli
 
 DEFAULT_POLICY = policy_cli.DEFAULT_POLICY
 _DETERMINISTIC = ("q_mlp", "q_8_leaves", "lstm_actor", "q_fixed_batch")
-_SAMPLED = ("q_sampling", "ppo_categorical", "gaussian_actor", "lstm_stochastic", "ppo_collect")
+_SAMPLED = ("q_sampling", "epsilon_greedy", "ppo_categorical", "gaussian_actor", "lstm_stochastic",
+            "ppo_collect", "random")
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +124,13 @@ def test_sampled_outputs_follow_lites_distribution(saved, compiled_dir, name):
       np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="per-call seed cannot be applied"):
     policy.action(steps, states, seed=1)
+  # One unbatched step: TF's dtypes and shapes, within the action spec.
+  single, lite_single = compiled.CompiledPolicy(compiled_dir(name)), _lite(saved, name)
+  got = single.action(step, single.get_initial_state())
+  want = lite_single.action(step, lite_single.get_initial_state())
+  for path, g, w in zip(paths, tf.nest.flatten(got), tf.nest.flatten(want)):
+    assert g.dtype == w.dtype and g.shape == w.shape, path
+    lite_validation.check_bounds(path, g, bounds)
 
 
 @pytest.mark.parametrize("tf_version", ["tf2_4", "tf2_21"])
@@ -380,6 +388,12 @@ def test_acting_imports_neither_tensorflow_nor_tf_agents(tmp_path):
   action, modules = result.stdout.strip().splitlines()[-2:]
   assert action in ("0", "1")
   assert modules == "[]"
+
+
+def test_cli_runs_a_compiled_directory(tmp_path, capsys):
+  out = compile_policy(DEFAULT_POLICY, str(tmp_path / "cartpole")).path
+  summary = policy_cli.run(out, None, episodes=2, seed=0)
+  assert summary["policy_return"] == 200.0
 
 
 def test_cli_compile(tmp_path, capsys):

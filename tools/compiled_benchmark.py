@@ -23,8 +23,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+warnings.filterwarnings("ignore", message="Encoding a StructuredValue")   # PolicySaver's note
+from policies import quiet_gym  # noqa: E402,F401  before TF-Agents, which imports gym
 from tools import tf_agents_keras  # noqa: E402
 
 tf_agents_keras.select_keras_2()
@@ -38,9 +41,10 @@ from tools import policy_zoo  # noqa: E402
 
 _START = """
 import time; start = time.time()
-import json, resource, sys
+import json, sys
 {body}
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM: this process's peak RSS (getrusage's maxrss keeps the forking parent's across exec).
+rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 print(json.dumps({{"seconds": time.time() - start, "rss_mb": rss,
                    "tensorflow": "tensorflow" in sys.modules}}))
 """

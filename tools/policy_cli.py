@@ -6,7 +6,8 @@
     policy_cli evaluate [DIR]  many seeded episodes on Ray workers (local or a
                                cluster); mean return with its 95% CI, steps/s
     policy_cli compile DIR OUT compile the export for acting without TensorFlow
-                               (policies.compiled.CompiledPolicy)
+                               (policies.compiled.CompiledPolicy); run and evaluate
+                               take a compiled OUT as DIR
 
 Without DIR, inspect, run and evaluate use the embedded default: a CartPole policy trained by
 tools/train_cartpole.py.
@@ -28,6 +29,7 @@ from tensorflow.python.util import nest  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from policies import SavedModelPyTFEagerPolicy  # noqa: E402
+from policies import compiled, compiled_format, compiled_tf_agents  # noqa: E402
 from policies import episodes as episodes_lib  # noqa: E402
 from policies import graph_audit  # noqa: E402
 
@@ -97,8 +99,11 @@ def run(model_dir: str, env_name: str | None, episodes: int, seed: int,
         allow_unsafe_ops: bool = False, backend: str = "tf") -> dict:
   from tf_agents.policies import random_py_policy
 
-  policy = SavedModelPyTFEagerPolicy(model_dir, load_specs_from_pbtxt=True,
-                                     allow_unsafe_ops=allow_unsafe_ops, backend=backend)
+  if compiled_format.is_compiled(model_dir):
+    policy = compiled_tf_agents.as_py_policy(compiled.CompiledPolicy(model_dir))
+  else:
+    policy = SavedModelPyTFEagerPolicy(model_dir, load_specs_from_pbtxt=True,
+                                       allow_unsafe_ops=allow_unsafe_ops, backend=backend)
   env_name = episodes_lib.env_id_for(policy, env_name)
   env = episodes_lib.load_env(env_name)
   random_policy = random_py_policy.RandomPyPolicy(policy.time_step_spec, policy.action_spec,
