@@ -19,7 +19,9 @@ callers each pay one wake-up.
 from __future__ import annotations
 
 import _thread
+import asyncio
 import collections
+import concurrent.futures
 import dataclasses
 import threading
 import time
@@ -36,6 +38,9 @@ class BatchingParts:
   fixed_batch_size: Optional[int]
   check_seed: Callable       # check_seed(seed): raises for policies that sample
   batch_error: Callable      # batch_error(exception) -> what every caller gets
+  # lone(time_step, policy_state, *call_args) -> PolicyStep: one unbatched call
+  # (validated as `rows` validates), for a caller that finds the batcher idle.
+  lone: Optional[Callable] = None
 
 
 class BatcherClosedError(RuntimeError):
@@ -43,12 +48,23 @@ class BatcherClosedError(RuntimeError):
 
 
 class _Request:
-  __slots__ = ("row", "done", "outputs", "index", "error", "lead")
+  """One caller's row and, once woken, its result or error (or the lead).
 
-  def __init__(self, row: list):
+  A thread's request is woken by releasing `done`; a coroutine's by
+  resolving `future` on its own event loop (`loop`).
+  """
+  __slots__ = ("row", "done", "outputs", "index", "error", "lead", "loop", "future")
+
+  def __init__(self, row: list, loop=None):
     self.row = row
-    self.done = _thread.allocate_lock()
-    self.done.acquire()            # released once: with its result, or to make it lead
+    self.loop = loop
+    if loop is None:
+      self.done = _thread.allocate_lock()
+      self.done.acquire()          # released once: with its result, or to make it lead
+      self.future = None
+    else:
+      self.done = None
+      self.future = loop.create_future()
     self.outputs: Optional[list] = None
     self.index = 0
     self.error: Optional[BaseException] = None
@@ -101,11 +117,15 @@ class DynamicBatcher:
     self._call_rows = parts.call_rows
     self._check_seed = parts.check_seed
     self._batch_error = parts.batch_error
+    # A caller finding nobody running or waiting calls the policy directly (no
+    # row gather, no packing), unless batches wait to fill or are padded to a size.
+    self._lone = parts.lone if not fixed and not max_wait_us else None
     self._lock = threading.Lock()     # guards the fields below
     self._filled = threading.Condition(self._lock)
     self._pending: Deque[_Request] = collections.deque()
     self._leading = False             # a caller is running (or about to run) batches
     self._closed = False
+    self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
     self.batches = 0                  # statistics: batches run, calls served
     self.calls = 0
 
@@ -113,6 +133,13 @@ class DynamicBatcher:
     """One caller's step, run in a batch with whatever calls overlap it."""
     if seed is not None:
       self._check_seed(seed)
+    if self._lone is not None and not self._leading:
+      with self._lock:
+        alone = not self._leading and not self._closed
+        if alone:
+          self._leading = True
+      if alone:
+        return self._run_alone(time_step, policy_state)
     request = _Request(self._rows.validate(time_step, policy_state))
     with self._lock:
       if self._closed:
@@ -132,6 +159,83 @@ class DynamicBatcher:
       raise request.error
     return self._rows.pack_row(request.outputs, request.index)
 
+  def _run_alone(self, time_step, policy_state):
+    """The lone caller's call, straight to the policy; then whoever queued meanwhile leads."""
+    try:
+      step = self._switch.call(self._lone, time_step, policy_state)
+    except (ValueError, TypeError):
+      raise                       # bad input: the same message as in a batch
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._batch_error(e) from None
+    finally:
+      self._pass_lead()
+    self.batches += 1
+    self.calls += 1
+    return step
+
+  async def action_async(self, time_step, policy_state=(), seed: Optional[Any] = None):
+    """`action` for coroutines: batches across the coroutines (and threads) calling.
+
+    The row is validated here, on the event loop; the coroutine then awaits
+    its batch, which runs off the loop (on this batcher's thread) while the
+    loop keeps taking requests. Each batch's results reach an event loop in
+    one callback. Coroutines of several event loops (in several threads)
+    may share one batcher. A cancelled call's row is dropped if its batch
+    has not started; a result it misses is discarded, never given to
+    another caller.
+
+    Raises:
+      ValueError, TypeError: bad input (as `action`).
+      BatcherClosedError: `close()` was called before the call's batch ran.
+    """
+    if seed is not None:
+      self._check_seed(seed)
+    request = _Request(self._rows.validate(time_step, policy_state),
+                       asyncio.get_running_loop())
+    with self._lock:
+      if self._closed:
+        raise BatcherClosedError("DynamicBatchingPolicy is closed")
+      lead = not self._leading
+      if lead:
+        self._leading = True
+      else:
+        self._pending.append(request)
+        if len(self._pending) + 1 >= self.max_batch_size:
+          self._filled.notify()
+    if not lead:
+      try:
+        await request.future
+      except asyncio.CancelledError:
+        self._cancel(request)
+        raise
+    if lead or request.lead:
+      # Shielded: a cancelled leader must not cancel its batch before it starts
+      # (the batch serves other callers, and hands the lead on when it ends).
+      await asyncio.shield(asyncio.wrap_future(self._executor().submit(self._lead, request)))
+    if request.error is not None:
+      raise request.error
+    return self._rows.pack_row(request.outputs, request.index)
+
+  def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+    """The thread async callers' batches run on (one: one batch runs at a time)."""
+    if self._pool is None:
+      with self._lock:
+        if self._pool is None:
+          self._pool = concurrent.futures.ThreadPoolExecutor(
+              max_workers=1, thread_name_prefix="dynamic-batcher")
+    return self._pool
+
+  def _cancel(self, request: _Request) -> None:
+    """A coroutine was cancelled while waiting: drop its row, or pass on a lead it got."""
+    with self._lock:
+      try:
+        self._pending.remove(request)
+        return
+      except ValueError:
+        pass   # already in a batch, or given the lead
+    if request.lead and request.future.done() and not request.future.cancelled():
+      self._pass_lead()
+
   def get_initial_state(self, batch_size: Optional[int] = None):
     return self.policy.get_initial_state(1 if batch_size is None else batch_size)
 
@@ -146,7 +250,10 @@ class DynamicBatcher:
       waiting = list(self._pending)
       self._pending.clear()
       self._filled.notify_all()
+      pool, self._pool = self._pool, None
     _finish(waiting, error=_closed_error())
+    if pool is not None:
+      pool.shutdown(wait=False)
 
   def __enter__(self) -> "DynamicBatcher":
     return self
@@ -199,12 +306,16 @@ class DynamicBatcher:
       own.outputs = outputs
       _finish(batch[1:], outputs=outputs, first=1)
     finally:
-      with self._lock:
-        successor = self._pending.popleft() if self._pending else None
-        self._leading = successor is not None
-      if successor is not None:
-        successor.lead = True
-        successor.done.release()
+      self._pass_lead()
+
+  def _pass_lead(self) -> None:
+    """Makes the first waiting caller lead the next batch (or notes that none is running)."""
+    with self._lock:
+      successor = self._pending.popleft() if self._pending else None
+      self._leading = successor is not None
+    if successor is not None:
+      successor.lead = True
+      _wake([successor], self._pass_lead)
 
 
 def _finish(batch: List[_Request], outputs: Optional[list] = None,
@@ -212,7 +323,35 @@ def _finish(batch: List[_Request], outputs: Optional[list] = None,
   """Hands each caller of `batch` its row of `outputs` (from row `first`), or `error`."""
   for index, request in enumerate(batch, first):
     request.outputs, request.index, request.error = outputs, index, error
-    request.done.release()
+  _wake(batch, None)
+
+
+def _wake(requests: List[_Request], pass_lead) -> None:
+  """Wakes threads now, and each event loop's coroutines in one callback on that loop.
+
+  `pass_lead` hands the lead on when it went to a coroutine already cancelled.
+  """
+  by_loop: dict = {}
+  for request in requests:
+    if request.loop is None:
+      request.done.release()
+    else:
+      by_loop.setdefault(request.loop, []).append(request)
+  for loop, waiting in by_loop.items():
+    try:
+      loop.call_soon_threadsafe(_resolve, waiting, pass_lead)
+    except RuntimeError:   # the loop was closed: nobody is waiting there any more
+      if pass_lead is not None:
+        pass_lead()
+
+
+def _resolve(requests: List[_Request], pass_lead) -> None:
+  for request in requests:
+    if request.future.cancelled():
+      if request.lead and pass_lead is not None:
+        pass_lead()
+      continue
+    request.future.set_result(None)
 
 
 def _closed_error() -> BatcherClosedError:

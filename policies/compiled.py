@@ -83,6 +83,43 @@ def _layout(policy: dict, path: str) -> dict:
   return layout
 
 
+def _plan(layout: dict, batch_time_steps: bool, fixed, path: str):
+  """The native plan (no TF runtime) for the stored signature layout."""
+  try:
+    return plan_layout.build_native_plan(
+        layout["signature_time_step"], layout["signature_state"], layout["outputs"],
+        layout["num_outputs"], batch_time_steps, fixed, PolicyStep, layout["input_slots"],
+        layout["output_indices"], runtime=None)
+  except (ValueError, TypeError, IndexError) as e:
+    raise ValueError(f"{path}: the signature layout is not usable: {e}") from None
+
+
+def _check_values(files: compiled_format.CompiledFiles, layout: dict) -> None:
+  """values.npz holds what policy.json says, with the specs' dtypes and shapes."""
+  path = os.path.join(files.directory, compiled_format.VALUES)
+  values, policy = files.values, files.policy
+  try:
+    state = policy["initial_state"]
+    batch, count = int(state["batch"]), int(state["leaves"])
+    names = list(policy["metadata"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise ValueError(f"{os.path.join(files.directory, compiled_format.POLICY)}: malformed "
+                     f"({type(e).__name__}: {e})") from None
+  specs = array_specs.flatten(layout["policy_state_spec"])
+  if count != len(specs):
+    raise ValueError(f"{path}: {count} initial state leaves for a state of {len(specs)}")
+  for i, spec in enumerate(specs):
+    leaf = values.get(f"initial_state_{i}")
+    want = (batch,) + tuple(spec.shape)
+    if leaf is None or leaf.dtype != spec.dtype or leaf.shape != want:
+      got = "nothing" if leaf is None else f"{leaf.dtype}{list(leaf.shape)}"
+      raise ValueError(f"{path}: initial_state_{i}: expected {spec.dtype}{list(want)}, got {got}")
+  missing = [k for k in ["train_step"] + [f"metadata_{i}" for i in range(len(names))]
+             if k not in values]
+  if missing:
+    raise ValueError(f"{path}: missing {', '.join(missing)}")
+
+
 class CompiledPolicy:
   """A compiled policy acting on numpy nests (see the module docstring).
 
@@ -104,16 +141,14 @@ class CompiledPolicy:
     path = os.fspath(path)
     files = compiled_format.read(path)
     layout = _layout(files.policy, os.path.join(path, compiled_format.POLICY))
+    _check_values(files, layout)
     fixed = layout["fixed_batch_size"]
     if batch_time_steps and plan_layout.fixed_batch_error(fixed):
       raise ValueError(plan_layout.fixed_batch_error(fixed))
     self._batch_time_steps = batch_time_steps
     self._layout = layout
     self._policy_json = files.policy
-    self._plan = plan_layout.build_native_plan(
-        layout["signature_time_step"], layout["signature_state"], layout["outputs"],
-        layout["num_outputs"], batch_time_steps, fixed, PolicyStep, layout["input_slots"],
-        layout["output_indices"], runtime=None)
+    self._plan = _plan(layout, batch_time_steps, fixed, os.path.join(path, compiled_format.POLICY))
     self._call = self._plan.call_buffers
     self._switch = marshal.CopySwitch(_Model(files, fixed or 1))
     self._update_lock = threading.Lock()
@@ -169,9 +204,9 @@ class CompiledPolicy:
     batch = plan_layout.initial_state_batch(batch_size, self._batch_time_steps,
                                             self._layout["fixed_batch_size"])
     stored = int(self._policy_json["initial_state"]["batch"])
-    arrays = iter([np.array(np.broadcast_to(leaf[:1], (batch,) + leaf.shape[1:]))
-                   if stored != batch else leaf.copy() for leaf in leaves])
-    return array_specs.map_structure(lambda _: next(arrays), self.policy_state_spec)
+    arrays = [np.array(np.broadcast_to(leaf[:1], (batch,) + leaf.shape[1:]))
+              if stored != batch else leaf.copy() for leaf in leaves]
+    return array_specs.pack_sequence_as(self.policy_state_spec, arrays)
 
   # -- What the export stored ----------------------------------------------------
 
@@ -222,7 +257,7 @@ class CompiledPolicy:
     with self._update_lock:
       files = compiled_format.read(path)
       policy_json = os.path.join(path, compiled_format.POLICY)
-      _layout(files.policy, policy_json)
+      _check_values(files, _layout(files.policy, policy_json))
       for key in ("specs", "signature", "stochastic"):
         if files.policy.get(key) != self._policy_json.get(key):
           raise ValueError(f"{policy_json}: its {key} differ from this policy's "
@@ -236,14 +271,12 @@ class CompiledPolicy:
   def _batching_parts(self) -> batching.BatchingParts:
     """For `batching.DynamicBatcher`: a plan for single callers' rows, on this policy's models."""
     layout = self._layout
-    rows = plan_layout.build_native_plan(
-        layout["signature_time_step"], layout["signature_state"], layout["outputs"],
-        layout["num_outputs"], True, None, PolicyStep, layout["input_slots"],
-        layout["output_indices"], runtime=None)
+    rows = _plan(layout, True, None, os.path.join(self.path, compiled_format.POLICY))
     return batching.BatchingParts(
         rows=rows, switch=self._switch, call_rows=rows.call_rows_buffers,
         padded=batching.padded_rows, fixed_batch_size=layout["fixed_batch_size"],
-        check_seed=self._check_seed, batch_error=batching.runtime_error)
+        check_seed=self._check_seed, batch_error=batching.runtime_error,
+        lone=rows.call_buffers)
 
   def _not_copyable(self, *unused):
     raise TypeError(f"a CompiledPolicy cannot be pickled or copied: pass its directory "

@@ -70,6 +70,11 @@ class DynamicBatchingPolicy(py_policy.PyPolicy):
   def _get_initial_state(self, batch_size: Optional[int]):
     return self._batcher.get_initial_state(batch_size)
 
+  async def action_async(self, time_step, policy_state=(), seed: Optional[Any] = None):
+    """`action` for coroutines, batched across the coroutines and threads calling
+    (see `batching.DynamicBatcher.action_async`)."""
+    return await self._batcher.action_async(time_step, policy_state, seed)
+
   # -- Wrapped policy -------------------------------------------------------------
 
   @property

@@ -321,7 +321,8 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
         rows=rows, switch=self._switch,
         call_rows=engines.by_call_args(rows.call_rows, rows.call_rows_buffers),
         padded=self._engine.rows_batch, fixed_batch_size=self._plan.fixed_batch_size,
-        check_seed=self._check_seed, batch_error=_batch_error)
+        check_seed=self._check_seed, batch_error=_batch_error,
+        lone=engines.by_call_args(rows.call, rows.call_buffers))
 
   def _tf_call(self, time_step, policy_state, loaded: loading.LoadedPolicy):
     return self._run(time_step, policy_state, loaded.action)

@@ -253,6 +253,27 @@ def test_a_damaged_directory_is_refused_naming_the_file(compiled_dir, tmp_path, 
   assert directory in first_line
 
 
+def test_values_that_do_not_fit_the_specs_are_refused(compiled_dir, tmp_path):
+  directory = _copy(compiled_dir, tmp_path, "lstm_actor")
+  path = os.path.join(directory, "values.npz")
+  values = dict(np.load(path))
+  values["initial_state_1"] = np.zeros((1, 3), np.float64)
+  with open(path, "wb") as f:
+    f.write(compiled_format.values_bytes(values))
+  _rewrite_manifest(directory)
+  with pytest.raises(ValueError, match=r"values\.npz: initial_state_1: expected float32\[1, 16\], "
+                                       r"got float64\[1, 3\]"):
+    compiled.CompiledPolicy(directory)
+
+
+def test_initial_state_keeps_the_specs_nest(compiled_dir, saved):
+  policy = compiled.CompiledPolicy(compiled_dir("lstm_actor"), batch_time_steps=False)
+  lite = _lite(saved, "lstm_actor", batch_time_steps=False)
+  _assert_close(policy.get_initial_state(7), lite.get_initial_state(7))
+  with pytest.raises(ValueError, match="pass batch_size"):
+    policy.get_initial_state()
+
+
 def test_missing_directory(tmp_path):
   with pytest.raises(FileNotFoundError, match="compiled policy directory not found"):
     compiled.CompiledPolicy(str(tmp_path / "nowhere"))

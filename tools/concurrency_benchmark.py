@@ -7,9 +7,17 @@ its own policy state) through one shared policy object for --seconds:
   * ours_tf:       ours (`backend="tf"`), shared, no batching,
   * ours_lite:     ours (`backend="lite"`), shared, no batching,
   * batching_tf:   `DynamicBatchingPolicy` over ours on TF,
-  * batching_lite: `DynamicBatchingPolicy` over ours on LiteRT.
+  * batching_lite: `DynamicBatchingPolicy` over ours on LiteRT,
+  * async_lite:    as many asyncio coroutines on one event loop, each awaiting
+                   `action_async` of one `DynamicBatchingPolicy` over LiteRT,
+and two floors with no policy work at all, measured in the same run:
+  * floor_threads: N threads, each handing a request to one server thread
+                   and waiting on its own lock for the reply,
+  * floor_asyncio: N coroutines, each awaiting a future that one batching
+                   task resolves.
 Contenders run interleaved over rounds; reports medians over rounds of
-steps/s, p50 and p99 call latency, and the batcher's mean batch size.
+steps/s, p50 and p99 call latency, the batcher's mean batch size, and the
+ratios to the floors.
 Writes concurrency.json and concurrency.png into --output.
 
     bazel run //tools:concurrency_benchmark -- [--rounds 3] [--seconds 1.5] [--output DIR]
@@ -17,7 +25,10 @@ Writes concurrency.json and concurrency.png into --output.
 
 from __future__ import annotations
 
+import _thread
 import argparse
+import asyncio
+import collections
 import contextlib
 import dataclasses
 import os
@@ -41,7 +52,9 @@ from tools import benchmark_output  # noqa: E402
 from tools import policy_zoo  # noqa: E402
 
 POLICIES = {k: policy_zoo.BENCHMARK_POLICIES[k] for k in ("mlp_q_1leaf", "lstm_actor_dict")}
-CONTENDERS = ("tf_agents", "ours_tf", "ours_lite", "batching_tf", "batching_lite")
+CONTENDERS = ("tf_agents", "ours_tf", "ours_lite", "batching_tf", "batching_lite", "async_lite",
+              "floor_threads", "floor_asyncio")
+_ASYNC = ("async_lite", "floor_asyncio")
 
 
 @dataclasses.dataclass
@@ -57,6 +70,10 @@ class Row:
 
 def _open(path: str, contender: str):
   """The shared policy object for `contender`, and its closer."""
+  if contender.startswith("floor"):
+    return _Floor(), None
+  if contender == "async_lite":
+    contender = "batching_lite"
   if contender == "tf_agents":
     return tfa_eager.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True), None
   backend = contender.split("_")[1]
@@ -74,14 +91,71 @@ def _steps(spec, count: int, rng):
                       tf.nest.map_structure(sample, spec.observation)) for _ in range(count)]
 
 
+class _Floor:
+  """No policy: only the hand-off (a server thread, or a batching task on the loop)."""
+
+  time_step_spec = None
+
+  def __init__(self):
+    self._pending = collections.deque()
+    self._ready = threading.Condition()
+    self._server = None
+
+  def get_initial_state(self, batch_size=None):
+    return ()
+
+  def serve(self, stop: threading.Event) -> None:
+    """The server thread: replies to every waiting request at once."""
+    while not stop.is_set():
+      with self._ready:
+        while not self._pending and not stop.is_set():
+          self._ready.wait(0.05)
+        waiting = list(self._pending)
+        self._pending.clear()
+      for lock in waiting:
+        lock.release()
+
+  def action(self, unused_step, unused_state):
+    lock = _thread.allocate_lock()
+    lock.acquire()
+    with self._ready:
+      self._pending.append(lock)
+      self._ready.notify()
+    lock.acquire()
+    return _NO_STATE
+
+  async def batch_task(self, stop: threading.Event) -> None:
+    """The batching task: resolves every waiting future, once per loop iteration."""
+    while not stop.is_set():
+      waiting = list(self._pending)
+      self._pending.clear()
+      for future in waiting:
+        future.set_result(_NO_STATE)
+      await asyncio.sleep(0)
+
+  async def action_async(self, unused_step, unused_state):
+    future = asyncio.get_running_loop().create_future()
+    self._pending.append(future)
+    return await future
+
+
+_NoState = collections.namedtuple("_NoState", ["state"])
+_NO_STATE = _NoState(())
+
+
 def run_threads(policy, threads: int, seconds: float) -> tuple:
   """(steps/s over all threads, latencies in us) of `threads` threads for `seconds`."""
   rng = np.random.default_rng(threads)
-  per_thread = [_steps(policy.time_step_spec, 16, rng) for _ in range(threads)]
+  spec = policy.time_step_spec
+  per_thread = [_steps(spec, 16, rng) if spec else [None] * 16 for _ in range(threads)]
   latencies = [[] for _ in range(threads)]
   start = threading.Barrier(threads + 1)
   stop = threading.Event()
   clock = time.perf_counter
+  server = None
+  if isinstance(policy, _Floor):
+    server = threading.Thread(target=policy.serve, args=(stop,), daemon=True)
+    server.start()
 
   def loop(i):
     steps, own = per_thread[i], latencies[i]
@@ -104,6 +178,43 @@ def run_threads(policy, threads: int, seconds: float) -> tuple:
   for w in workers:
     w.join()
   elapsed = clock() - began
+  if server is not None:
+    server.join()
+  flat = np.concatenate([np.asarray(x) for x in latencies]) * 1e6
+  return len(flat) / elapsed, flat
+
+
+def run_coroutines(policy, tasks: int, seconds: float) -> tuple:
+  """(steps/s over all coroutines, latencies in us) of `tasks` coroutines on one loop."""
+  rng = np.random.default_rng(tasks)
+  spec = policy.time_step_spec
+  per_task = [_steps(spec, 16, rng) if spec else [None] * 16 for _ in range(tasks)]
+  latencies = [[] for _ in range(tasks)]
+  stop = threading.Event()
+  clock = time.perf_counter
+
+  async def one(i):
+    steps, own = per_task[i], latencies[i]
+    state = policy.get_initial_state(1)
+    k = 0
+    while not stop.is_set():
+      t0 = clock()
+      state = (await policy.action_async(steps[k & 15], state)).state
+      own.append(clock() - t0)
+      k += 1
+
+  async def main():
+    helpers = []
+    if isinstance(policy, _Floor):
+      helpers.append(asyncio.ensure_future(policy.batch_task(stop)))
+    runners = [asyncio.ensure_future(one(i)) for i in range(tasks)]
+    began = clock()
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.gather(*runners, *helpers)
+    return clock() - began
+
+  elapsed = asyncio.run(main())
   flat = np.concatenate([np.asarray(x) for x in latencies]) * 1e6
   return len(flat) / elapsed, flat
 
@@ -118,14 +229,15 @@ def measure(path: str, name: str, thread_counts, rounds: int, seconds: float) ->
       if close:
         closers.append(close)
     for contender, policy in policies.items():   # warm up every path once
-      run_threads(policy, 2, 0.2)
+      (run_coroutines if contender in _ASYNC else run_threads)(policy, 2, 0.2)
     for _ in range(rounds):
       order = [(c, t) for c in CONTENDERS for t in thread_counts]
       random.shuffle(order)
       for contender, threads in order:
         policy = policies[contender]
         before = (getattr(policy, "calls", 0), getattr(policy, "batches", 0))
-        rate, lat = run_threads(policy, threads, seconds)
+        run = run_coroutines if contender in _ASYNC else run_threads
+        rate, lat = run(policy, threads, seconds)
         calls = getattr(policy, "calls", 0) - before[0]
         batches = getattr(policy, "batches", 0) - before[1]
         samples.setdefault((contender, threads), []).append(
@@ -145,16 +257,20 @@ def measure(path: str, name: str, thread_counts, rounds: int, seconds: float) ->
 def table(rows, policy: str) -> str:
   threads = sorted({r.threads for r in rows if r.policy == policy})
   by = {(r.contender, r.threads): r for r in rows if r.policy == policy}
-  head = "| threads | " + " | ".join(CONTENDERS) + " | batching_lite / tf_agents |"
-  lines = [head, "|---:|" + "---:|" * (len(CONTENDERS) + 1)]
+  ratios = ("batching_lite / tf_agents", "batching_lite / floor_threads",
+            "async_lite / floor_asyncio", "batching_lite / ours_lite")
+  head = "| threads | " + " | ".join(CONTENDERS) + " | " + " | ".join(ratios) + " |"
+  lines = [head, "|---:|" + "---:|" * (len(CONTENDERS) + len(ratios))]
   for t in threads:
     cells = []
     for c in CONTENDERS:
       r = by[(c, t)]
-      batch = f", batch {r.mean_batch:.1f}" if c.startswith("batching") else ""
+      batch = f", batch {r.mean_batch:.1f}" if c.startswith(("batching", "async_lite")) else ""
       cells.append(f"{r.steps_per_s:,.0f} ({r.p50_us:,.0f} / {r.p99_us:,.0f} us{batch})")
-    ratio = by[("batching_lite", t)].steps_per_s / by[("tf_agents", t)].steps_per_s
-    lines.append(f"| {t} | " + " | ".join(cells) + f" | {ratio:.0f}x |")
+    for ratio in ratios:
+      over, under = ratio.split(" / ")
+      cells.append(f"{by[(over, t)].steps_per_s / by[(under, t)].steps_per_s:.2f}x")
+    lines.append(f"| {t} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
