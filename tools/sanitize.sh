@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the marshaler tests, N marshaler fuzz cases and N real action() call
-# sequences (default 5000), and the LiteRT backend tests, against the native
-# module built with AddressSanitizer and UndefinedBehaviorSanitizer.
+# sequences (default 5000), the LiteRT backend tests, the batcher's tests
+# (threads and coroutines: call_rows, call_rows_buffers, pack_row) and the
+# compiled policy's (plans without a TF runtime), against the native module
+# built with AddressSanitizer and UndefinedBehaviorSanitizer.
 #   bash tools/sanitize.sh [N]
 # Prints sanitizer reports, if any, and exits non-zero on a finding. Huge
 # inputs make ASan report "failed to allocate" warnings; those are expected
@@ -25,7 +27,8 @@ status=0
   UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$work/ubsan" \
   FUZZ_EXAMPLES="${1:-5000}" PYTHONPATH="$work:$work/tests" TF_CPP_MIN_LOG_LEVEL=2 \
   "$py" -m pytest tests/marshal_test.py tests/marshal_fuzz_test.py tests/action_fuzz_test.py \
-    tests/lite_backend_test.py -q -p no:cacheprovider \
+    tests/lite_backend_test.py tests/dynamic_batching_test.py tests/async_batching_test.py \
+    tests/compiled_test.py -q -p no:cacheprovider \
     -W ignore::DeprecationWarning) || status=$?
 findings="$(cat "$work"/asan* "$work"/ubsan* 2>/dev/null | grep -v 'failed to allocate' || true)"
 if [ -n "$findings" ]; then
