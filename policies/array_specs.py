@@ -166,12 +166,14 @@ def map_structure(fn, nest):
   return fn(nest)
 
 
-def _dtype_of(leaf) -> np.dtype:
+def dtype_of(leaf) -> np.dtype:
+  """A leaf's numpy dtype (a TensorFlow DType's numpy one)."""
   dtype = leaf.dtype
   return np.dtype(getattr(dtype, "as_numpy_dtype", dtype))
 
 
-def _shape_of(leaf) -> list:
+def shape_of(leaf) -> list:
+  """A leaf's dimensions as a list (None: unknown); a TensorShape's too."""
   shape = leaf.shape
   as_list = getattr(shape, "as_list", None)
   if as_list is not None:
@@ -207,7 +209,7 @@ def to_json(nest, path: str = "spec") -> Any:
     ValueError: a dict key that is not a string, or a leaf of unknown rank.
   """
   if is_leaf(nest):
-    leaf = {"shape": _shape_of(nest), "dtype": _dtype_of(nest).str,
+    leaf = {"shape": shape_of(nest), "dtype": dtype_of(nest).str,
             "name": getattr(nest, "name", None)}
     if hasattr(nest, "minimum") and hasattr(nest, "maximum"):
       leaf["minimum"] = _bound(nest.minimum)

@@ -141,16 +141,7 @@ class DynamicBatcher:
       if alone:
         return self._run_alone(time_step, policy_state)
     request = _Request(self._rows.validate(time_step, policy_state))
-    with self._lock:
-      if self._closed:
-        raise BatcherClosedError("DynamicBatchingPolicy is closed")
-      lead = not self._leading
-      if lead:
-        self._leading = True
-      else:
-        self._pending.append(request)
-        if len(self._pending) + 1 >= self.max_batch_size:
-          self._filled.notify()
+    lead = self._enqueue(request)
     if not lead:
       request.done.acquire()
     if lead or request.lead:
@@ -158,6 +149,19 @@ class DynamicBatcher:
     if request.error is not None:
       raise request.error
     return self._rows.pack_row(request.outputs, request.index)
+
+  def _enqueue(self, request: _Request) -> bool:
+    """True if the caller leads (no batch running); else `request` waits in line."""
+    with self._lock:
+      if self._closed:
+        raise BatcherClosedError("DynamicBatchingPolicy is closed")
+      if not self._leading:
+        self._leading = True
+        return True
+      self._pending.append(request)
+      if len(self._pending) + 1 >= self.max_batch_size:
+        self._filled.notify()
+      return False
 
   def _run_alone(self, time_step, policy_state):
     """The lone caller's call, straight to the policy; then whoever queued meanwhile leads."""
@@ -192,16 +196,7 @@ class DynamicBatcher:
       self._check_seed(seed)
     request = _Request(self._rows.validate(time_step, policy_state),
                        asyncio.get_running_loop())
-    with self._lock:
-      if self._closed:
-        raise BatcherClosedError("DynamicBatchingPolicy is closed")
-      lead = not self._leading
-      if lead:
-        self._leading = True
-      else:
-        self._pending.append(request)
-        if len(self._pending) + 1 >= self.max_batch_size:
-          self._filled.notify()
+    lead = self._enqueue(request)
     if not lead:
       try:
         await request.future
@@ -251,7 +246,7 @@ class DynamicBatcher:
       self._pending.clear()
       self._filled.notify_all()
       pool, self._pool = self._pool, None
-    _finish(waiting, error=_closed_error())
+    self._finish(waiting, error=_closed_error())
     if pool is not None:
       pool.shutdown(wait=False)
 
@@ -289,7 +284,7 @@ class DynamicBatcher:
           batch.append(self._pending.popleft())
         closed = self._closed
       if closed:
-        _finish(batch[1:], error=_closed_error())
+        self._finish(batch[1:], error=_closed_error())
         own.error = _closed_error()
         return
       try:
@@ -297,14 +292,14 @@ class DynamicBatcher:
                                     self._padded[len(batch)])
       except BaseException as e:  # pylint: disable=broad-except
         own.error = self._batch_error(e)
-        _finish(batch[1:], error=own.error)
+        self._finish(batch[1:], error=own.error)
         if not isinstance(e, Exception):
           raise                         # e.g. KeyboardInterrupt, in the leading caller's thread
         return
       self.batches += 1
       self.calls += len(batch)
       own.outputs = outputs
-      _finish(batch[1:], outputs=outputs, first=1)
+      self._finish(batch[1:], outputs=outputs, first=1)
     finally:
       self._pass_lead()
 
@@ -315,49 +310,42 @@ class DynamicBatcher:
       self._leading = successor is not None
     if successor is not None:
       successor.lead = True
-      _wake([successor], self._pass_lead)
+      self._wake([successor])
 
+  def _finish(self, batch: List[_Request], outputs: Optional[list] = None,
+              error: Optional[BaseException] = None, first: int = 0) -> None:
+    """Hands each caller of `batch` its row of `outputs` (from row `first`), or `error`."""
+    for index, request in enumerate(batch, first):
+      request.outputs, request.index, request.error = outputs, index, error
+    self._wake(batch)
 
-def _finish(batch: List[_Request], outputs: Optional[list] = None,
-            error: Optional[BaseException] = None, first: int = 0) -> None:
-  """Hands each caller of `batch` its row of `outputs` (from row `first`), or `error`."""
-  for index, request in enumerate(batch, first):
-    request.outputs, request.index, request.error = outputs, index, error
-  _wake(batch, None)
+  def _wake(self, requests: List[_Request]) -> None:
+    """Wakes threads now, and each event loop's coroutines in one callback on that loop."""
+    by_loop: dict = {}
+    for request in requests:
+      if request.loop is None:
+        request.done.release()
+      else:
+        by_loop.setdefault(request.loop, []).append(request)
+    for loop, waiting in by_loop.items():
+      try:
+        loop.call_soon_threadsafe(self._resolve, waiting)
+      except RuntimeError:   # the loop was closed: nobody waits there any more
+        if any(r.lead for r in waiting):
+          self._pass_lead()
 
-
-def _wake(requests: List[_Request], pass_lead) -> None:
-  """Wakes threads now, and each event loop's coroutines in one callback on that loop.
-
-  `pass_lead` hands the lead on when it went to a coroutine already cancelled.
-  """
-  by_loop: dict = {}
-  for request in requests:
-    if request.loop is None:
-      request.done.release()
-    else:
-      by_loop.setdefault(request.loop, []).append(request)
-  for loop, waiting in by_loop.items():
-    try:
-      loop.call_soon_threadsafe(_resolve, waiting, pass_lead)
-    except RuntimeError:   # the loop was closed: nobody is waiting there any more
-      if pass_lead is not None:
-        pass_lead()
-
-
-def _resolve(requests: List[_Request], pass_lead) -> None:
-  for request in requests:
-    if request.future.cancelled():
-      if request.lead and pass_lead is not None:
-        pass_lead()
-      continue
-    request.future.set_result(None)
+  def _resolve(self, requests: List[_Request]) -> None:
+    """On a coroutine's loop: resolves its future; a lead given to a cancelled one passes on."""
+    for request in requests:
+      if request.future.cancelled():
+        if request.lead:
+          self._pass_lead()
+        continue
+      request.future.set_result(None)
 
 
 def _closed_error() -> BatcherClosedError:
   return BatcherClosedError("DynamicBatchingPolicy was closed before this call ran")
-
-
 
 
 def runtime_error(error: BaseException) -> BaseException:

@@ -155,8 +155,8 @@ def _files(policy: saved_model_policy.SavedModelPyTFEagerPolicy, model_path: str
   fixed = plan.fixed_batch_size
   state_batch, state_leaves = _initial_state(policy, fixed)
   metadata = policy.get_metadata()
-  train_step = int(np.asarray(policy.get_train_step()))
   values = {"train_step": np.asarray(policy.get_train_step())}
+  train_step = int(values["train_step"])
   values.update({f"initial_state_{i}": leaf for i, leaf in enumerate(state_leaves)})
   names = sorted(metadata)
   values.update({f"metadata_{i}": _plain(metadata[n]) for i, n in enumerate(names)})

@@ -52,6 +52,15 @@ class _Model:
                        f"{str(e).strip().splitlines()[0]}") from None
     self.files = files
     self.call_args = (self.model.lease, self.model.release)
+    # What the getters hand out (copies of), decoded once.
+    policy, values = files.policy, files.values
+    self.initial_state = [values[f"initial_state_{i}"]
+                          for i in range(int(policy["initial_state"]["leaves"]))]
+    self.initial_state_batch = int(policy["initial_state"]["batch"])
+    strings = set(policy.get("metadata_strings", ()))
+    self.metadata = {name: values[f"metadata_{i}"].astype(object) if name in strings else
+                     values[f"metadata_{i}"] for i, name in enumerate(policy["metadata"])}
+    self.train_step = values["train_step"]
 
 
 def _layout(policy: dict, path: str) -> dict:
@@ -198,48 +207,40 @@ class CompiledPolicy:
 
   def get_initial_state(self, batch_size: Optional[int] = None):
     """The initial policy state for `batch_size` environments (numpy arrays)."""
-    leaves = self._switch.with_active(lambda model: _initial_state_leaves(model.files))
-    if not leaves:
+    model = self._switch.active
+    if not model.initial_state:
       return ()
     batch = plan_layout.initial_state_batch(batch_size, self._batch_time_steps,
                                             self._layout["fixed_batch_size"])
-    stored = int(self._policy_json["initial_state"]["batch"])
     arrays = [np.array(np.broadcast_to(leaf[:1], (batch,) + leaf.shape[1:]))
-              if stored != batch else leaf.copy() for leaf in leaves]
+              if model.initial_state_batch != batch else leaf.copy()
+              for leaf in model.initial_state]
     return array_specs.pack_sequence_as(self.policy_state_spec, arrays)
 
   # -- What the export stored ----------------------------------------------------
 
   def get_train_step(self) -> np.ndarray:
     """The training step of the weights that act now (numpy scalar)."""
-    return self._switch.with_active(lambda model: model.files.values["train_step"].copy())
+    return self._switch.active.train_step.copy()
 
   def get_metadata(self) -> dict:
     """The metadata saved with the policy, as a dict of numpy values."""
-    def read(model):
-      names = model.files.policy["metadata"]
-      strings = set(model.files.policy.get("metadata_strings", ()))
-      values = {}
-      for i, name in enumerate(names):
-        value = model.files.values[f"metadata_{i}"]
-        values[name] = value.astype(object) if name in strings else value.copy()
-      return values
-    return self._switch.with_active(read)
+    return {name: value.copy() for name, value in self._switch.active.metadata.items()}
 
   @property
   def report(self) -> dict:
     """report.json of the active directory: source fingerprint, versions, validation."""
-    return self._switch.with_active(lambda model: model.files.report)
+    return self._switch.active.files.report
 
   @property
   def path(self) -> str:
     """The compiled directory that acts now."""
-    return self._switch.with_active(lambda model: model.files.directory)
+    return self._switch.active.files.directory
 
   @property
   def manifest_sha256(self) -> str:
     """SHA-256 of the active directory's manifest (names its exact files)."""
-    return self._switch.with_active(lambda model: model.files.manifest_sha256)
+    return self._switch.active.files.manifest_sha256
 
   # -- Updates -------------------------------------------------------------------------
 
@@ -283,8 +284,3 @@ class CompiledPolicy:
                     f"({self.path!r}) and load it where it is used")
 
   __reduce__ = __reduce_ex__ = __copy__ = __deepcopy__ = _not_copyable
-
-
-def _initial_state_leaves(files: compiled_format.CompiledFiles) -> list:
-  count = int(files.policy["initial_state"]["leaves"])
-  return [files.values[f"initial_state_{i}"] for i in range(count)]

@@ -11,14 +11,9 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-import numpy as np
 
 from native import marshal
 from policies import array_specs
-
-
-def _numpy_dtype(dtype) -> np.dtype:
-  return np.dtype(getattr(dtype, "as_numpy_dtype", dtype))
 
 
 def _tf_dtype_enum(spec) -> int:
@@ -26,18 +21,13 @@ def _tf_dtype_enum(spec) -> int:
   return int(enum) if enum is not None else int(getattr(spec, "tf_dtype", 0))
 
 
-def _dims(spec) -> list:
-  shape = spec.shape
-  return list(shape.as_list() if hasattr(shape, "as_list") else shape)
-
-
 def input_tree(structure, path: str, slots: list, batch: int, slot_of: Callable) -> tuple:
   """Encodes a batched spec nest as input nodes; appends its leaf specs to `slots`."""
   if array_specs.is_leaf(structure):
     slot = slot_of(len(slots))
     slots.append(structure)
-    inner = tuple(-1 if d is None else int(d) for d in _dims(structure)[1:])
-    return ("leaf", path, slot, _numpy_dtype(structure.dtype), inner, batch,
+    inner = tuple(-1 if d is None else d for d in array_specs.shape_of(structure)[1:])
+    return ("leaf", path, slot, array_specs.dtype_of(structure), inner, batch,
             _tf_dtype_enum(structure))
   if array_specs.is_namedtuple(structure):
     children = tuple(input_tree(getattr(structure, f), f"{path}.{f}", slots, batch, slot_of)
@@ -115,7 +105,7 @@ def build_native_plan(time_step_spec, policy_state_spec, output_structure, num_o
 
 def leading_batch(spec_nest) -> Optional[int]:
   """The fixed batch size of a batched spec nest, None when unknown."""
-  sizes = {_dims(s)[0] for s in array_specs.flatten(spec_nest)}
+  sizes = {array_specs.shape_of(s)[0] for s in array_specs.flatten(spec_nest)}
   if len(sizes) > 1:
     raise ValueError(f"inconsistent batch dimensions in signature: {sorted(map(str, sizes))}")
   return sizes.pop() if sizes else None

@@ -7,24 +7,14 @@ import numpy as np
 import pytest
 from tf_agents.trajectories import time_step as ts
 
-from policies import BatcherClosedError, DynamicBatchingPolicy, SavedModelPyTFEagerPolicy
+from policies import BatcherClosedError, DynamicBatchingPolicy
 from policies import batching, compile_policy, compiled
-from conftest import scaled_checkpoint
+from conftest import load_saved, q_steps, scaled_checkpoint
 
 
 @pytest.fixture(params=["tf", "lite"])
 def backend(request):
   return request.param
-
-
-def _policy(saved, name, backend="tf", **kwargs):
-  return SavedModelPyTFEagerPolicy(saved(name).path, load_specs_from_pbtxt=True,
-                                   backend=backend, **kwargs)
-
-
-def _q_steps(count, seed=0):
-  obs = np.random.default_rng(seed).standard_normal((count, 4)).astype(np.float32)
-  return [ts.TimeStep(np.int32(1), np.float32(0), np.float32(1), o) for o in obs]
 
 
 def _lstm_episode(rng, length):
@@ -35,15 +25,15 @@ def _lstm_episode(rng, length):
 
 
 def test_64_coroutines_get_what_serial_calls_get(saved, backend):
-  steps = _q_steps(64)
-  serial = [_policy(saved, "q_mlp", backend).action(s).action for s in steps]
+  steps = q_steps(64)
+  serial = [load_saved(saved, "q_mlp", backend).action(s).action for s in steps]
 
   async def main(policy):
     async def one(i):
       return [(await policy.action_async(steps[(i + k) % 64])).action for k in range(20)]
     return await asyncio.gather(*(one(i) for i in range(64)))
 
-  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False)) as policy:
+  with DynamicBatchingPolicy(load_saved(saved, "q_mlp", backend, batch_time_steps=False)) as policy:
     results = asyncio.run(main(policy))
     assert policy.calls == 64 * 20 and policy.mean_batch_size > 4
   for i, actions in enumerate(results):
@@ -55,7 +45,7 @@ def test_64_coroutines_get_what_serial_calls_get(saved, backend):
 def test_16_lstm_coroutines_keep_their_states(saved, backend):
   rng = np.random.default_rng(5)
   episodes = [_lstm_episode(rng, 10) for _ in range(16)]
-  unbatched = _policy(saved, "lstm_actor", backend)
+  unbatched = load_saved(saved, "lstm_actor", backend)
   expected = []
   for episode in episodes:
     state, trace = unbatched.get_initial_state(), []
@@ -76,7 +66,7 @@ def test_16_lstm_coroutines_keep_their_states(saved, backend):
   async def main(policy):
     return await asyncio.gather(*(run(policy, e) for e in episodes))
 
-  with DynamicBatchingPolicy(_policy(saved, "lstm_actor", backend,
+  with DynamicBatchingPolicy(load_saved(saved, "lstm_actor", backend,
                                      batch_time_steps=False)) as policy:
     got = asyncio.run(main(policy))
   for mine, theirs in zip(got, expected):
@@ -87,8 +77,8 @@ def test_16_lstm_coroutines_keep_their_states(saved, backend):
 
 
 def test_a_bad_caller_fails_alone(saved, backend):
-  steps = _q_steps(8)
-  serial = [_policy(saved, "q_mlp", backend).action(s).action for s in steps]
+  steps = q_steps(8)
+  serial = [load_saved(saved, "q_mlp", backend).action(s).action for s in steps]
   bad = steps[0]._replace(observation=np.zeros(3, np.float32))
 
   async def main(policy):
@@ -96,7 +86,7 @@ def test_a_bad_caller_fails_alone(saved, backend):
             [policy.action_async(s) for s in steps[4:]]
     return await asyncio.gather(*calls, return_exceptions=True)
 
-  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False)) as policy:
+  with DynamicBatchingPolicy(load_saved(saved, "q_mlp", backend, batch_time_steps=False)) as policy:
     results = asyncio.run(main(policy))
   assert isinstance(results[4], ValueError)
   assert str(results[4]).startswith("time_step.observation: expected float32[4], got float32[3]")
@@ -105,8 +95,8 @@ def test_a_bad_caller_fails_alone(saved, backend):
 
 
 def test_cancelled_callers_leak_no_row_and_get_no_one_elses_result(saved, backend):
-  steps = _q_steps(32)
-  serial = [_policy(saved, "q_mlp", backend).action(s).action for s in steps]
+  steps = q_steps(32)
+  serial = [load_saved(saved, "q_mlp", backend).action(s).action for s in steps]
 
   async def main(policy):
     tasks = [asyncio.ensure_future(policy.action_async(s)) for s in steps]
@@ -118,7 +108,7 @@ def test_cancelled_callers_leak_no_row_and_get_no_one_elses_result(saved, backen
     again = await asyncio.gather(*(policy.action_async(s) for s in steps))
     return results, again
 
-  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False),
+  with DynamicBatchingPolicy(load_saved(saved, "q_mlp", backend, batch_time_steps=False),
                              max_batch_size=8) as policy:
     results, again = asyncio.run(main(policy))
     assert not policy._batcher._pending   # pylint: disable=protected-access
@@ -131,9 +121,9 @@ def test_cancelled_callers_leak_no_row_and_get_no_one_elses_result(saved, backen
 
 
 def test_cancelling_the_caller_given_the_lead_passes_it_on(saved):
-  steps = _q_steps(16)
-  serial = [_policy(saved, "q_mlp", "lite").action(s).action for s in steps]
-  with DynamicBatchingPolicy(_policy(saved, "q_mlp", "lite", batch_time_steps=False),
+  steps = q_steps(16)
+  serial = [load_saved(saved, "q_mlp", "lite").action(s).action for s in steps]
+  with DynamicBatchingPolicy(load_saved(saved, "q_mlp", "lite", batch_time_steps=False),
                              max_batch_size=2) as policy:
     async def main():
       for _ in range(20):
@@ -149,8 +139,8 @@ def test_cancelling_the_caller_given_the_lead_passes_it_on(saved):
 
 
 def test_close_with_waiting_coroutines(saved, backend):
-  steps = _q_steps(6)
-  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False),
+  steps = q_steps(6)
+  with DynamicBatchingPolicy(load_saved(saved, "q_mlp", backend, batch_time_steps=False),
                              max_batch_size=8, max_wait_us=60_000_000) as policy:
     async def main():
       tasks = [asyncio.ensure_future(policy.action_async(s)) for s in steps]
@@ -171,15 +161,15 @@ def test_hot_swaps_during_async_batching_never_mix_weights_in_a_batch(saved, bac
   fixture = saved("q_mlp")
   a = scaled_checkpoint(fixture, str(tmp_path / "a_0000000001"), 1.0)
   b = scaled_checkpoint(fixture, str(tmp_path / "b_0000000002"), -1.0)
-  steps = _q_steps(8)
+  steps = q_steps(8)
   refs = []
   for checkpoint in (a, b):
-    reference = _policy(saved, "q_mlp", backend)
+    reference = load_saved(saved, "q_mlp", backend)
     reference.update_from_checkpoint(checkpoint)
     refs.append([int(reference.action(s).action) for s in steps])
   assert refs[0] != refs[1]
   stop = threading.Event()
-  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False),
+  with DynamicBatchingPolicy(load_saved(saved, "q_mlp", backend, batch_time_steps=False),
                              max_batch_size=8, max_wait_us=200_000) as policy:
     def swap():
       k = 0
@@ -212,10 +202,10 @@ def test_hot_swaps_during_async_batching_never_mix_weights_in_a_batch(saved, bac
 
 
 def test_threads_and_coroutines_of_two_loops_share_one_batcher(saved, backend):
-  steps = _q_steps(16)
-  serial = [_policy(saved, "q_mlp", backend).action(s).action for s in steps]
+  steps = q_steps(16)
+  serial = [load_saved(saved, "q_mlp", backend).action(s).action for s in steps]
   results, errors = {}, []
-  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False)) as policy:
+  with DynamicBatchingPolicy(load_saved(saved, "q_mlp", backend, batch_time_steps=False)) as policy:
     async def coroutines(tag):
       async def one(i):
         return [(await policy.action_async(steps[(i + k) % 16])).action for k in range(10)]
@@ -244,7 +234,7 @@ def test_threads_and_coroutines_of_two_loops_share_one_batcher(saved, backend):
 
 def test_a_compiled_policy_batches_coroutines_without_tensorflow_in_the_batcher(saved, tmp_path):
   out = compile_policy(saved("q_mlp").path, str(tmp_path / "compiled")).path
-  steps = _q_steps(32)
+  steps = q_steps(32)
   serial = compiled.CompiledPolicy(out)
   want = [serial.action(s).action for s in steps]
 

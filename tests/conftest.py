@@ -11,10 +11,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["POLICY_RUNTIME_CACHE_DIR"] = os.path.join(
     os.environ.get("TEST_TMPDIR") or tempfile.mkdtemp(prefix="policy_runtime_test_"), "cache")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tools import policy_zoo  # noqa: E402
+from tf_agents.trajectories import time_step as ts  # noqa: E402
+
+from policies import SavedModelPyTFEagerPolicy  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -46,6 +50,18 @@ _BUILDERS["epsilon_greedy"] = (policy_zoo.epsilon_greedy_policy, False, None)
 _BUILDERS["ppo_categorical"] = (policy_zoo.ppo_categorical_collect_policy, False, None)
 _BUILDERS["gaussian_actor"] = (policy_zoo.gaussian_actor_policy, False, None)
 _BUILDERS["lstm_stochastic"] = (lambda: policy_zoo.lstm_actor_policy(greedy=False), False, None)
+
+
+def load_saved(saved, name: str, backend: str = "tf", **kwargs):
+  """Our SavedModelPyTFEagerPolicy on fixture `name` (specs from its pbtxt)."""
+  return SavedModelPyTFEagerPolicy(saved(name).path, load_specs_from_pbtxt=True,
+                                   backend=backend, **kwargs)
+
+
+def q_steps(count: int, seed: int = 0) -> list:
+  """`count` unbatched time steps for the Q fixtures (float32[4] observations)."""
+  obs = np.random.default_rng(seed).standard_normal((count, 4)).astype(np.float32)
+  return [ts.TimeStep(np.int32(1), np.float32(0), np.float32(1), o) for o in obs]
 
 
 def scaled_checkpoint(fixture: SavedPolicy, directory: str, scale: float) -> str:

@@ -9,7 +9,7 @@ import tensorflow as tf
 from tf_agents.trajectories import time_step as ts
 
 from policies import BatcherClosedError, DynamicBatchingPolicy, SavedModelPyTFEagerPolicy
-from conftest import act_during_swaps, run_threads, scaled_checkpoint
+from conftest import act_during_swaps, load_saved, q_steps, run_threads, scaled_checkpoint
 from tools import policy_zoo
 
 
@@ -18,22 +18,12 @@ def backend(request):
   return request.param
 
 
-def _policy(saved, name, backend="tf", **kwargs):
-  return SavedModelPyTFEagerPolicy(saved(name).path, load_specs_from_pbtxt=True,
-                                   backend=backend, **kwargs)
-
-
-def _q_steps(count, seed=0):
-  obs = np.random.default_rng(seed).standard_normal((count, 4)).astype(np.float32)
-  return [ts.TimeStep(np.int32(1), np.float32(0), np.float32(1), o) for o in obs]
-
-
 def test_64_threads_get_what_serial_unbatched_calls_get(saved, backend):
-  steps = _q_steps(64)
-  serial = [_policy(saved, "q_mlp", backend).action(s).action for s in steps]
+  steps = q_steps(64)
+  serial = [load_saved(saved, "q_mlp", backend).action(s).action for s in steps]
   results = {}
   # A leader waits (up to 0.2 s) for the batch to fill, so batches form however fast calls are.
-  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False),
+  with DynamicBatchingPolicy(load_saved(saved, "q_mlp", backend, batch_time_steps=False),
                              max_wait_us=200_000) as policy:
     def act(i):
       for k in range(20):
@@ -52,7 +42,7 @@ def test_lstm_callers_keep_their_own_state_over_20_steps(saved, backend):
                            {"position": rng.standard_normal(3).astype(np.float32),
                             "velocity": rng.standard_normal(2).astype(np.float32)})
                for _ in range(20)] for _ in range(16)]
-  unbatched = _policy(saved, "lstm_actor", backend)
+  unbatched = load_saved(saved, "lstm_actor", backend)
   expected = []
   for episode in episodes:
     state, trace = unbatched.get_initial_state(), []
@@ -62,7 +52,7 @@ def test_lstm_callers_keep_their_own_state_over_20_steps(saved, backend):
       trace.append((out.action, state))
     expected.append(trace)
   traces = [None] * 16
-  wrapped = _policy(saved, "lstm_actor", backend, batch_time_steps=False)
+  wrapped = load_saved(saved, "lstm_actor", backend, batch_time_steps=False)
   with DynamicBatchingPolicy(wrapped) as policy:
     def act(i):
       state, trace = policy.get_initial_state(), []
@@ -81,14 +71,14 @@ def test_lstm_callers_keep_their_own_state_over_20_steps(saved, backend):
 
 
 def test_a_bad_caller_fails_alone_with_the_unbatched_message(saved, backend):
-  steps = _q_steps(16)
-  serial = [_policy(saved, "q_mlp", backend).action(s).action for s in steps]
+  steps = q_steps(16)
+  serial = [load_saved(saved, "q_mlp", backend).action(s).action for s in steps]
   bad = steps[3]._replace(observation=np.zeros(5, np.float32))
   with pytest.raises(ValueError) as unbatched_error:
-    _policy(saved, "q_mlp", backend).action(bad)
+    load_saved(saved, "q_mlp", backend).action(bad)
   got = {}
   # A leader waits (up to 0.2 s) for the batch to fill, so batches form however fast calls are.
-  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False),
+  with DynamicBatchingPolicy(load_saved(saved, "q_mlp", backend, batch_time_steps=False),
                              max_wait_us=200_000) as policy:
     def act(i):
       for _ in range(10):
@@ -102,18 +92,18 @@ def test_a_bad_caller_fails_alone_with_the_unbatched_message(saved, backend):
 
 
 def test_a_lone_caller_is_served_without_waiting_for_a_full_batch(saved, backend):
-  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False),
+  with DynamicBatchingPolicy(load_saved(saved, "q_mlp", backend, batch_time_steps=False),
                              max_batch_size=64, max_wait_us=20_000) as policy:
     done = []
-    run_threads(1, lambda i: done.append(policy.action(_q_steps(1)[0])))
+    run_threads(1, lambda i: done.append(policy.action(q_steps(1)[0])))
     assert len(done) == 1 and policy.mean_batch_size == 1
 
 
 def test_more_callers_than_max_batch_size_are_served_in_successive_batches(saved, backend):
-  steps = _q_steps(32)
-  serial = [_policy(saved, "q_mlp", backend).action(s).action for s in steps]
+  steps = q_steps(32)
+  serial = [load_saved(saved, "q_mlp", backend).action(s).action for s in steps]
   got = {}
-  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False),
+  with DynamicBatchingPolicy(load_saved(saved, "q_mlp", backend, batch_time_steps=False),
                              max_batch_size=4) as policy:
     assert not run_threads(32, lambda i: got.__setitem__(i, policy.action(steps[i]).action))
     assert policy.calls == 32 and policy.batches >= 8
@@ -121,13 +111,13 @@ def test_more_callers_than_max_batch_size_are_served_in_successive_batches(saved
 
 
 def test_close_wakes_waiting_callers_with_a_clear_error(saved, backend):
-  policy = DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False),
+  policy = DynamicBatchingPolicy(load_saved(saved, "q_mlp", backend, batch_time_steps=False),
                                  max_batch_size=64, max_wait_us=60_000_000)
   results = []
 
   def act(i):
     try:
-      results.append(policy.action(_q_steps(1)[0]))
+      results.append(policy.action(q_steps(1)[0]))
     except BatcherClosedError as e:
       results.append(e)
 
@@ -141,23 +131,23 @@ def test_close_wakes_waiting_callers_with_a_clear_error(saved, backend):
     assert not t.is_alive()
   assert len(results) == 3 and all(isinstance(r, BatcherClosedError) for r in results)
   with pytest.raises(BatcherClosedError, match="is closed"):
-    policy.action(_q_steps(1)[0])
+    policy.action(q_steps(1)[0])
 
 
 def test_hot_swaps_during_batching_never_mix_weights(saved, backend, tmp_path):
   fixture = saved("q_mlp")
   a = scaled_checkpoint(fixture, str(tmp_path / "a_0000000001"), 1.0)
   b = scaled_checkpoint(fixture, str(tmp_path / "b_0000000002"), -1.0)
-  steps = _q_steps(8)
+  steps = q_steps(8)
   refs = []
   for checkpoint in (a, b):
-    reference = _policy(saved, "q_mlp", backend)
+    reference = load_saved(saved, "q_mlp", backend)
     reference.update_from_checkpoint(checkpoint)
     refs.append([reference.action(s).action for s in steps])
   assert refs[0] != refs[1]
   mixed = []
   # A leader waits (up to 0.2 s) for the batch to fill, so batches form however fast calls are.
-  with DynamicBatchingPolicy(_policy(saved, "q_mlp", backend, batch_time_steps=False),
+  with DynamicBatchingPolicy(load_saved(saved, "q_mlp", backend, batch_time_steps=False),
                              max_wait_us=200_000) as policy:
     def act(i):
       got = [policy.action(s).action for s in steps]
@@ -173,7 +163,7 @@ def test_a_fixed_batch_export_gets_padded_batches(saved, backend):
   fixture = saved("q_fixed_batch")
   wrapped = SavedModelPyTFEagerPolicy(fixture.path, load_specs_from_pbtxt=True,
                                       batch_time_steps=False, backend=backend)
-  steps = _q_steps(12, seed=2)
+  steps = q_steps(12, seed=2)
   expected = [wrapped.action(tf.nest.map_structure(lambda x: np.stack([x] * 4), s)).action[0]
               for s in steps]
   got = {}
@@ -186,7 +176,7 @@ def test_a_fixed_batch_export_gets_padded_batches(saved, backend):
 def test_stochastic_rows_sample_independently(saved, backend):
   step = ts.TimeStep(np.int32(1), np.float32(0), np.float32(1), np.ones(5, np.float32))
   got = []
-  wrapped = _policy(saved, "ppo_collect", backend, batch_time_steps=False)
+  wrapped = load_saved(saved, "ppo_collect", backend, batch_time_steps=False)
   with DynamicBatchingPolicy(wrapped, max_batch_size=16, max_wait_us=200_000) as policy:
     assert not run_threads(16, lambda i: got.extend(policy.action(step).action.tolist()
                                                      for _ in range(4)))
@@ -196,7 +186,7 @@ def test_stochastic_rows_sample_independently(saved, backend):
 
 def test_wrapping_needs_batch_time_steps_false(saved):
   with pytest.raises(ValueError, match="batch_time_steps=False"):
-    DynamicBatchingPolicy(_policy(saved, "q_mlp"))
+    DynamicBatchingPolicy(load_saved(saved, "q_mlp"))
 
 
 def test_a_failing_batched_call_fails_its_callers_and_the_next_batch_runs(tmp_path):
