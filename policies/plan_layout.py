@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-
 from native import marshal
 from policies import array_specs
 
