@@ -1,5 +1,6 @@
 """Evaluation on Ray: one local Ray instance (2 CPUs) for the whole module."""
 
+import contextlib
 import json
 import os
 import re
@@ -242,27 +243,39 @@ def _processes_with(text: str) -> list:
   return found
 
 
-def test_ctrl_c_stops_the_workers_and_the_local_instance():
+def test_ctrl_c_stops_the_workers_and_the_local_instance(tmp_path):
+  # stderr goes to a file, never a pipe: Ray's processes may inherit it, and a
+  # read until EOF would then wait for them instead of failing the test.
+  log = tmp_path / "stderr.txt"
   command = [sys.executable, "-m", "tools.policy_cli", "evaluate", "--workers", "2",
              "--episodes", "100000"]
-  process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True, cwd=os.path.dirname(os.path.dirname(policy_cli.__file__)),
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-  err = ""
+  with open(log, "w") as stderr:
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr,
+                               cwd=os.path.dirname(os.path.dirname(policy_cli.__file__)),
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  session = f"_{process.pid}/"   # the local instance's session directory ends with the pid
+
+  def tail():
+    return log.read_text()[-2000:]
+
   try:
-    while not re.search(r"\b[1-9]\d*/100000 ", err):   # the first episodes are done
-      chunk = process.stderr.read(1)
-      assert chunk, f"policy_cli ended early: {err[-2000:]}"
-      err += chunk
-    # The local instance's session directory ends with the driver's pid.
-    assert _processes_with(f"_{process.pid}/"), "no local Ray instance found"
+    deadline = time.monotonic() + 240
+    while not re.search(r"\b[1-9]\d*/100000 ", log.read_text()) and process.poll() is None:
+      assert time.monotonic() < deadline, f"no episode finished in 240 s: {tail()}"
+      time.sleep(0.2)
+    assert process.poll() is None, f"policy_cli ended early: {tail()}"
+    assert _processes_with(session), "no local Ray instance found"
     process.send_signal(signal.SIGINT)
-    err += process.stderr.read()
-    assert process.wait(timeout=60) == 130
+    assert process.wait(timeout=120) == 130, tail()
   finally:
     process.kill()
-  assert err.splitlines()[-1] == "policy_cli: interrupted"
-  deadline = time.monotonic() + 30
-  while _processes_with(f"_{process.pid}/") and time.monotonic() < deadline:
+    process.wait()
+  assert log.read_text().splitlines()[-1] == "policy_cli: interrupted"
+  deadline = time.monotonic() + 60
+  while _processes_with(session) and time.monotonic() < deadline:
     time.sleep(0.5)
-  assert not _processes_with(f"_{process.pid}/")
+  left = _processes_with(session)
+  for pid in left:   # so that a failure here leaves nothing running
+    with contextlib.suppress(OSError):
+      os.kill(pid, signal.SIGKILL)
+  assert not left, "processes of the local Ray instance outlived policy_cli"
