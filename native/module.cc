@@ -1,0 +1,43 @@
+// The extension module `native._marshal` (imported only by native/marshal.py):
+// the Plan (native/plan.h) and the CopySwitch (native/copy_switch.h).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#define POLICY_RUNTIME_IMPORT_NUMPY
+#include "native/numpy.h"
+
+#include "native/copy_switch.h"
+#include "native/dlpack.h"
+#include "native/plan.h"
+#include "native/tf_feed.h"
+
+namespace py = pybind11;
+using policy_runtime::Plan;
+
+PYBIND11_MODULE(_marshal, m) {
+  if (_import_array() < 0) throw py::error_already_set();
+  m.doc() = "Native marshaling between numpy nests and a saved policy's flat tensors.";
+  m.attr("ALIGNMENT") = policy_runtime::kAlignment;
+  m.attr("NO_CALLER_BATCH") = policy_runtime::kNoCallerBatch;
+  m.attr("ANY_BATCH") = policy_runtime::kAnyBatch;
+  m.attr("ZERO_COPY_MIN_BYTES") = policy_runtime::kZeroCopyMinBytes;
+  py::class_<Plan>(m, "Plan")
+      .def(py::init<py::tuple, py::tuple, py::tuple, int, py::object>(),
+           py::arg("time_step_tree"), py::arg("state_tree"), py::arg("output_tree"),
+           py::arg("num_args"), py::arg("runtime") = py::none())
+      .def("flatten", &Plan::Flatten, py::arg("time_step"), py::arg("policy_state"),
+           py::arg("staging") = false)
+      .def("call", &Plan::Call, py::arg("time_step"), py::arg("policy_state"),
+           py::arg("function_name"), py::arg("captures"))
+      .def("validate", &Plan::Validate, py::arg("time_step"), py::arg("policy_state"))
+      .def("call_buffers", &Plan::CallBuffers, py::arg("time_step"), py::arg("policy_state"),
+           py::arg("lease"), py::arg("release"))
+      .def("call_rows", &Plan::CallRows, py::arg("rows"), py::arg("pad_to"),
+           py::arg("function_name"), py::arg("captures"))
+      .def("call_rows_buffers", &Plan::CallRowsBuffers, py::arg("rows"), py::arg("pad_to"),
+           py::arg("lease"), py::arg("release"))
+      .def("pack_row", &Plan::PackRow, py::arg("outputs"), py::arg("row"));
+  policy_runtime::RegisterCopySwitch(m);
+  m.def("live_exported_leaves", &policy_runtime::LiveExportedLeaves,
+        "Input buffers currently lent to TensorFlow (0 when no call is running).");
+}
