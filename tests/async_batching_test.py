@@ -5,23 +5,15 @@ import threading
 
 import numpy as np
 import pytest
-from tf_agents.trajectories import time_step as ts
 
 from policies import BatcherClosedError, DynamicBatchingPolicy
 from policies import batching, compile_policy, compiled
-from conftest import load_saved, q_steps, scaled_checkpoint
+from conftest import load_saved, lstm_episodes, lstm_trace, q_steps, scaled_checkpoint
 
 
 @pytest.fixture(params=["tf", "lite"])
 def backend(request):
   return request.param
-
-
-def _lstm_episode(rng, length):
-  return [ts.TimeStep(np.int32(1), np.float32(0), np.float32(1),
-                      {"position": rng.standard_normal(3).astype(np.float32),
-                       "velocity": rng.standard_normal(2).astype(np.float32)})
-          for _ in range(length)]
 
 
 def test_64_coroutines_get_what_serial_calls_get(saved, backend):
@@ -43,17 +35,9 @@ def test_64_coroutines_get_what_serial_calls_get(saved, backend):
 
 
 def test_16_lstm_coroutines_keep_their_states(saved, backend):
-  rng = np.random.default_rng(5)
-  episodes = [_lstm_episode(rng, 10) for _ in range(16)]
+  episodes = lstm_episodes(16, 10)
   unbatched = load_saved(saved, "lstm_actor", backend)
-  expected = []
-  for episode in episodes:
-    state, trace = unbatched.get_initial_state(), []
-    for step in episode:
-      out = unbatched.action(step, state)
-      state = out.state
-      trace.append((out.action, state))
-    expected.append(trace)
+  expected = [lstm_trace(unbatched.action, unbatched.get_initial_state(), e) for e in episodes]
 
   async def run(policy, episode):
     state, trace = policy.get_initial_state(), []

@@ -33,22 +33,23 @@ def test_missing_directory_is_a_clean_error(capsys):
   assert "policy directory not found: /no/such/dir" in capsys.readouterr().err
 
 
-def test_inspect_says_why_a_policy_stays_on_tf(tmp_path):
-  path = str(tmp_path / "cumprod")
-  policy_zoo.save(policy_zoo.CumprodPolicy(), path)
+def _inspect(policy, path: str) -> str:
+  """policy_cli inspect's output for `policy`, saved at `path`."""
+  policy_zoo.save(policy, path)
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
     assert policy_cli.main(["inspect", path]) == 0
-  line = next(l for l in out.getvalue().splitlines() if "LiteRT:" in l)
+  return out.getvalue()
+
+
+def test_inspect_says_why_a_policy_stays_on_tf(tmp_path):
+  output = _inspect(policy_zoo.CumprodPolicy(), str(tmp_path / "cumprod"))
+  line = next(l for l in output.splitlines() if "LiteRT:" in l)
   assert line.strip().startswith("LiteRT: no, runs on TF: ")
   assert "no LiteRT builtin for: Cumprod" in line
 
 
 def test_inspect_reports_the_distribution_check_of_a_sampling_policy(tmp_path):
-  path = str(tmp_path / "q_sampling")
-  policy_zoo.save(policy_zoo.q_sampling_policy(), path)
-  out = io.StringIO()
-  with contextlib.redirect_stdout(out):
-    assert policy_cli.main(["inspect", path]) == 0
+  output = _inspect(policy_zoo.q_sampling_policy(), str(tmp_path / "q_sampling"))
   assert re.search(r"LiteRT: yes; action sampled \(total variation 0\.\d{3} <= 0\.054\)",
-                   out.getvalue())
+                   output)

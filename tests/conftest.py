@@ -64,6 +64,25 @@ def q_steps(count: int, seed: int = 0) -> list:
   return [ts.TimeStep(np.int32(1), np.float32(0), np.float32(1), o) for o in obs]
 
 
+def lstm_episodes(count: int, length: int, seed: int = 5) -> list:
+  """`count` episodes of `length` unbatched time steps for the lstm_actor fixture."""
+  rng = np.random.default_rng(seed)
+  return [[ts.TimeStep(np.int32(1), np.float32(0), np.float32(1),
+                       {"position": rng.standard_normal(3).astype(np.float32),
+                        "velocity": rng.standard_normal(2).astype(np.float32)})
+           for _ in range(length)] for _ in range(count)]
+
+
+def lstm_trace(act: Callable, initial_state, episode: list) -> list:
+  """[(action, state)] of one episode, the state fed back: `act(step, state)` is a PolicyStep."""
+  state, trace = initial_state, []
+  for step in episode:
+    out = act(step, state)
+    state = out.state
+    trace.append((out.action, state))
+  return trace
+
+
 def scaled_checkpoint(fixture: SavedPolicy, directory: str, scale: float) -> str:
   """`PolicySaver.save_checkpoint` of the fixture's policy with its weights times `scale`."""
   for v in fixture.tf_policy.variables():

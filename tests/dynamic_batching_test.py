@@ -9,7 +9,8 @@ import tensorflow as tf
 from tf_agents.trajectories import time_step as ts
 
 from policies import BatcherClosedError, DynamicBatchingPolicy, SavedModelPyTFEagerPolicy
-from conftest import act_during_swaps, load_saved, q_steps, run_threads, scaled_checkpoint
+from conftest import (act_during_swaps, load_saved, lstm_episodes, lstm_trace, q_steps,
+                      run_threads, scaled_checkpoint)
 from tools import policy_zoo
 
 
@@ -37,30 +38,14 @@ def test_64_threads_get_what_serial_unbatched_calls_get(saved, backend):
 
 
 def test_lstm_callers_keep_their_own_state_over_20_steps(saved, backend):
-  rng = np.random.default_rng(5)
-  episodes = [[ts.TimeStep(np.int32(1), np.float32(0), np.float32(1),
-                           {"position": rng.standard_normal(3).astype(np.float32),
-                            "velocity": rng.standard_normal(2).astype(np.float32)})
-               for _ in range(20)] for _ in range(16)]
+  episodes = lstm_episodes(16, 20)
   unbatched = load_saved(saved, "lstm_actor", backend)
-  expected = []
-  for episode in episodes:
-    state, trace = unbatched.get_initial_state(), []
-    for step in episode:
-      out = unbatched.action(step, state)
-      state = out.state
-      trace.append((out.action, state))
-    expected.append(trace)
+  expected = [lstm_trace(unbatched.action, unbatched.get_initial_state(), e) for e in episodes]
   traces = [None] * 16
   wrapped = load_saved(saved, "lstm_actor", backend, batch_time_steps=False)
   with DynamicBatchingPolicy(wrapped) as policy:
     def act(i):
-      state, trace = policy.get_initial_state(), []
-      for step in episodes[i]:
-        out = policy.action(step, state)
-        state = out.state
-        trace.append((out.action, state))
-      traces[i] = trace
+      traces[i] = lstm_trace(policy.action, policy.get_initial_state(), episodes[i])
     assert not run_threads(16, act)
   for got, want in zip(traces, expected):
     for (a, s), (ea, es) in zip(got, want):
