@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -49,7 +50,10 @@ class GymnasiumEnvironment:
   def __init__(self, env_id: str):
     import gymnasium  # pylint: disable=import-outside-toplevel
     try:
-      self._env = gymnasium.make(env_id)
+      with warnings.catch_warnings():
+        if env_id == DEFAULT_ENV:   # v0 on purpose: its 200-step limit; no "out of date" nag
+          warnings.filterwarnings("ignore", message=".*is out of date", category=DeprecationWarning)
+        self._env = gymnasium.make(env_id)
     except gymnasium.error.Error as e:
       raise ValueError(f"env_id: no Gymnasium environment {env_id!r} ({e}); "
                        f"'{GYM_PREFIX}{env_id}' picks gym's") from None

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -77,6 +78,14 @@ def test_same_seed_same_episode_and_the_default_env_is_gymnasiums_v0(default_pol
   first = episodes.run_episode(env, default_policy, seed=3)
   again = episodes.run_episode(env, default_policy, seed=3)
   assert (first.total_return, first.length) == (again.total_return, again.length) == (200.0, 200)
+
+
+def test_the_default_env_loads_without_gymnasiums_out_of_date_warning():
+  """The library keeps CartPole-v0 on purpose (its 200-step limit); users see no nag for it."""
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    episodes.load_env(episodes.DEFAULT_ENV)
+  assert not [w for w in caught if "out of date" in str(w.message)]
 
 
 def test_unknown_ids_are_value_errors_naming_the_package():
