@@ -30,11 +30,15 @@ for stack in "${stacks[@]}"; do
   esac
   read -r py_inc pybind_inc numpy_inc suffix < <("$py" -c \
     "import sysconfig, pybind11, numpy; print(sysconfig.get_paths()['include'], pybind11.get_include(), numpy.get_include(), sysconfig.get_config_var('EXT_SUFFIX'))")
+  # TF-Agents' networks (the fixtures) need Keras 2: tf-keras where it is installed
+  # (TF >= 2.16), as tests/pytest_main.py selects it under Bazel.
+  legacy_keras="$("$py" -c "import importlib.util; print(1 if importlib.util.find_spec('tf_keras') else '')")"
   echo "sanitize: $stack ($("$py" -V 2>&1))" >&2
   g++ -O1 -g -std=c++17 -fPIC -shared -fvisibility=hidden -fno-omit-frame-pointer \
     -fsanitize=address,undefined -I"$py_inc" -I"$pybind_inc" -I"$numpy_inc" \
     -I"$work" "$work"/native/*.cc -o "$work/native/_marshal$suffix"
   (cd "$work" &&
+    if [ -n "$legacy_keras" ]; then export TF_USE_LEGACY_KERAS=1; fi &&
     LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)" \
     ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:allocator_may_return_null=1:log_path=$work/asan" \
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$work/ubsan" \
