@@ -94,8 +94,6 @@ TfFeed::TfFeed(const Layout& layout, const Validator& validator, py::dict runtim
   attrs_ = runtime["attrs"];
   num_outputs_ = runtime["num_outputs"];
   numpy_method_ = py::str("_numpy_internal");
-  if (!PyType_Check(eager_tensor_.ptr())) throw py::type_error("runtime: eager_tensor must be a type");
-  eager_tensor_type_ = reinterpret_cast<PyTypeObject*>(eager_tensor_.ptr());
 }
 
 py::list TfFeed::Flatten(py::handle time_step, py::handle policy_state, bool staging) const {

@@ -24,10 +24,9 @@ constexpr npy_intp kZeroCopyMinBytes = 16 * 1024;
 class TfFeed {
  public:
   // `runtime`: {"from_dlpack", "eager_tensor", "context_handle", "device",
-  // "execute", "attrs", "num_outputs"}.
+  // "execute", "attrs", "num_outputs"}; `validator` reads eager tensors of its
+  // "eager_tensor" type (the Plan checks that it is a type).
   TfFeed(const Layout& layout, const Validator& validator, py::dict runtime);
-
-  PyTypeObject* eager_tensor_type() const { return eager_tensor_type_; }
 
   // The argument list (`num_args` tensors) that `Call` would pass. With
   // `staging`, small leaves land in reused staging tensors that the next call
@@ -60,7 +59,6 @@ class TfFeed {
   const Validator& validator_;
   py::object from_dlpack_, eager_tensor_, context_handle_, device_, execute_, attrs_,
       num_outputs_, numpy_method_;
-  PyTypeObject* eager_tensor_type_;  // Borrowed from eager_tensor_.
   mutable StagingPool pool_;
 };
 

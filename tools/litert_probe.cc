@@ -235,18 +235,18 @@ int main(int argc, char** argv) {
   std::vector<LiteRtLayout> layouts(num_outputs);
   STEP("output_layouts", api.GetCompiledModelOutputTensorLayouts(compiled, index, num_outputs,
                                                                  layouts.data(), true));
-  int reported_batch = -1;
+  int reported_batch = batch;  // an output's batch that differs, if any
   for (LiteRtParamIndex i = 0; i < num_outputs; ++i) {
     LiteRtTensor tensor;
     LiteRtRankedTensorType type;
     STEP("output_type", api.GetSignatureOutputTensorByIndex(signature, i, &tensor));
     STEP("output_type", api.GetRankedTensorType(tensor, &type));
     type.layout = layouts[i];
-    if (type.layout.rank > 0 && (reported_batch < 0 || type.layout.dimensions[0] != batch))
+    if (type.layout.rank > 0 && type.layout.dimensions[0] != batch)
       reported_batch = type.layout.dimensions[0];
     STEP("output_buffer", host_buffer(type, &outputs[i]));
   }
-  if (reported_batch >= 0 && reported_batch != batch) {
+  if (reported_batch != batch) {
     // Buffers of the reported size would be too small: the run would write past them.
     std::printf("status=outputs_not_resized reported_batch=%d batch=%d\n", reported_batch, batch);
     return 1;

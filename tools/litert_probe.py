@@ -26,10 +26,8 @@ from tools import tf_agents_keras
 
 tf_agents_keras.select_keras_2()   # before TF-Agents resolves tf.keras
 
-from ai_edge_litert import interpreter as litert  # noqa: E402
-
-from policies import compile_policy  # noqa: E402
-from policies.compiled_format import FLATBUFFER  # noqa: E402
+from policies import compile_policy, compiled_format  # noqa: E402
+from policies.engines import lite_model  # noqa: E402
 from tools import policy_cli, policy_zoo  # noqa: E402
 
 PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "litert_probe_cc")
@@ -42,14 +40,13 @@ def library_path() -> str:
   return os.path.join(list(spec.submodule_search_locations)[0], "libLiteRt.so")
 
 
-def interpreter_us(flatbuffer: bytes, batch: int, calls: int) -> float:
-  """Median us per public `invoke()` over 7 rounds, inputs resized to `batch`."""
-  interpreter = litert.Interpreter(model_content=flatbuffer, num_threads=1)
-  for detail in interpreter.get_input_details():
-    signature = list(detail["shape_signature"])
-    if signature and signature[0] < 0:
-      interpreter.resize_tensor_input(detail["index"], [batch] + signature[1:], strict=True)
-  interpreter.allocate_tensors()
+def interpreter_us(files: compiled_format.CompiledFiles, batch: int, calls: int) -> float:
+  """Median us per public `invoke()` over 7 rounds, on an interpreter the engines'
+  LiteModel prepared for `batch` (no tensor views held)."""
+  signature = files.policy["signature"]
+  model = lite_model.LiteModel(files.flatbuffer, signature["input_names"],
+                               signature["output_names"], batch, zero_copy=False)
+  interpreter = model.lease(batch)[4]
   timeit.timeit(interpreter.invoke, number=calls)   # warm-up round, not counted
   rounds = sorted(timeit.timeit(interpreter.invoke, number=calls) / calls * 1e6
                   for _ in range(7))
@@ -78,14 +75,12 @@ def main(argv=None) -> int:
   models = {"mlp_q (embedded)": policy_cli.DEFAULT_POLICY, "lstm_actor": lstm}
   print("| policy | batch | C API run us | interpreter invoke() us | C API / interpreter |")
   print("|---|---:|---:|---:|---:|")
-  for name, export in models.items():
-    out = compile_policy(export, os.path.join(work, name.split()[0])).path
-    flatbuffer_path = os.path.join(out, FLATBUFFER)
-    with open(flatbuffer_path, "rb") as f:
-      flatbuffer = f.read()
+  for i, (name, export) in enumerate(models.items()):
+    files = compiled_format.read(compile_policy(export, os.path.join(work, str(i))).path)
+    flatbuffer_path = os.path.join(files.directory, compiled_format.FLATBUFFER)
     for batch in BATCHES:
       report = c_api(flatbuffer_path, batch, args.calls)
-      ours = interpreter_us(flatbuffer, batch, args.calls)
+      ours = interpreter_us(files, batch, args.calls)
       if report.get("status") == "ok":
         c_us = float(report["us_per_run"])
         print(f"| {name} | {batch} | {c_us:.2f} | {ours:.2f} | {c_us / ours:.2f}x |")

@@ -21,6 +21,11 @@ stacks=("$@")
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cp -r "$root/policies" "$root/native" "$root/tools" "$root/tests" "$work/"
+# pytest with Keras 2 selected for TF-Agents' networks, as tests/pytest_main.py does.
+pytest_keras_2="import sys, pytest
+from tools import tf_agents_keras
+tf_agents_keras.select_keras_2()
+sys.exit(pytest.main(sys.argv[1:]))"
 status=0
 for stack in "${stacks[@]}"; do
   case "$stack" in
@@ -30,20 +35,16 @@ for stack in "${stacks[@]}"; do
   esac
   read -r py_inc pybind_inc numpy_inc suffix < <("$py" -c \
     "import sysconfig, pybind11, numpy; print(sysconfig.get_paths()['include'], pybind11.get_include(), numpy.get_include(), sysconfig.get_config_var('EXT_SUFFIX'))")
-  # TF-Agents' networks (the fixtures) need Keras 2: tf-keras where it is installed
-  # (TF >= 2.16), as tests/pytest_main.py selects it under Bazel.
-  legacy_keras="$("$py" -c "import importlib.util; print(1 if importlib.util.find_spec('tf_keras') else '')")"
   echo "sanitize: $stack ($("$py" -V 2>&1))" >&2
   g++ -O1 -g -std=c++17 -fPIC -shared -fvisibility=hidden -fno-omit-frame-pointer \
     -fsanitize=address,undefined -I"$py_inc" -I"$pybind_inc" -I"$numpy_inc" \
     -I"$work" "$work"/native/*.cc -o "$work/native/_marshal$suffix"
   (cd "$work" &&
-    if [ -n "$legacy_keras" ]; then export TF_USE_LEGACY_KERAS=1; fi &&
     LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)" \
     ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:allocator_may_return_null=1:log_path=$work/asan" \
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$work/ubsan" \
     FUZZ_EXAMPLES="$examples" PYTHONPATH="$work:$work/tests" TF_CPP_MIN_LOG_LEVEL=2 \
-    "$py" -m pytest tests/marshal_test.py tests/marshal_fuzz_test.py tests/action_fuzz_test.py \
+    "$py" -c "$pytest_keras_2" tests/marshal_test.py tests/marshal_fuzz_test.py tests/action_fuzz_test.py \
       tests/lite_backend_test.py tests/dynamic_batching_test.py tests/async_batching_test.py \
       tests/rows_fuzz_test.py tests/compiled_test.py -q -p no:cacheprovider \
       -W ignore::DeprecationWarning) || status=$?
