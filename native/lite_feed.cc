@@ -3,17 +3,26 @@
 #include <algorithm>
 #include <cstring>
 
+#include "native/litert_engine.h"
 #include "native/pack.h"
 #include "native/rows.h"
 
 namespace policy_runtime {
 namespace {
 
-// The parts of a lease: (inputs, invoke, outputs, ...).
+// The parts of a lease: (inputs, invoke, outputs, ...), or a native runner's.
 struct LeaseParts {
   PyObject* inputs;
-  PyObject* invoke;
+  PyObject* invoke;  // null for a runner
   PyObject* outputs;
+  LiteRtEngine::Runner* runner;
+
+  void Invoke() const {
+    if (runner != nullptr)
+      runner->Run();
+    else
+      Steal(PyObject_CallNoArgs(invoke));
+  }
 
   PyArrayObject* Input(int slot) const {
     PyObject* a = PyList_GET_ITEM(inputs, slot);
@@ -31,10 +40,14 @@ struct LeaseParts {
 };
 
 // lease(batch), run(parts), release(lease) however run ends; run's error wins
-// over one from release().
+// over one from release(). A LiteRtEngine as `lease` lends a runner instead.
 template <typename Run>
 py::object WithLease(const Layout& layout, py::handle lease, py::handle release, npy_intp batch,
                      Run run) {
+  if (py::isinstance<LiteRtEngine>(lease)) {
+    LiteRtEngine::Lease runner = lease.cast<LiteRtEngine*>()->Acquire(batch);
+    return run(LeaseParts{runner->inputs(), nullptr, runner->outputs(), runner.get()});
+  }
   py::object leased = Steal(PyObject_CallFunction(lease.ptr(), "n", batch));
   py::object result;
   try {
@@ -42,7 +55,8 @@ py::object WithLease(const Layout& layout, py::handle lease, py::handle release,
     if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) < 3)
       throw py::type_error("call_buffers: lease(batch) must return (inputs, invoke, outputs)");
     // The tuple holds references to its parts for as long as `leased` lives.
-    LeaseParts parts{PyTuple_GET_ITEM(t, 0), PyTuple_GET_ITEM(t, 1), PyTuple_GET_ITEM(t, 2)};
+    LeaseParts parts{PyTuple_GET_ITEM(t, 0), PyTuple_GET_ITEM(t, 1), PyTuple_GET_ITEM(t, 2),
+                     nullptr};
     if (!PyList_Check(parts.inputs) || PyList_GET_SIZE(parts.inputs) != layout.num_args ||
         !PyList_Check(parts.outputs) || PyList_GET_SIZE(parts.outputs) < layout.min_outputs)
       throw py::value_error("call_buffers: the lease's input or output list has the wrong length");
@@ -57,14 +71,17 @@ py::object WithLease(const Layout& layout, py::handle lease, py::handle release,
   return result;
 }
 
-// Copies one validated leaf into its engine input buffer.
+// Copies one validated leaf (the slot's dtype, in either byte order) into its
+// engine input buffer.
 void FillBuffer(PyArrayObject* dst, PyArrayObject* src, int slot) {
-  if (!PyArray_ISCARRAY(dst) || !PyArray_EquivTypes(PyArray_DESCR(dst), PyArray_DESCR(src)) ||
+  if (!PyArray_ISCARRAY(dst) ||
+      !PyArray_CanCastTypeTo(PyArray_DESCR(src), PyArray_DESCR(dst), NPY_EQUIV_CASTING) ||
       PyArray_SIZE(dst) != PyArray_SIZE(src)) {
     throw py::value_error("call_buffers: input buffer " + std::to_string(slot) + " is " +
                           Describe(dst) + ", the validated leaf is " + Describe(src));
   }
   if (PyArray_IS_C_CONTIGUOUS(src) && PyArray_ISNOTSWAPPED(src) &&
+      PyArray_EquivTypes(PyArray_DESCR(dst), PyArray_DESCR(src)) &&
       !PyDataType_REFCHK(PyArray_DESCR(src))) {
     std::memcpy(PyArray_DATA(dst), PyArray_DATA(src), static_cast<size_t>(PyArray_NBYTES(src)));
     return;
@@ -87,7 +104,7 @@ py::object LiteFeed::Call(py::handle time_step, py::handle policy_state, py::han
       FillBuffer(parts.Input(slot),
                  reinterpret_cast<PyArrayObject*>(PyList_GET_ITEM(arrays.ptr(), slot)), slot);
     }
-    Steal(PyObject_CallNoArgs(parts.invoke));
+    parts.Invoke();
     return PackTree(layout_.output, [&](const OutNode& leaf) {
       return OwnedCopy(parts.Output(leaf.index), leaf.unbatch);
     });
@@ -117,7 +134,7 @@ py::list LiteFeed::CallRows(py::list rows, npy_intp pad_to, py::handle lease,
                   static_cast<size_t>((batch - callers) * row_bytes));
       CopyRows(layout_, slot, row_lists, dst, dims);
     }
-    Steal(PyObject_CallNoArgs(parts.invoke));
+    parts.Invoke();
     if (PyList_GET_SIZE(parts.outputs) < layout_.min_outputs)
       throw py::value_error("call_buffers: the lease's output list changed size");
     py::list outputs(PyList_GET_SIZE(parts.outputs));

@@ -29,6 +29,15 @@ object carries the `call_args` appended to `call(fn, *args)`), and counts
 the calls on each copy in C++, so no exception can leave a copy marked busy;
 `wait_idle` lets an update wait (GIL released) until a copy is free.
 
+`LiteRtEngine(library, flatbuffer, signature, input_names, output_names,
+output_dims, first_batch, max_batch_sizes, release_gil_from_batch)` runs a
+LiteRT model through LiteRT's C API in `library` (a libLiteRt.so, loaded at
+run time): passed to `call_buffers`/`call_rows_buffers` in place of `lease`,
+it lends the call a runner prepared for its batch (a compiled model with
+host-memory buffers), with no Python in between. It raises ValueError when
+the model cannot run that way here (policies/engines/lite_model.py then
+uses the interpreter).
+
 Output nodes:
   ("leaf", output_index, unbatch)
   ("namedtuple", type, children) | ("dict", keys, children)
@@ -36,7 +45,7 @@ Output nodes:
 """
 
 from native._marshal import (ALIGNMENT, ANY_BATCH, NO_CALLER_BATCH, ZERO_COPY_MIN_BYTES,
-                             CopySwitch, Plan, live_exported_leaves)
+                             CopySwitch, LiteRtEngine, Plan, live_exported_leaves)
 
 __all__ = ["ALIGNMENT", "ANY_BATCH", "NO_CALLER_BATCH", "ZERO_COPY_MIN_BYTES", "CopySwitch",
-           "Plan", "live_exported_leaves"]
+           "LiteRtEngine", "Plan", "live_exported_leaves"]

@@ -8,10 +8,12 @@
 
 #include "native/copy_switch.h"
 #include "native/dlpack.h"
+#include "native/litert_engine.h"
 #include "native/plan.h"
 #include "native/tf_feed.h"
 
 namespace py = pybind11;
+using policy_runtime::LiteRtEngine;
 using policy_runtime::Plan;
 
 PYBIND11_MODULE(_marshal, m) {
@@ -37,6 +39,17 @@ PYBIND11_MODULE(_marshal, m) {
       .def("call_rows_buffers", &Plan::CallRowsBuffers, py::arg("rows"), py::arg("pad_to"),
            py::arg("lease"), py::arg("release"))
       .def("pack_row", &Plan::PackRow, py::arg("outputs"), py::arg("row"));
+  py::class_<LiteRtEngine>(m, "LiteRtEngine")
+      .def(py::init<const std::string&, py::bytes, const std::string&,
+                    const std::vector<std::string>&, const std::vector<std::string>&,
+                    const std::vector<std::vector<npy_intp>>&, npy_intp, int, npy_intp>(),
+           py::arg("library"), py::arg("flatbuffer"), py::arg("signature"),
+           py::arg("input_names"), py::arg("output_names"), py::arg("output_dims"),
+           py::arg("first_batch"), py::arg("max_batch_sizes"),
+           py::arg("release_gil_from_batch"))
+      .def("discard", &LiteRtEngine::Discard, py::arg("batch"))
+      .def("batch_sizes", &LiteRtEngine::BatchSizes)
+      .def_property_readonly("release_gil_from_batch", &LiteRtEngine::release_gil_from_batch);
   policy_runtime::RegisterCopySwitch(m);
   m.def("live_exported_leaves", &policy_runtime::LiveExportedLeaves,
         "Input buffers currently lent to TensorFlow (0 when no call is running).");

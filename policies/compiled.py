@@ -46,12 +46,12 @@ class _Model:
                        f"policies do not run: {', '.join(sorted(set(blocked)))}")
     try:
       self.model = lite_model.LiteModel(files.flatbuffer, signature["input_names"],
-                                        signature["output_names"], first_batch, zero_copy=False)
+                                        signature["output_names"], first_batch)
     except (ValueError, RuntimeError) as e:
       raise ValueError(f"{path}: the LiteRT model does not load: "
                        f"{str(e).strip().splitlines()[0]}") from None
     self.files = files
-    self.call_args = (self.model.lease, self.model.release)
+    self.call_args = self.model.call_args
     # What the getters hand out (copies of), decoded once.
     policy, values = files.policy, files.values
     self.initial_state = [values[f"initial_state_{i}"]
@@ -231,6 +231,12 @@ class CompiledPolicy:
   def report(self) -> dict:
     """report.json of the active directory: source fingerprint, versions, validation."""
     return self._switch.active.files.report
+
+  @property
+  def lite_runtime(self) -> str:
+    """How LiteRT runs the active model: "native" (LiteRT's C API, the usual way), or
+    "interpreter (why not native)" (ai-edge-litert's Python interpreter)."""
+    return self._switch.active.model.runtime
 
   @property
   def path(self) -> str:

@@ -31,6 +31,7 @@ from policies import plan_layout
 from policies import specs as specs_lib
 from policies import storage
 from policies.engines import lite
+from policies.engines import lite_model
 from policies.engines import tf_eager
 
 
@@ -376,6 +377,13 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
   def lite_validation(self):
     """The last LiteRT validation report (`lite_validation.ValidationReport`), None on TF."""
     return self._engine.last_report
+
+  @property
+  def lite_runtime(self) -> Optional[str]:
+    """How LiteRT runs the active copy on backend "lite": "native" (LiteRT's C API, the
+    usual way) or "interpreter (why not native)"; None on TF."""
+    model = lite_model.model_of(self._switch.active.call_args)
+    return model.runtime if model is not None else None
 
   @property
   def load_mode(self) -> str:

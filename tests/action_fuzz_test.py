@@ -1,9 +1,10 @@
 """Fuzzing the real action() path: one policy, one plan, many calls, batch sizes and failures.
 
-Each example is a sequence of calls on the same loaded policy (so the staging
-pool is reused across batch sizes and after failed calls). A valid call must
-return exactly what the saved `action` function returns for the same values;
-an invalid one must raise ValueError / TypeError and leave the policy working.
+Each example is a sequence of calls on the same loaded policy, on TF and on
+LiteRT's native engine (so the staging pool and the native runners are reused
+across batch sizes and after failed calls). A valid call must return exactly
+what the saved `action` function returns for the same values; an invalid one
+must raise ValueError / TypeError and leave the policy working.
 """
 
 import os
@@ -30,10 +31,15 @@ _JUNK = {"None": None, "text": "text", "object": object(), "dict": {"k": 1}}
 def policies(saved):
   fixture = saved("q_8_leaves")
   loaded = tf.saved_model.load(fixture.path)
+  def load(batched, backend):
+    return SavedModelPyTFEagerPolicy(fixture.path, load_specs_from_pbtxt=True, backend=backend,
+                                     batch_time_steps=batched)
+
+  on_lite = {batched: load(batched, "lite") for batched in (True, False)}
+  assert all(p.lite_runtime == "native" for p in on_lite.values())
   return {
-      True: SavedModelPyTFEagerPolicy(fixture.path, load_specs_from_pbtxt=True),
-      False: SavedModelPyTFEagerPolicy(fixture.path, load_specs_from_pbtxt=True,
-                                       batch_time_steps=False),
+      True: [load(True, "tf"), on_lite[True]],
+      False: [load(False, "tf"), on_lite[False]],
       "reference": loaded.action,
       "keep_alive": loaded,
   }
@@ -88,15 +94,16 @@ def test_call_sequences_succeed_exactly_or_fail_cleanly(policies, calls):
     good = _arrays(batched, batch, seed)
     time_step = tf.nest.pack_sequence_as(
         good, [_leaf(g, k) for g, k in zip(tf.nest.flatten(good), kinds)])
-    policy = policies[batched]
     if invalid:
-      with pytest.raises((ValueError, TypeError)):
-        policy.action(time_step)
+      for policy in policies[batched]:
+        with pytest.raises((ValueError, TypeError)):
+          policy.action(time_step)
       hypothesis.event("invalid call rejected")
       continue
     hypothesis.event("valid call")
     reference = policies["reference"](
         tf.nest.map_structure(lambda a: tf.constant(a[None] if batched else a), good), ())
     expected = reference.action.numpy()
-    out = policy.action(time_step).action
-    np.testing.assert_array_equal(out, expected[0] if batched else expected)
+    for policy in policies[batched]:
+      out = policy.action(time_step).action
+      np.testing.assert_array_equal(out, expected[0] if batched else expected)

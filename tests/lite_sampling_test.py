@@ -12,6 +12,7 @@ from conftest import scaled_checkpoint
 from policies import DynamicBatchingPolicy
 from policies import SavedModelPyTFEagerPolicy
 from policies import graph_audit
+from policies.engines import lite_model
 from policies.engines import lite_validation
 from tools import policy_zoo
 
@@ -127,11 +128,17 @@ def test_consecutive_calls_sample_independently_and_follow_tf(saved):
   assert lite_validation.total_variation(lite_actions, tf_actions) < threshold
 
 
+def _twin(policy, native):
+  """A second LiteModel of the policy's converted model."""
+  model = lite_model.model_of(policy._switch.active.call_args)  # pylint: disable=protected-access
+  return lite_model.LiteModel(model.flatbuffer, model.input_names, model.output_names, 1,
+                              native=native)
+
+
 def test_pooled_interpreters_do_not_replay_one_stream(saved):
   """Two interpreters of one model (two concurrent callers) draw different sequences."""
   policy = _load(saved("q_sampling").path, backend="lite")
-  lease_fn = policy._switch.active.call_args[0]  # pylint: disable=protected-access
-  model = lease_fn.__self__
+  model = _twin(policy, native=False)
   first, second = model.lease(1), model.lease(1)
   try:
     sequences = []
@@ -146,6 +153,20 @@ def test_pooled_interpreters_do_not_replay_one_stream(saved):
   finally:
     model.release(first)
     model.release(second)
+  assert sequences[0] != sequences[1]
+  assert len(set(sequences[0])) > 1
+
+
+def test_native_runners_do_not_replay_one_stream(saved):
+  """Two natively compiled runners of one model draw different sequences."""
+  policy = _load(saved("q_sampling").path, backend="lite")
+  step = _fixed_step(policy)
+  plan = policy._plan  # pylint: disable=protected-access
+  sequences = []
+  for model in (_twin(policy, native=True), _twin(policy, native=True)):
+    assert model.engine is not None, model.native_reason
+    sequences.append([int(plan.native_call_buffers(step, (), *model.call_args).action)
+                      for _ in range(64)])
   assert sequences[0] != sequences[1]
   assert len(set(sequences[0])) > 1
 

@@ -5,8 +5,9 @@
 Compiles the embedded MLP Q policy and an LSTM actor (`compile_policy`), then
 times, at batch 1, 2 and 16: a bare `LiteRtRunCompiledModel` on host-memory
 buffers (`tools/litert_probe.cc`, which loads the installed ai-edge-litert's
-`libLiteRt.so` at run time) and the interpreter's public `invoke()` on the
-same flatbuffer (no tensor views held). A batch the C API cannot run says why
+`libLiteRt.so` at run time), passing its input buffers on every run and
+passing nulls once a first run bound them (as the native engine does), and
+the interpreter's public `invoke()` on the same flatbuffer. A batch the C API cannot run says why
 (e.g. `outputs_not_resized`: after the inputs are resized, the compiled model
 still reports the outputs at another batch).
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import importlib.util
 import os
 import subprocess
 import sys
@@ -27,7 +27,7 @@ from tools import tf_agents_keras
 tf_agents_keras.select_keras_2()   # before TF-Agents resolves tf.keras
 
 from policies import compile_policy, compiled_format  # noqa: E402
-from policies.engines import lite_model  # noqa: E402
+from policies.engines import lite_model, litert_library  # noqa: E402
 from tools import policy_cli, policy_zoo  # noqa: E402
 
 PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "litert_probe_cc")
@@ -35,17 +35,19 @@ BATCHES = (1, 2, 16)
 
 
 def library_path() -> str:
-  """The installed ai-edge-litert's libLiteRt.so (found without importing TensorFlow)."""
-  spec = importlib.util.find_spec("ai_edge_litert")
-  return os.path.join(list(spec.submodule_search_locations)[0], "libLiteRt.so")
+  """The libLiteRt.so the native engine loads (policies.engines.litert_library)."""
+  library = litert_library.find()
+  if library.path is None:
+    raise SystemExit(f"litert_probe: no libLiteRt.so to probe: {library.reason}")
+  return library.path
 
 
 def interpreter_us(files: compiled_format.CompiledFiles, batch: int, calls: int) -> float:
   """Median us per public `invoke()` over 7 rounds, on an interpreter the engines'
-  LiteModel prepared for `batch` (no tensor views held)."""
+  LiteModel prepared for `batch` on the interpreter."""
   signature = files.policy["signature"]
   model = lite_model.LiteModel(files.flatbuffer, signature["input_names"],
-                               signature["output_names"], batch, zero_copy=False)
+                               signature["output_names"], batch, native=False)
   interpreter = model.lease(batch)[4]
   timeit.timeit(interpreter.invoke, number=calls)   # warm-up round, not counted
   rounds = sorted(timeit.timeit(interpreter.invoke, number=calls) / calls * 1e6
@@ -73,8 +75,9 @@ def main(argv=None) -> int:
   lstm = os.path.join(work, "lstm_export")
   policy_zoo.save(policy_zoo.lstm_actor_policy(greedy=True), lstm)
   models = {"mlp_q (embedded)": policy_cli.DEFAULT_POLICY, "lstm_actor": lstm}
-  print("| policy | batch | C API run us | interpreter invoke() us | C API / interpreter |")
-  print("|---|---:|---:|---:|---:|")
+  print("| policy | batch | C API run us | inputs bound us | interpreter invoke() us | "
+        "bound / interpreter |")
+  print("|---|---:|---:|---:|---:|---:|")
   for i, (name, export) in enumerate(models.items()):
     files = compiled_format.read(compile_policy(export, os.path.join(work, str(i))).path)
     flatbuffer_path = os.path.join(files.directory, compiled_format.FLATBUFFER)
@@ -82,11 +85,12 @@ def main(argv=None) -> int:
       report = c_api(flatbuffer_path, batch, args.calls)
       ours = interpreter_us(files, batch, args.calls)
       if report.get("status") == "ok":
-        c_us = float(report["us_per_run"])
-        print(f"| {name} | {batch} | {c_us:.2f} | {ours:.2f} | {c_us / ours:.2f}x |")
+        c_us, bound_us = float(report["us_per_run"]), float(report["us_per_run_bound"])
+        print(f"| {name} | {batch} | {c_us:.2f} | {bound_us:.2f} | {ours:.2f} | "
+              f"{bound_us / ours:.2f}x |")
       else:
         detail = " ".join(f"{k}={v}" for k, v in report.items())
-        print(f"| {name} | {batch} | fails: {detail} | {ours:.2f} | - |")
+        print(f"| {name} | {batch} | fails: {detail} | - | {ours:.2f} | - |")
   return 0
 
 

@@ -3,7 +3,9 @@
 # AddressSanitizer and UndefinedBehaviorSanitizer, on each tested stack
 # (.venv: Python 3.11, numpy 1.26; .venv-py313: Python 3.13, numpy 2):
 #   the marshaler tests and N marshaler fuzz cases and N real action() call
-#   sequences (flatten, call), the LiteRT backend tests (call_buffers), the
+#   sequences (flatten, call, and call_buffers on the native LiteRT engine),
+#   the LiteRT backend tests and the native engine's (call_buffers on LiteRT's
+#   C API and on the interpreter, runner pools, the fallback), the
 #   batcher's tests, threads and coroutines, and N row-gather fuzz cases
 #   (validate, call_rows, call_rows_buffers, pack_row), and the compiled
 #   policy's (plans without a TF runtime).
@@ -38,14 +40,15 @@ for stack in "${stacks[@]}"; do
   echo "sanitize: $stack ($("$py" -V 2>&1))" >&2
   g++ -O1 -g -std=c++17 -fPIC -shared -fvisibility=hidden -fno-omit-frame-pointer \
     -fsanitize=address,undefined -I"$py_inc" -I"$pybind_inc" -I"$numpy_inc" \
-    -I"$work" "$work"/native/*.cc -o "$work/native/_marshal$suffix"
+    -I"$work" "$work"/native/*.cc -ldl -o "$work/native/_marshal$suffix"
   (cd "$work" &&
     LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)" \
     ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:allocator_may_return_null=1:log_path=$work/asan" \
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$work/ubsan" \
     FUZZ_EXAMPLES="$examples" PYTHONPATH="$work:$work/tests" TF_CPP_MIN_LOG_LEVEL=2 \
     "$py" -c "$pytest_keras_2" tests/marshal_test.py tests/marshal_fuzz_test.py tests/action_fuzz_test.py \
-      tests/lite_backend_test.py tests/dynamic_batching_test.py tests/async_batching_test.py \
+      tests/lite_backend_test.py tests/litert_native_test.py tests/lite_sampling_test.py \
+      tests/dynamic_batching_test.py tests/async_batching_test.py \
       tests/rows_fuzz_test.py tests/compiled_test.py -q -p no:cacheprovider \
       -W ignore::DeprecationWarning) || status=$?
 done

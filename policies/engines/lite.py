@@ -217,7 +217,7 @@ class LiteEngine:
   def prepare(self, loaded: loading.LoadedPolicy) -> tuple:
     model = self.model_for(loaded)
     self.validate(model, loaded)
-    return (model.lease, model.release)
+    return model.call_args
 
   # Rows padded to a power of two: a few prepared interpreter sizes serve every batch.
   rows_batch = staticmethod(batching.padded_rows)
@@ -280,7 +280,7 @@ class LiteEngine:
         paths = lite_validation.leaf_paths(step)
         worst = [0.0] * len(paths)
       reference = tf.nest.flatten(step)
-      lite = tf.nest.flatten(self.call(time_step, state, model.lease, model.release))
+      lite = tf.nest.flatten(self.call(time_step, state, *model.call_args))
       for i, (path, ref, got) in enumerate(zip(paths, reference, lite)):
         worst[i] = max(worst[i], lite_validation.check_leaf(path, ref, got, sampled[i], bounds))
     floating = [np.issubdtype(np.asarray(r).dtype, np.floating) for r in reference]
@@ -329,8 +329,8 @@ class LiteEngine:
         runs = {i: ([], []) for i in tf_draws}
         for _ in range(calls):
           ref = tf.nest.flatten(plan.native_call(time_steps, states, name, captures))
-          got = tf.nest.flatten(plan.native_call_buffers(time_steps, states, model.lease,
-                                                         model.release))
+          got = tf.nest.flatten(plan.native_call_buffers(time_steps, states,
+                                                         *model.call_args))
           for i in tf_draws:
             runs[i][0].append(ref[i])
             runs[i][1].append(got[i])

@@ -1,33 +1,41 @@
-"""A LiteRT model of a policy's `action` and its interpreters, without TensorFlow.
+"""A LiteRT model of a policy's `action` and how it runs, without TensorFlow.
 
 Used by the LiteRT engine (`policies.engines.lite`) and by compiled policies
-(`policies.compiled`). `lease(batch)` hands one caller an interpreter
-prepared for `batch` as `(inputs, invoke, outputs, batch, interpreter)`:
-writable arrays for the inputs in the function's argument order, a callable
-that runs the model, and the output arrays in output order, as the native
-plan's `call_buffers` wants them; `release(lease)` returns it. An
-interpreter serves one call at a time and is never resized after its first
-call; the last `MAX_BATCH_SIZES` batch sizes keep their interpreters.
-
-Two ways to feed an interpreter:
-* `zero_copy=True` (the LiteRT engine): the arrays are views of the
-  interpreter's own buffers, and `invoke` is the wrapper's raw invoke,
-  because the public `invoke()` refuses to run while such views exist.
-* `zero_copy=False` (compiled policies): ai-edge-litert's public API only.
-  The inputs are the lease's own arrays, `invoke` sets them (`set_tensor`),
-  runs `invoke()` and reads the outputs (`get_tensor`).
+(`policies.compiled`). A model runs one of two ways; `call_args` are what the
+native plan's `call_buffers(time_step, policy_state, *call_args)` takes:
+* natively (`engine`, the usual way): LiteRT's C API in the installed
+  ai-edge-litert's `libLiteRt.so` (`native/litert_engine.h`, found by
+  `litert_library`), with no Python between validation and packing;
+* through ai-edge-litert's Python interpreter, public API only, when the
+  native engine cannot run the model here (`native_reason` says why; logged):
+  `lease(batch)` hands one caller an interpreter prepared for `batch` as
+  `(inputs, invoke, outputs, batch, interpreter)`, where `invoke` sets the
+  inputs (`set_tensor`), runs `invoke()` and reads the outputs (`get_tensor`);
+  `release(lease)` returns it.
+Either way a prepared runner serves one call at a time, and the last
+`MAX_BATCH_SIZES` batch sizes keep theirs.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Optional
 
 import numpy as np
 from ai_edge_litert import interpreter as litert
 
+from native import marshal
+from policies.engines import litert_library
+
+log = logging.getLogger("policies")
+
 SIGNATURE = "action"
 MAX_BATCH_SIZES = 12
+# Native runs at this batch and above release the GIL. Every run does: a run
+# that keeps it starves threads that release it often (TF calls, I/O), each of
+# which then waits a switch interval (5 ms) to get it back.
+RELEASE_GIL_FROM_BATCH = 1
 
 
 def signature_indices(interpreter, input_names: list, output_names: list) -> tuple:
@@ -49,30 +57,49 @@ def signature_indices(interpreter, input_names: list, output_names: list) -> tup
 
 
 class LiteModel:
-  """A converted `action` and its interpreters, by batch size (see module docstring).
+  """A converted `action` and how it runs (see module docstring).
 
   Args:
     flatbuffer: the converted model.
     input_names: its `action` signature's input names, by argument slot.
     output_names: its output names, by output index.
-    first_batch: the batch size of the first interpreter (made here, so a
-      model that does not run fails at load rather than on a call).
-    zero_copy: views of the interpreter's buffers (True) or the public API.
+    first_batch: the batch size prepared first (here, so a model that does
+      not run fails at load rather than on a call).
+    native: run on the native engine when it can (False: the interpreter).
 
   Raises:
-    ValueError: the signature does not have those names, or a tensor moves.
+    ValueError: the signature does not have those names.
   """
 
   def __init__(self, flatbuffer: bytes, input_names: list, output_names: list,
-               first_batch: int, zero_copy: bool = True):
+               first_batch: int, native: bool = True):
     self.flatbuffer = flatbuffer
-    self.zero_copy = zero_copy
+    self.input_names, self.output_names = list(input_names), list(output_names)
     interpreter = litert.Interpreter(model_content=flatbuffer, num_threads=1)
     self._input_indices, self._output_indices = signature_indices(
         interpreter, input_names, output_names)
     self._free: dict = {}                       # batch -> [lease, ...], oldest size first
     self._lock = threading.Lock()               # creating and evicting only
-    self.release(self._new_lease(first_batch, interpreter))
+    self.engine = None
+    self.native_reason = "not asked for" if not native else None
+    if native:
+      self.engine, self.native_reason = self._native(interpreter, input_names, output_names,
+                                                     first_batch)
+    if self.engine is None:
+      if native:
+        log.info("LiteRT runs on its Python interpreter, not natively: %s", self.native_reason)
+      self.release(self._new_lease(first_batch, interpreter))
+
+  @property
+  def runtime(self) -> str:
+    """"native" (LiteRT's C API), or "interpreter (why not native)"."""
+    return "native" if self.engine is not None else f"interpreter ({self.native_reason})"
+
+  @property
+  def call_args(self) -> tuple:
+    """`(lease, release)` for the plan's `call_buffers`: the native engine in place of
+    `lease` when there is one (its `release` is then unused)."""
+    return (self.engine if self.engine is not None else self.lease, self.release)
 
   def lease(self, batch: int):
     free = self._free.get(batch)
@@ -89,9 +116,53 @@ class LiteModel:
       free.append(lease)
 
   def discard(self, batch: int) -> None:
-    """Drops the interpreters prepared for `batch` (e.g. validation's large batches)."""
+    """Drops the runners prepared for `batch` (e.g. validation's large batches)."""
+    if self.engine is not None:
+      self.engine.discard(batch)
     with self._lock:
       self._free.pop(batch, None)
+
+  def _native(self, interpreter, input_names: list, output_names: list, first_batch: int):
+    """(engine, None), or (None, why the native engine does not run this model here)."""
+    library = litert_library.find()
+    if library.path is None:
+      return None, library.reason
+    try:
+      dims = self._output_dims(interpreter)
+      engine = marshal.LiteRtEngine(
+          library.path, self.flatbuffer, SIGNATURE, input_names, output_names, dims,
+          first_batch, MAX_BATCH_SIZES, RELEASE_GIL_FROM_BATCH)
+    except (ValueError, RuntimeError) as e:
+      return None, str(e)
+    return engine, None
+
+  def _output_dims(self, interpreter) -> list:
+    """The outputs' dims, -1 for the batch, as the interpreter computes them on a run.
+
+    LiteRT's static output shapes can be stale; the run's are not. A batched
+    model runs at batch 2, and every output must carry that batch.
+    """
+    details = {d["index"]: d for d in interpreter.get_input_details()}
+    batched = False
+    for index in self._input_indices:
+      signature = list(details[index]["shape_signature"])
+      if signature and signature[0] < 0:
+        batched = True
+        interpreter.resize_tensor_input(index, [2] + signature[1:], strict=True)
+    interpreter.allocate_tensors()
+    for index in self._input_indices:
+      interpreter.set_tensor(index, np.zeros(interpreter.get_tensor(index).shape,
+                                             details[index]["dtype"]))
+    interpreter.invoke()
+    dims = []
+    for index in self._output_indices:
+      shape = list(interpreter.get_tensor(index).shape)
+      if batched:
+        if not shape or shape[0] != 2:
+          raise ValueError(f"output tensor {index} has shape {shape} at batch 2")
+        shape[0] = -1
+      dims.append(shape)
+    return dims
 
   def _new_lease(self, batch: int, interpreter=None):
     if interpreter is None:
@@ -102,8 +173,7 @@ class LiteModel:
       if signature and signature[0] < 0:
         interpreter.resize_tensor_input(index, [batch] + signature[1:], strict=True)
     interpreter.allocate_tensors()
-    lease = (self._views(interpreter, batch) if self.zero_copy else
-             self._public(interpreter, batch))
+    lease = self._interpreter_lease(interpreter, batch)
     with self._lock:
       if batch not in self._free:
         self._free[batch] = []
@@ -111,25 +181,7 @@ class LiteModel:
           del self._free[next(iter(self._free))]
     return lease
 
-  def _views(self, interpreter, batch: int) -> tuple:
-    # The views are safe: no tensor is resized after allocation, and buffers
-    # are taken after a first run (which may still move them) and checked not
-    # to move on the next one.
-    invoke = interpreter._interpreter.Invoke  # pylint: disable=protected-access
-    for index in self._input_indices:
-      interpreter.tensor(index)().fill(0)
-    invoke()
-    indices = self._input_indices + self._output_indices
-    views = [interpreter.tensor(i)() for i in indices]
-    invoke()
-    if [v.__array_interface__["data"][0] for v in views] != \
-        [interpreter.tensor(i)().__array_interface__["data"][0] for i in indices]:
-      raise ValueError("the LiteRT model has tensors whose buffers move between calls "
-                       "(dynamic shapes), which this engine does not support")
-    count = len(self._input_indices)
-    return (views[:count], invoke, views[count:], batch, interpreter)
-
-  def _public(self, interpreter, batch: int) -> tuple:
+  def _interpreter_lease(self, interpreter, batch: int) -> tuple:
     details = {d["index"]: d for d in interpreter.get_input_details()}
     inputs = [np.zeros(details[i]["shape"], details[i]["dtype"]) for i in self._input_indices]
     pairs = list(zip(self._input_indices, inputs))
@@ -148,8 +200,8 @@ class LiteModel:
 
 
 def model_of(call_args: tuple) -> Optional[LiteModel]:
-  """The LiteModel whose `(lease, release)` are a copy's call_args (None: not LiteRT)."""
-  owner = getattr(call_args[0], "__self__", None) if call_args else None
+  """The LiteModel whose `call_args` a copy carries (None: not LiteRT)."""
+  owner = getattr(call_args[1], "__self__", None) if len(call_args) == 2 else None
   return owner if isinstance(owner, LiteModel) else None
 
 

@@ -82,9 +82,13 @@ def _output_paths(policy) -> list:
   return walk(policy.policy_step_spec, "")
 
 
+@pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("batch_time_steps", [True, False])
 @pytest.mark.parametrize("name", _NAMES)
-def test_acts_as_lite_did(fixtures, name, batch_time_steps):
+def test_acts_as_lite_did(fixtures, monkeypatch, name, batch_time_steps, native):
+  """On LiteRT's C API, and on the interpreter that takes over without it."""
+  if not native:
+    monkeypatch.setenv("POLICIES_LITERT_LIBRARY", "")
   path, reference = fixtures(name)
   mode = "unbatched" if batch_time_steps else "batched"
   if f"{mode}/0/time_step/0" not in reference:   # a fixed batch export: batched only
@@ -92,6 +96,7 @@ def test_acts_as_lite_did(fixtures, name, batch_time_steps):
       compiled.CompiledPolicy(path, batch_time_steps=batch_time_steps)
     return
   policy = compiled.CompiledPolicy(path, batch_time_steps=batch_time_steps)
+  assert (policy.lite_runtime == "native") == native, policy.lite_runtime
   sampled = _sampled(policy, reference)
   paths = _output_paths(policy)
   case = 0

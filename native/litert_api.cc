@@ -1,0 +1,78 @@
+#include "native/litert_api.h"
+
+#include <dlfcn.h>
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+
+namespace policy_runtime {
+namespace {
+
+class Resolver {
+ public:
+  Resolver(void* library, const std::string& path) : library_(library), path_(path) {}
+
+  template <typename F>
+  void operator()(const char* name, F* out) const {
+    *out = reinterpret_cast<F>(dlsym(library_, name));
+    if (*out == nullptr)
+      throw std::runtime_error(path_ + " does not export " + name);
+  }
+
+ private:
+  void* library_;
+  const std::string& path_;
+};
+
+std::unique_ptr<LiteRtApi> Resolve(const std::string& path) {
+  void* library = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (library == nullptr) {
+    const char* error = dlerror();
+    throw std::runtime_error(error != nullptr ? error : "cannot load " + path);
+  }
+  auto api = std::make_unique<LiteRtApi>();
+  Resolver resolve(library, path);
+  try {
+    resolve("LiteRtCreateEnvironment", &api->CreateEnvironment);
+    resolve("LiteRtDestroyEnvironment", &api->DestroyEnvironment);
+    resolve("LiteRtCreateModelFromBuffer", &api->CreateModelFromBuffer);
+    resolve("LiteRtDestroyModel", &api->DestroyModel);
+    resolve("LiteRtCreateOptions", &api->CreateOptions);
+    resolve("LiteRtDestroyOptions", &api->DestroyOptions);
+    resolve("LiteRtSetOptionsHardwareAccelerators", &api->SetOptionsHardwareAccelerators);
+    resolve("LiteRtCreateCompiledModel", &api->CreateCompiledModel);
+    resolve("LiteRtDestroyCompiledModel", &api->DestroyCompiledModel);
+    resolve("LiteRtGetNumModelSignatures", &api->GetNumModelSignatures);
+    resolve("LiteRtGetModelSignature", &api->GetModelSignature);
+    resolve("LiteRtGetSignatureKey", &api->GetSignatureKey);
+    resolve("LiteRtGetNumSignatureInputs", &api->GetNumSignatureInputs);
+    resolve("LiteRtGetNumSignatureOutputs", &api->GetNumSignatureOutputs);
+    resolve("LiteRtGetSignatureInputName", &api->GetSignatureInputName);
+    resolve("LiteRtGetSignatureOutputName", &api->GetSignatureOutputName);
+    resolve("LiteRtGetSignatureInputTensorByIndex", &api->GetSignatureInputTensorByIndex);
+    resolve("LiteRtGetSignatureOutputTensorByIndex", &api->GetSignatureOutputTensorByIndex);
+    resolve("LiteRtGetRankedTensorType", &api->GetRankedTensorType);
+    resolve("LiteRtCreateTensorBufferFromHostMemory", &api->CreateTensorBufferFromHostMemory);
+    resolve("LiteRtDestroyTensorBuffer", &api->DestroyTensorBuffer);
+    resolve("LiteRtRunCompiledModel", &api->RunCompiledModel);
+  } catch (...) {
+    dlclose(library);
+    throw;
+  }
+  return api;
+}
+
+}  // namespace
+
+const LiteRtApi& LoadLiteRtApi(const std::string& path) {
+  static std::mutex mutex;
+  static auto* loaded = new std::map<std::string, std::unique_ptr<LiteRtApi>>();
+  std::lock_guard<std::mutex> lock(mutex);
+  auto found = loaded->find(path);
+  if (found != loaded->end()) return *found->second;
+  return *loaded->emplace(path, Resolve(path)).first->second;
+}
+
+}  // namespace policy_runtime
