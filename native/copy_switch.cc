@@ -38,10 +38,16 @@ class CopySwitch {
     Lease lease(this, active_);
     const Slot& slot = *lease.slot;
     size_t n = args.size() - 1, extra = slot.call_args.size();
-    std::vector<PyObject*> argv(n + extra + 1);
+    PyObject* small[8];
+    std::vector<PyObject*> large;
+    PyObject** argv = small;
+    if (n + extra + 1 > 8) {
+      large.resize(n + extra + 1);
+      argv = large.data();
+    }
     for (size_t i = 0; i < n; ++i) argv[i + 1] = args[i + 1].ptr();
     for (size_t i = 0; i < extra; ++i) argv[n + i + 1] = slot.call_args[i].ptr();
-    PyObject* result = PyObject_Vectorcall(args[0].ptr(), argv.data() + 1,
+    PyObject* result = PyObject_Vectorcall(args[0].ptr(), argv + 1,
                                            (n + extra) | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
     if (result == nullptr) throw py::error_already_set();
     return py::reinterpret_steal<py::object>(result);

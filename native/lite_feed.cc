@@ -40,12 +40,15 @@ struct LeaseParts {
 };
 
 // lease(batch), run(parts), release(lease) however run ends; run's error wins
-// over one from release(). A LiteRtEngine as `lease` lends a runner instead.
+// over one from release(). A LiteRtEngine's handle as `lease` lends a runner instead.
 template <typename Run>
 py::object WithLease(const Layout& layout, py::handle lease, py::handle release, npy_intp batch,
                      Run run) {
-  if (py::isinstance<LiteRtEngine>(lease)) {
-    LiteRtEngine::Lease runner = lease.cast<LiteRtEngine*>()->Acquire(batch);
+  if (PyCapsule_CheckExact(lease.ptr())) {
+    auto* engine =
+        static_cast<LiteRtEngine*>(PyCapsule_GetPointer(lease.ptr(), kLiteRtEngineCapsule));
+    if (engine == nullptr) throw py::error_already_set();
+    LiteRtEngine::Lease runner = engine->Acquire(batch);
     return run(LeaseParts{runner->inputs(), nullptr, runner->outputs(), runner.get()});
   }
   py::object leased = Steal(PyObject_CallFunction(lease.ptr(), "n", batch));

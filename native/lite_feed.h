@@ -6,9 +6,9 @@
 // A lease is `lease(batch) -> (inputs, invoke, outputs, ...)`: writable
 // arrays over the engine's input buffers in argument-slot order, a callable
 // that runs the engine, and arrays over its output buffers in output order;
-// `release(lease)` gets it back however the call ends. A LiteRtEngine
-// (native/litert_engine.h) in place of `lease` runs the call natively, its
-// runner in place of the lease; `release` is then not called.
+// `release(lease)` gets it back however the call ends. A LiteRtEngine's
+// handle (native/litert_engine.h) in place of `lease` runs the call natively,
+// on one of its runners; `release` is then not called.
 #ifndef POLICY_RUNTIME_NATIVE_LITE_FEED_H_
 #define POLICY_RUNTIME_NATIVE_LITE_FEED_H_
 

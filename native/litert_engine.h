@@ -25,6 +25,11 @@
 
 namespace policy_runtime {
 
+// The name of the capsules that stand for an engine in call arguments
+// (module.cc's `LiteRtEngine.handle`): a capsule is checked far faster than a
+// pybind11 instance is recognised and cast.
+constexpr const char* kLiteRtEngineCapsule = "policy_runtime.LiteRtEngine";
+
 class LiteRtEngine {
  public:
   // One input or output of the signature: where it sits in the C API's

@@ -32,8 +32,8 @@ the calls on each copy in C++, so no exception can leave a copy marked busy;
 `LiteRtEngine(library, flatbuffer, signature, input_names, output_names,
 output_dims, first_batch, max_batch_sizes, release_gil_from_batch)` runs a
 LiteRT model through LiteRT's C API in `library` (a libLiteRt.so, loaded at
-run time): passed to `call_buffers`/`call_rows_buffers` in place of `lease`,
-it lends the call a runner prepared for its batch (a compiled model with
+run time): its `handle`, passed to `call_buffers`/`call_rows_buffers` in place
+of `lease`, lends the call a runner prepared for its batch (a compiled model with
 host-memory buffers), with no Python in between. It raises ValueError when
 the model cannot run that way here (policies/engines/lite_model.py then
 uses the interpreter).

@@ -49,7 +49,25 @@ PYBIND11_MODULE(_marshal, m) {
            py::arg("release_gil_from_batch"))
       .def("discard", &LiteRtEngine::Discard, py::arg("batch"))
       .def("batch_sizes", &LiteRtEngine::BatchSizes)
-      .def_property_readonly("release_gil_from_batch", &LiteRtEngine::release_gil_from_batch);
+      .def_property_readonly("release_gil_from_batch", &LiteRtEngine::release_gil_from_batch)
+      .def_property_readonly(
+          "handle",
+          [](py::object self) {
+            // The capsule keeps the engine alive for as long as it lives.
+            PyObject* capsule = PyCapsule_New(self.cast<LiteRtEngine*>(),
+                                              policy_runtime::kLiteRtEngineCapsule, [](PyObject* c) {
+                                                Py_XDECREF(static_cast<PyObject*>(
+                                                    PyCapsule_GetContext(c)));
+                                              });
+            if (capsule == nullptr) throw py::error_already_set();
+            if (PyCapsule_SetContext(capsule, self.inc_ref().ptr()) != 0) {
+              self.dec_ref();
+              Py_DECREF(capsule);
+              throw py::error_already_set();
+            }
+            return py::reinterpret_steal<py::object>(capsule);
+          },
+          "A capsule standing for this engine in call_buffers' `lease` argument.");
   policy_runtime::RegisterCopySwitch(m);
   m.def("live_exported_leaves", &policy_runtime::LiveExportedLeaves,
         "Input buffers currently lent to TensorFlow (0 when no call is running).");

@@ -85,6 +85,7 @@ class LiteModel:
     if native:
       self.engine, self.native_reason = self._native(interpreter, input_names, output_names,
                                                      first_batch)
+    self._handle = self.engine.handle if self.engine is not None else None
     if self.engine is None:
       if native:
         log.info("LiteRT runs on its Python interpreter, not natively: %s", self.native_reason)
@@ -97,9 +98,9 @@ class LiteModel:
 
   @property
   def call_args(self) -> tuple:
-    """`(lease, release)` for the plan's `call_buffers`: the native engine in place of
-    `lease` when there is one (its `release` is then unused)."""
-    return (self.engine if self.engine is not None else self.lease, self.release)
+    """`(lease, release)` for the plan's `call_buffers`: the native engine's handle in
+    place of `lease` when there is one (its `release` is then unused)."""
+    return (self._handle if self.engine is not None else self.lease, self.release)
 
   def lease(self, batch: int):
     free = self._free.get(batch)
