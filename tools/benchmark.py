@@ -7,7 +7,9 @@ one process, interleaved over rounds:
   * ours_st:   ours with `single_threaded_executor=True` (an explicit option),
   * floor:     the saved `action` concrete function called with pre-built
                tensors (`_call_flat`, no marshaling at all),
-  * lite:      ours with `backend="lite"` (the LiteRT engine),
+  * lite:      ours with `backend="lite"` (the LiteRT engine, on LiteRT's C API),
+  * lite_interpreter: the same on ai-edge-litert's Python interpreter (public
+               API), what runs where the native engine cannot,
 and reports medians (us per call) and ratios. Also measures the marginal cost
 of one more observation leaf and the steady-state memory of `action()`.
 Writes benchmark.json and benchmark.png into --output.
@@ -39,6 +41,7 @@ from tf_agents.trajectories import time_step as ts  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from policies import SavedModelPyTFEagerPolicy  # noqa: E402
+from policies.engines import litert_library  # noqa: E402
 from tools import benchmark_output  # noqa: E402
 from tools import policy_zoo  # noqa: E402
 
@@ -55,6 +58,7 @@ class Row:
   floor_us: float
   ours_st_us: float
   lite_us: float
+  lite_interpreter_us: float
 
   @property
   def speedup(self) -> float:
@@ -97,6 +101,13 @@ def _contenders(path, batch):
                                       single_threaded_executor=True)
   lite = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, batch_time_steps=single,
                                    backend="lite")
+  os.environ[litert_library.LIBRARY_ENV] = ""     # no native engine for this one
+  try:
+    lite_interpreter = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True,
+                                                 batch_time_steps=single, backend="lite")
+  finally:
+    del os.environ[litert_library.LIBRARY_ENV]
+  assert lite.lite_runtime == "native", lite.lite_runtime
   theirs = tfa_eager.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True,
                                                batch_time_steps=single)
   rng = np.random.default_rng(0)
@@ -114,6 +125,7 @@ def _contenders(path, batch):
       "ours_st": lambda: ours_st.action(step, our_state),
       "floor": lambda: concrete._call_flat(flat, captures),  # pylint: disable=protected-access
       "lite": lambda: lite.action(step, our_state),
+      "lite_interpreter": lambda: lite_interpreter.action(step, our_state),
   }
 
 
@@ -129,7 +141,7 @@ def measure(path, name, batch, rounds, calls) -> Row:
       samples[key].append(_per_call_us(contenders[key], calls))
   med = {k: float(np.median(v)) for k, v in samples.items()}
   return Row(name, batch, med["tf_agents"], med["ours"], med["floor"], med["ours_st"],
-             med["lite"])
+             med["lite"], med["lite_interpreter"])
 
 
 def _rss_mb() -> float:
@@ -178,11 +190,13 @@ def marginal_leaf_cost(rows) -> dict:
 
 
 def lite_table(rows) -> str:
-  lines = ["| policy | batch | LiteRT us | TF-Agents/LiteRT | our TF path/LiteRT |",
-           "|---|---:|---:|---:|---:|"]
+  lines = ["| policy | batch | LiteRT us | /floor | TF-Agents/LiteRT | our TF path/LiteRT | "
+           "on the interpreter us | interpreter/native |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
-    lines.append(f"| {r.policy} | {r.batch} | {r.lite_us:.1f} | {r.lite_speedup:.0f}x | "
-                 f"{r.lite_over_tf_path:.1f}x |")
+    lines.append(f"| {r.policy} | {r.batch} | {r.lite_us:.1f} | {r.lite_us / r.floor_us:.4f}x | "
+                 f"{r.lite_speedup:.0f}x | {r.lite_over_tf_path:.1f}x | "
+                 f"{r.lite_interpreter_us:.1f} | {r.lite_interpreter_us / r.lite_us:.2f}x |")
   return "\n".join(lines)
 
 
