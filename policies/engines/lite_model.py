@@ -80,15 +80,16 @@ class LiteModel:
         interpreter, input_names, output_names)
     self._free: dict = {}                       # batch -> [lease, ...], oldest size first
     self._lock = threading.Lock()               # creating and evicting only
-    self.engine = None
-    self.native_reason = "not asked for" if not native else None
+    self.engine, self.native_reason = None, "not asked for"
     if native:
       self.engine, self.native_reason = self._native(interpreter, input_names, output_names,
                                                      first_batch)
-    self._handle = self.engine.handle if self.engine is not None else None
-    if self.engine is None:
+    if self.engine is not None:
+      self._call_args = (self.engine.handle, self.release)
+    else:
       if native:
         log.info("LiteRT runs on its Python interpreter, not natively: %s", self.native_reason)
+      self._call_args = (self.lease, self.release)
       self.release(self._new_lease(first_batch, interpreter))
 
   @property
@@ -100,7 +101,7 @@ class LiteModel:
   def call_args(self) -> tuple:
     """`(lease, release)` for the plan's `call_buffers`: the native engine's handle in
     place of `lease` when there is one (its `release` is then unused)."""
-    return (self._handle if self.engine is not None else self.lease, self.release)
+    return self._call_args
 
   def lease(self, batch: int):
     free = self._free.get(batch)
