@@ -85,8 +85,11 @@ LiteRtEngine::Runner::Runner(const LiteRtEngine& engine, npy_intp batch)
     : engine_(engine), batch_(batch) {
   const LiteRtApi& api = engine.api_;
   try {
-    Check(api.CreateCompiledModel(engine.environment_, engine.model_, engine.options_, &compiled_),
-          "compiling the model for the CPU");
+    // A batch of 0 has nothing to run: its outputs are empty, as TF's are.
+    if (batch > 0)
+      Check(api.CreateCompiledModel(engine.environment_, engine.model_, engine.options_,
+                                    &compiled_),
+            "compiling the model for the CPU");
     inputs_ = Buffers(engine.inputs_, &input_buffers_);
     unbound_inputs_.assign(input_buffers_.size(), nullptr);
     outputs_ = Buffers(engine.outputs_, &output_buffers_);
@@ -127,17 +130,19 @@ py::list LiteRtEngine::Runner::Buffers(const std::vector<Tensor>& tensors,
     type.element_type = t.element_type;
     type.layout.rank = static_cast<unsigned>(dims.size());
     for (size_t d = 0; d < dims.size(); ++d) type.layout.dimensions[d] = static_cast<int32_t>(dims[d]);
+    arrays[i] = array;
+    if (batch_ == 0) continue;
     // Exactly the tensor's bytes: a tensor that needs more fails the run.
     Check(engine_.api_.CreateTensorBufferFromHostMemory(
               &type, PyArray_DATA(a), static_cast<size_t>(PyArray_NBYTES(a)), nullptr,
               &(*out)[t.index]),
           "creating a host-memory tensor buffer");
-    arrays[i] = std::move(array);
   }
   return arrays;
 }
 
 void LiteRtEngine::Runner::Run() {
+  if (batch_ == 0) return;
   const LiteRtApi& api = engine_.api_;
   // After a first run binds the input buffers to their tensors, null input
   // buffers keep those bindings, which spares their registration on every run.
@@ -271,8 +276,7 @@ LiteRtEngine::~LiteRtEngine() {
 
 LiteRtEngine::Lease LiteRtEngine::Acquire(npy_intp batch) {
   if (fixed_batch_ > 0) batch = fixed_batch_;  // the plan checks the leaves' sizes
-  if (batch < 1) throw py::value_error("LiteRT runs batches of at least 1, not " +
-                                       std::to_string(batch));
+  if (batch < 0) throw py::value_error("a batch of " + std::to_string(batch));
   {
     std::lock_guard<std::mutex> lock(mutex_);
     auto found = pool_.find(batch);

@@ -176,3 +176,19 @@ def test_leaves_in_the_other_byte_order_are_fed(saved, monkeypatch, native):
     swapped = tf.nest.map_structure(lambda a: a.astype(a.dtype.newbyteorder(">")), time_step)
     np.testing.assert_array_equal(policy.action(swapped, state).action,
                                   policy.action(time_step, state).action)
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("name", ["q_mlp", "lstm_actor"])
+def test_a_batch_of_zero_gives_what_tf_gives(saved, monkeypatch, name, native):
+  if not native:
+    monkeypatch.setenv(litert_library.LIBRARY_ENV, "")
+  fixture = saved(name)
+  on_lite = _load(fixture, batch_time_steps=False)
+  assert (on_lite.lite_runtime == "native") == native
+  on_tf = SavedModelPyTFEagerPolicy(fixture.path, load_specs_from_pbtxt=True,
+                                    batch_time_steps=False)
+  (time_step, state), = _inputs(on_tf, 1, (0,))
+  for got, want in zip(tf.nest.flatten(on_lite.action(time_step, state)),
+                       tf.nest.flatten(on_tf.action(time_step, state))):
+    assert got.dtype == want.dtype and got.shape == want.shape and got.shape[0] == 0
