@@ -19,6 +19,8 @@ from tools import policy_zoo  # noqa: E402
 from tf_agents.trajectories import time_step as ts  # noqa: E402
 
 from policies import SavedModelPyTFEagerPolicy  # noqa: E402
+from policies.engines import lite_model  # noqa: E402
+from policies.engines import lite_validation  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -81,6 +83,23 @@ def lstm_trace(act: Callable, initial_state, episode: list) -> list:
     state = out.state
     trace.append((out.action, state))
   return trace
+
+
+def spec_inputs(policy, count: int, outer: tuple = (), seed: int = 0) -> list:
+  """`count` random (time_step, policy_state) within `policy`'s specs, with outer dims
+  `outer` (() for unbatched time steps, whose state then has a batch of 1)."""
+  rng = np.random.default_rng(seed)
+  specs = policy._policy_specs  # pylint: disable=protected-access
+  return [lite_validation.sample_inputs(specs.time_step_spec, specs.policy_state_spec, outer,
+                                        outer or (1,), rng) for _ in range(count)]
+
+
+def lite_twin(policy, native: bool):
+  """A second LiteModel of the converted model `policy` (on "lite") acts on: natively or
+  on the interpreter."""
+  model = lite_model.model_of(policy._switch.active.call_args)  # pylint: disable=protected-access
+  return lite_model.LiteModel(model.flatbuffer, model.input_names, model.output_names, 1,
+                              native=native)
 
 
 def scaled_checkpoint(fixture: SavedPolicy, directory: str, scale: float) -> str:

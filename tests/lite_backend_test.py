@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import act_during_swaps, run_threads, scaled_checkpoint
+from conftest import act_during_swaps, run_threads, scaled_checkpoint, spec_inputs
 from policies import SavedModelPyTFEagerPolicy
 from policies.engines import lite
-from policies.engines import lite_validation
 
 
 def _load(fixture, **kwargs):
@@ -18,11 +17,7 @@ def _load(fixture, **kwargs):
 
 
 def _inputs(policy, count, batch=None, seed=0):
-  rng = np.random.default_rng(seed)
-  specs = policy._policy_specs  # pylint: disable=protected-access
-  outer = () if batch is None else (batch,)
-  return [lite_validation.sample_inputs(specs.time_step_spec, specs.policy_state_spec, outer,
-                             outer or (1,), rng) for _ in range(count)]
+  return spec_inputs(policy, count, () if batch is None else (batch,), seed)
 
 
 def _assert_close(got, want):

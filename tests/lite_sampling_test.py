@@ -8,11 +8,10 @@ import pytest
 import tensorflow as tf
 from tf_agents.trajectories import time_step as ts
 
-from conftest import scaled_checkpoint
+from conftest import lite_twin, scaled_checkpoint
 from policies import DynamicBatchingPolicy
 from policies import SavedModelPyTFEagerPolicy
 from policies import graph_audit
-from policies.engines import lite_model
 from policies.engines import lite_validation
 from tools import policy_zoo
 
@@ -128,17 +127,10 @@ def test_consecutive_calls_sample_independently_and_follow_tf(saved):
   assert lite_validation.total_variation(lite_actions, tf_actions) < threshold
 
 
-def _twin(policy, native):
-  """A second LiteModel of the policy's converted model."""
-  model = lite_model.model_of(policy._switch.active.call_args)  # pylint: disable=protected-access
-  return lite_model.LiteModel(model.flatbuffer, model.input_names, model.output_names, 1,
-                              native=native)
-
-
 def test_pooled_interpreters_do_not_replay_one_stream(saved):
   """Two interpreters of one model (two concurrent callers) draw different sequences."""
   policy = _load(saved("q_sampling").path, backend="lite")
-  model = _twin(policy, native=False)
+  model = lite_twin(policy, native=False)
   first, second = model.lease(1), model.lease(1)
   try:
     sequences = []
@@ -163,7 +155,7 @@ def test_native_runners_do_not_replay_one_stream(saved):
   step = _fixed_step(policy)
   plan = policy._plan  # pylint: disable=protected-access
   sequences = []
-  for model in (_twin(policy, native=True), _twin(policy, native=True)):
+  for model in (lite_twin(policy, native=True), lite_twin(policy, native=True)):
     assert model.engine is not None, model.native_reason
     sequences.append([int(plan.native_call_buffers(step, (), *model.call_args).action)
                       for _ in range(64)])

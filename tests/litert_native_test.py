@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import lite_twin, spec_inputs
 from policies import SavedModelPyTFEagerPolicy
 from policies.engines import lite_model
 from policies.engines import lite_validation
@@ -31,18 +32,6 @@ def _model(policy) -> lite_model.LiteModel:
   return lite_model.model_of(policy._switch.active.call_args)  # pylint: disable=protected-access
 
 
-def _interpreter_twin(model: lite_model.LiteModel) -> lite_model.LiteModel:
-  return lite_model.LiteModel(model.flatbuffer, model.input_names, model.output_names, 1,
-                              native=False)
-
-
-def _inputs(policy, count, outer, seed=0):
-  rng = np.random.default_rng(seed)
-  specs = policy._policy_specs  # pylint: disable=protected-access
-  return [lite_validation.sample_inputs(specs.time_step_spec, specs.policy_state_spec, outer,
-                                        outer or (1,), rng) for _ in range(count)]
-
-
 @pytest.mark.parametrize("name", LITE_FIXTURES)
 def test_native_matches_the_interpreter(saved, name):
   """Deterministic outputs: integers exact, floats within the lite tolerance; sampled outputs:
@@ -53,11 +42,11 @@ def test_native_matches_the_interpreter(saved, name):
     policy = _load(fixture, batch_time_steps=batch_time_steps)
     native = _model(policy)
     assert native.engine is not None, native.native_reason
-    twin = _interpreter_twin(native)
+    twin = lite_twin(policy, native=False)
     assert twin.engine is None
     call = policy._plan.native_call_buffers  # pylint: disable=protected-access
     sampled = [o.kind == "sampled" for o in policy.lite_validation.outputs]
-    for time_step, state in _inputs(policy, 30, outer):
+    for time_step, state in spec_inputs(policy, 30, outer):
       got = tf.nest.flatten(call(time_step, state, *native.call_args))
       want = tf.nest.flatten(call(time_step, state, *twin.call_args))
       assert len(got) == len(want) == len(sampled)
@@ -73,7 +62,7 @@ def test_native_matches_the_interpreter(saved, name):
   if not any(sampled) or fixture.batch_size:
     return
   # On the last (batched) policy: draws for one input, repeated.
-  time_step, state = _inputs(policy, 1, (), seed=7)[0]
+  time_step, state = spec_inputs(policy, 1, (), seed=7)[0]
   time_steps, states = lite_validation.copies(time_step, state, DRAW_BATCH)
   draws = {}
   for label, model in (("native", native), ("interpreter", twin)):
@@ -95,10 +84,10 @@ def test_a_runner_reads_each_call_s_inputs(saved):
   fixture = saved("q_mlp")
   policy = _load(fixture, batch_time_steps=False)
   native = _model(policy)
-  twin = _interpreter_twin(native)
+  twin = lite_twin(policy, native=False)
   call = policy._plan.native_call_buffers  # pylint: disable=protected-access
   results = []
-  for time_step, state in _inputs(policy, 50, (3,), seed=1):
+  for time_step, state in spec_inputs(policy, 50, (3,), seed=1):
     got = call(time_step, state, *native.call_args)
     np.testing.assert_array_equal(got.action, call(time_step, state, *twin.call_args).action)
     results.append((got, got.action.copy()))
@@ -115,12 +104,12 @@ def test_runners_are_pooled_per_batch_size_and_the_oldest_size_goes(saved):
   call = policy._plan.native_call_buffers  # pylint: disable=protected-access
   sizes = list(range(2, 2 + lite_model.MAX_BATCH_SIZES + 2))
   for batch in sizes:
-    (time_step, state), = _inputs(policy, 1, (batch,))
+    (time_step, state), = spec_inputs(policy, 1, (batch,))
     assert call(time_step, state, *native.call_args).action.shape == (batch,)
   assert native.engine.batch_sizes() == sizes[-lite_model.MAX_BATCH_SIZES:]
   native.discard(sizes[-1])
   assert sizes[-1] not in native.engine.batch_sizes()
-  (time_step, state), = _inputs(policy, 1, (sizes[-1],))
+  (time_step, state), = spec_inputs(policy, 1, (sizes[-1],))
   assert call(time_step, state, *native.call_args).action.shape == (sizes[-1],)
 
 
@@ -144,7 +133,7 @@ def test_the_interpreter_takes_over_when_the_library_cannot_be_used(saved, monke
   native = _load(fixture)
   assert native.lite_runtime == "native"
   state_a, state_b = on_interpreter.get_initial_state(), native.get_initial_state()
-  for time_step, _ in _inputs(native, 10, ()):
+  for time_step, _ in spec_inputs(native, 10, ()):
     a, b = on_interpreter.action(time_step, state_a), native.action(time_step, state_b)
     np.testing.assert_allclose(a.action, b.action, rtol=1e-5, atol=1e-5)
     state_a, state_b = a.state, b.state
@@ -172,7 +161,7 @@ def test_leaves_in_the_other_byte_order_are_fed(saved, monkeypatch, native):
     monkeypatch.setenv(litert_library.LIBRARY_ENV, "")
   policy = _load(saved("q_8_leaves"), batch_time_steps=False)
   assert (policy.lite_runtime == "native") == native
-  for time_step, state in _inputs(policy, 10, (3,), seed=4):
+  for time_step, state in spec_inputs(policy, 10, (3,), seed=4):
     swapped = tf.nest.map_structure(lambda a: a.astype(a.dtype.newbyteorder(">")), time_step)
     np.testing.assert_array_equal(policy.action(swapped, state).action,
                                   policy.action(time_step, state).action)
@@ -188,7 +177,7 @@ def test_a_batch_of_zero_gives_what_tf_gives(saved, monkeypatch, name, native):
   assert (on_lite.lite_runtime == "native") == native
   on_tf = SavedModelPyTFEagerPolicy(fixture.path, load_specs_from_pbtxt=True,
                                     batch_time_steps=False)
-  (time_step, state), = _inputs(on_tf, 1, (0,))
+  (time_step, state), = spec_inputs(on_tf, 1, (0,))
   for got, want in zip(tf.nest.flatten(on_lite.action(time_step, state)),
                        tf.nest.flatten(on_tf.action(time_step, state))):
     assert got.dtype == want.dtype and got.shape == want.shape and got.shape[0] == 0
