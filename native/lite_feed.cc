@@ -97,11 +97,18 @@ void FillBuffer(PyArrayObject* dst, PyArrayObject* src, int slot) {
 
 }  // namespace
 
+LiteFeed::LiteFeed(const Layout& layout, const Validator& validator)
+    : layout_(layout), validator_(validator) {
+  for (const LeafSpec* spec : layout.slot_specs)
+    if (spec->batch >= 0) fixed_batch_ = spec->batch;
+}
+
 py::object LiteFeed::Call(py::handle time_step, py::handle policy_state, py::handle lease,
                           py::handle release) const {
   CallState state;
   py::list arrays = validator_.Arrays(layout_, time_step, policy_state, &state);
-  npy_intp batch = state.batch >= 0 ? state.batch : 1;
+  // Caller-batched leaves set the batch; else it is the plan's fixed one, or 1.
+  npy_intp batch = state.batch >= 0 ? state.batch : fixed_batch_ >= 0 ? fixed_batch_ : 1;
   return WithLease(layout_, lease, release, batch, [&](const LeaseParts& parts) {
     for (int slot = 0; slot < layout_.num_args; ++slot) {
       FillBuffer(parts.Input(slot),

@@ -21,8 +21,7 @@ namespace policy_runtime {
 
 class LiteFeed {
  public:
-  LiteFeed(const Layout& layout, const Validator& validator)
-      : layout_(layout), validator_(validator) {}
+  LiteFeed(const Layout& layout, const Validator& validator);
 
   // One validated call on a leased engine.
   py::object Call(py::handle time_step, py::handle policy_state, py::handle lease,
@@ -36,6 +35,7 @@ class LiteFeed {
  private:
   const Layout& layout_;
   const Validator& validator_;
+  npy_intp fixed_batch_ = -1;  // the plan's fixed batch size, if it has one
 };
 
 }  // namespace policy_runtime

@@ -64,7 +64,24 @@ std::unique_ptr<LiteRtApi> Resolve(const std::string& path) {
   return api;
 }
 
+constexpr int kEnvOptionAutoRegisterAccelerators = 24;
+constexpr int kEnvOptionMinLoggerSeverity = 25;
+constexpr int kLogSeverityError = 3;
+constexpr int kAnyTypeBool = 1;
+constexpr int kAnyTypeInt = 2;
+
 }  // namespace
+
+LiteRtStatus CreateQuietEnvironment(const LiteRtApi& api, LiteRtEnvironment* environment) {
+  LiteRtEnvOption options[2] = {};
+  options[0].tag = kEnvOptionMinLoggerSeverity;
+  options[0].value.type = kAnyTypeInt;
+  options[0].value.int_value = kLogSeverityError;
+  options[1].tag = kEnvOptionAutoRegisterAccelerators;
+  options[1].value.type = kAnyTypeBool;
+  options[1].value.bool_value = false;
+  return api.CreateEnvironment(2, options, environment);
+}
 
 const LiteRtApi& LoadLiteRtApi(const std::string& path) {
   static std::mutex mutex;

@@ -4,7 +4,8 @@
 // public litert/c headers (litert_common.h, litert_layout.h,
 // litert_model_types.h, litert_environment_options.h); no LiteRT header is
 // needed to build. The Python side loads only library versions it was
-// checked against (policies/engines/litert_library.py).
+// checked against (policies/engines/litert_library.py). tools/litert_probe.cc
+// uses them too.
 #ifndef POLICY_RUNTIME_NATIVE_LITERT_API_H_
 #define POLICY_RUNTIME_NATIVE_LITERT_API_H_
 
@@ -50,10 +51,6 @@ static_assert(sizeof(LiteRtRankedTensorType) == 72, "as in litert_model_types.h"
 
 namespace policy_runtime {
 
-constexpr int kLiteRtMaxRank = 8;
-constexpr int kLiteRtEnvOptionAutoRegisterAccelerators = 24;
-constexpr int kLiteRtEnvOptionMinLoggerSeverity = 25;
-constexpr int kLiteRtLogSeverityError = 3;
 constexpr int kLiteRtHwAcceleratorCpu = 1;
 
 struct LiteRtApi {
@@ -90,6 +87,10 @@ struct LiteRtApi {
 // std::runtime_error naming the path and what failed (dlopen's error or the
 // first missing symbol).
 const LiteRtApi& LoadLiteRtApi(const std::string& path);
+
+// Creates an environment that logs errors only and registers no accelerator
+// plugins (no GPU/NPU/OpenVINO probing, and none of its warnings).
+LiteRtStatus CreateQuietEnvironment(const LiteRtApi& api, LiteRtEnvironment* environment);
 
 }  // namespace policy_runtime
 

@@ -35,7 +35,7 @@ void Check(LiteRtStatus status, const std::string& step) {
   if (status != 0) Refuse(step + " failed (LiteRT status " + std::to_string(status) + ")");
 }
 
-LiteRtEngine::Tensor Describe(const LiteRtApi& api, LiteRtTensor tensor, LiteRtParamIndex index,
+LiteRtEngine::Tensor ReadTensor(const LiteRtApi& api, LiteRtTensor tensor, LiteRtParamIndex index,
                               const std::string& name) {
   LiteRtRankedTensorType type;
   Check(api.GetRankedTensorType(tensor, &type), "reading the type of tensor " + name);
@@ -185,14 +185,7 @@ LiteRtEngine::LiteRtEngine(const std::string& library, py::bytes flatbuffer,
   try {
     if (output_dims.size() != output_names.size())
       Refuse("one output shape per output name is needed");
-    LiteRtEnvOption options[2] = {};
-    options[0].tag = kLiteRtEnvOptionMinLoggerSeverity;
-    options[0].value.type = 2;
-    options[0].value.int_value = kLiteRtLogSeverityError;
-    options[1].tag = kLiteRtEnvOptionAutoRegisterAccelerators;
-    options[1].value.type = 1;
-    options[1].value.bool_value = false;
-    Check(api_.CreateEnvironment(2, options, &environment_), "creating a LiteRT environment");
+    Check(CreateQuietEnvironment(api_, &environment_), "creating a LiteRT environment");
     Check(api_.CreateModelFromBuffer(environment_, flatbuffer_.data(), flatbuffer_.size(), &model_),
           "reading the model");
     Check(api_.CreateOptions(&options_), "creating compilation options");
@@ -234,7 +227,7 @@ LiteRtEngine::LiteRtEngine(const std::string& library, py::bytes flatbuffer,
         Check(input ? api_.GetSignatureInputTensorByIndex(found, i, &tensor)
                     : api_.GetSignatureOutputTensorByIndex(found, i, &tensor),
               "reading the signature");
-        tensors[at - names.begin()] = Describe(api_, tensor, i, *at);
+        tensors[at - names.begin()] = ReadTensor(api_, tensor, i, *at);
       }
       return tensors;
     };
@@ -251,10 +244,6 @@ LiteRtEngine::LiteRtEngine(const std::string& library, py::bytes flatbuffer,
       outputs_[i].dims = output_dims[i];
       for (size_t d = 1; d < output_dims[i].size(); ++d)
         if (output_dims[i][d] < 0) Refuse("output " + output_names[i] + " has a dynamic dimension");
-    }
-    for (const Tensor& t : inputs_) {
-      if (!t.dims.empty() && t.dims[0] < 0) fixed_batch_ = 0;
-      if (!t.dims.empty() && t.dims[0] >= 0 && fixed_batch_ < 0) fixed_batch_ = t.dims[0];
     }
     Lease first = Acquire(first_batch);
     first->Run();
@@ -275,7 +264,6 @@ LiteRtEngine::~LiteRtEngine() {
 }
 
 LiteRtEngine::Lease LiteRtEngine::Acquire(npy_intp batch) {
-  if (fixed_batch_ > 0) batch = fixed_batch_;  // the plan checks the leaves' sizes
   if (batch < 0) throw py::value_error("a batch of " + std::to_string(batch));
   {
     std::lock_guard<std::mutex> lock(mutex_);

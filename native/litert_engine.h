@@ -116,7 +116,6 @@ class LiteRtEngine {
   LiteRtParamIndex signature_ = 0;
   std::vector<Tensor> inputs_;   // by argument slot
   std::vector<Tensor> outputs_;  // by output index
-  npy_intp fixed_batch_ = -1;    // > 0: every input's batch is fixed at this size
   size_t max_batch_sizes_;
   npy_intp release_gil_from_batch_;
 

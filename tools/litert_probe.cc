@@ -1,7 +1,7 @@
 // Probes LiteRT's public C API (the CompiledModel runtime in ai-edge-litert's
 // libLiteRt.so) on a policy's converted `action`: loads the library at run
-// time (dlopen/dlsym, no LiteRT headers: the few types used are declared
-// here from LiteRT's public litert/c headers), compiles the model for the
+// time (the native engine's declarations, native/litert_api.h, plus two
+// probe-only functions resolved here), compiles the model for the
 // CPU, resizes its batch, binds host-memory buffers sized as the compiled
 // model reports, and times a bare LiteRtRunCompiledModel: passing the input
 // buffers on every run, and passing nulls after a first run bound them (what
@@ -25,114 +25,45 @@
 #include <iterator>
 #include <memory>
 #include <string>
+#include <stdexcept>
 #include <vector>
 
-extern "C" {
-typedef int LiteRtStatus;  // kLiteRtStatusOk = 0
-typedef struct LiteRtEnvironmentT* LiteRtEnvironment;
-typedef struct LiteRtModelT* LiteRtModel;
-typedef struct LiteRtOptionsT* LiteRtOptions;
-typedef struct LiteRtCompiledModelT* LiteRtCompiledModel;
-typedef struct LiteRtSignatureT* LiteRtSignature;
-typedef struct LiteRtTensorT* LiteRtTensor;
-typedef struct LiteRtTensorBufferT* LiteRtTensorBuffer;
-typedef size_t LiteRtParamIndex;
-typedef struct {
-  unsigned int rank : 7;
-  unsigned int has_strides : 1;
-  int32_t dimensions[8];
-  uint32_t strides[8];
-} LiteRtLayout;
-typedef struct {
-  int element_type;
-  LiteRtLayout layout;
-} LiteRtRankedTensorType;
-typedef struct {
-  int type;  // kLiteRtAnyTypeBool = 1, kLiteRtAnyTypeInt = 2
-  union {
-    bool bool_value;
-    int64_t int_value;
-    const void* ptr_value;
-  };
-} LiteRtAny;
-typedef struct {
-  int tag;
-  LiteRtAny value;
-} LiteRtEnvOption;
-}
-static_assert(sizeof(LiteRtLayout) == 68, "LiteRtLayout as in litert_layout.h");
-static_assert(sizeof(LiteRtRankedTensorType) == 72, "as in litert_model_types.h");
+#include "native/litert_api.h"
 
 namespace {
 
-constexpr int kEnvOptionAutoRegisterAccelerators = 24;
-constexpr int kEnvOptionMinLoggerSeverity = 25;
-constexpr int kLogSeverityError = 3;
-constexpr int kHwAcceleratorCpu = 1;
+using policy_runtime::LiteRtApi;
+
 constexpr size_t kAlignment = 64;
 
-struct Api {
-  LiteRtStatus (*CreateEnvironment)(int, const LiteRtEnvOption*, LiteRtEnvironment*);
-  LiteRtStatus (*CreateModelFromBuffer)(LiteRtEnvironment, const void*, size_t, LiteRtModel*);
-  LiteRtStatus (*CreateOptions)(LiteRtOptions*);
-  LiteRtStatus (*SetOptionsHardwareAccelerators)(LiteRtOptions, int);
-  LiteRtStatus (*CreateCompiledModel)(LiteRtEnvironment, LiteRtModel, LiteRtOptions,
-                                      LiteRtCompiledModel*);
-  LiteRtStatus (*GetNumModelSignatures)(LiteRtModel, LiteRtParamIndex*);
-  LiteRtStatus (*GetModelSignature)(LiteRtModel, LiteRtParamIndex, LiteRtSignature*);
-  LiteRtStatus (*GetSignatureKey)(LiteRtSignature, const char**);
-  LiteRtStatus (*GetNumSignatureInputs)(LiteRtSignature, LiteRtParamIndex*);
-  LiteRtStatus (*GetNumSignatureOutputs)(LiteRtSignature, LiteRtParamIndex*);
-  LiteRtStatus (*GetSignatureInputTensorByIndex)(LiteRtSignature, LiteRtParamIndex, LiteRtTensor*);
-  LiteRtStatus (*GetSignatureOutputTensorByIndex)(LiteRtSignature, LiteRtParamIndex,
-                                                  LiteRtTensor*);
-  LiteRtStatus (*GetRankedTensorType)(LiteRtTensor, LiteRtRankedTensorType*);
+// The two functions the probe needs beyond the engine's API.
+struct ProbeApi {
   LiteRtStatus (*CompiledModelResizeInputTensor)(LiteRtCompiledModel, LiteRtParamIndex,
                                                  LiteRtParamIndex, const int*, size_t);
   LiteRtStatus (*GetCompiledModelOutputTensorLayouts)(LiteRtCompiledModel, LiteRtParamIndex,
                                                       size_t, LiteRtLayout*, bool);
-  LiteRtStatus (*CreateTensorBufferFromHostMemory)(const LiteRtRankedTensorType*, void*, size_t,
-                                                   void*, LiteRtTensorBuffer*);
-  LiteRtStatus (*RunCompiledModel)(LiteRtCompiledModel, LiteRtParamIndex, size_t,
-                                   LiteRtTensorBuffer*, size_t, LiteRtTensorBuffer*);
 };
 
-template <typename F>
-bool Resolve(void* library, const char* name, F* out) {
-  *out = reinterpret_cast<F>(dlsym(library, name));
-  if (*out == nullptr) std::printf("status=missing_symbol symbol=%s\n", name);
-  return *out != nullptr;
-}
-
-bool LoadApi(const char* path, Api* api) {
-  void* library = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-  if (library == nullptr) {
-    std::printf("status=dlopen_failed error=\"%s\"\n", dlerror());
+// The engine's API and the probe's, from the library at `path`; prints why not.
+bool LoadApi(const char* path, const LiteRtApi** api, ProbeApi* probe) {
+  try {
+    *api = &policy_runtime::LoadLiteRtApi(path);
+  } catch (const std::runtime_error& e) {
+    std::printf("status=load_failed error=\"%s\"\n", e.what());
     return false;
   }
-  return Resolve(library, "LiteRtCreateEnvironment", &api->CreateEnvironment) &&
-         Resolve(library, "LiteRtCreateModelFromBuffer", &api->CreateModelFromBuffer) &&
-         Resolve(library, "LiteRtCreateOptions", &api->CreateOptions) &&
-         Resolve(library, "LiteRtSetOptionsHardwareAccelerators",
-                 &api->SetOptionsHardwareAccelerators) &&
-         Resolve(library, "LiteRtCreateCompiledModel", &api->CreateCompiledModel) &&
-         Resolve(library, "LiteRtGetNumModelSignatures", &api->GetNumModelSignatures) &&
-         Resolve(library, "LiteRtGetModelSignature", &api->GetModelSignature) &&
-         Resolve(library, "LiteRtGetSignatureKey", &api->GetSignatureKey) &&
-         Resolve(library, "LiteRtGetNumSignatureInputs", &api->GetNumSignatureInputs) &&
-         Resolve(library, "LiteRtGetNumSignatureOutputs", &api->GetNumSignatureOutputs) &&
-         Resolve(library, "LiteRtGetSignatureInputTensorByIndex",
-                 &api->GetSignatureInputTensorByIndex) &&
-         Resolve(library, "LiteRtGetSignatureOutputTensorByIndex",
-                 &api->GetSignatureOutputTensorByIndex) &&
-         Resolve(library, "LiteRtGetRankedTensorType", &api->GetRankedTensorType) &&
-         Resolve(library, "LiteRtCompiledModelResizeInputTensor",
-                 &api->CompiledModelResizeInputTensor) &&
-         Resolve(library, "LiteRtGetCompiledModelOutputTensorLayouts",
-                 &api->GetCompiledModelOutputTensorLayouts) &&
-         Resolve(library, "LiteRtCreateTensorBufferFromHostMemory",
-                 &api->CreateTensorBufferFromHostMemory) &&
-         Resolve(library, "LiteRtRunCompiledModel", &api->RunCompiledModel);
+  void* library = dlopen(path, RTLD_NOW | RTLD_NOLOAD);  // loaded above
+  probe->CompiledModelResizeInputTensor = reinterpret_cast<decltype(
+      probe->CompiledModelResizeInputTensor)>(dlsym(library, "LiteRtCompiledModelResizeInputTensor"));
+  probe->GetCompiledModelOutputTensorLayouts = reinterpret_cast<decltype(
+      probe->GetCompiledModelOutputTensorLayouts)>(
+      dlsym(library, "LiteRtGetCompiledModelOutputTensorLayouts"));
+  if (probe->CompiledModelResizeInputTensor == nullptr ||
+      probe->GetCompiledModelOutputTensorLayouts == nullptr) {
+    std::printf("status=missing_symbol\n");
+    return false;
+  }
+  return true;
 }
 
 size_t ElementBytes(int element_type) {
@@ -172,26 +103,22 @@ int main(int argc, char** argv) {
   }
   const int batch = std::atoi(argv[3]);
   const int calls = argc > 4 ? std::atoi(argv[4]) : 20000;
-  Api api;
-  if (!LoadApi(argv[1], &api)) return 1;
+  const LiteRtApi* loaded = nullptr;
+  ProbeApi probe;
+  if (!LoadApi(argv[1], &loaded, &probe)) return 1;
+  const LiteRtApi& api = *loaded;
   std::ifstream file(argv[2], std::ios::binary);
   std::vector<char> flatbuffer((std::istreambuf_iterator<char>(file)), {});
 
-  LiteRtEnvOption options[2] = {};
-  options[0].tag = kEnvOptionMinLoggerSeverity;
-  options[0].value.type = 2;
-  options[0].value.int_value = kLogSeverityError;
-  options[1].tag = kEnvOptionAutoRegisterAccelerators;
-  options[1].value.type = 1;
-  options[1].value.bool_value = false;
   LiteRtEnvironment environment;
-  STEP("environment", api.CreateEnvironment(2, options, &environment));
+  STEP("environment", policy_runtime::CreateQuietEnvironment(api, &environment));
   LiteRtModel model;
   STEP("model", api.CreateModelFromBuffer(environment, flatbuffer.data(), flatbuffer.size(),
                                           &model));
   LiteRtOptions compile_options;
   STEP("options", api.CreateOptions(&compile_options));
-  STEP("options", api.SetOptionsHardwareAccelerators(compile_options, kHwAcceleratorCpu));
+  STEP("options", api.SetOptionsHardwareAccelerators(compile_options,
+                                                      policy_runtime::kLiteRtHwAcceleratorCpu));
   LiteRtCompiledModel compiled;
   STEP("compile", api.CreateCompiledModel(environment, model, compile_options, &compiled));
 
@@ -230,13 +157,13 @@ int main(int argc, char** argv) {
     if (type.layout.rank > 0 && type.layout.dimensions[0] < 0) {
       type.layout.dimensions[0] = batch;
       std::vector<int> dims(type.layout.dimensions, type.layout.dimensions + type.layout.rank);
-      STEP("resize", api.CompiledModelResizeInputTensor(compiled, index, i, dims.data(),
+      STEP("resize", probe.CompiledModelResizeInputTensor(compiled, index, i, dims.data(),
                                                          dims.size()));
     }
     STEP("input_buffer", host_buffer(type, &inputs[i]));
   }
   std::vector<LiteRtLayout> layouts(num_outputs);
-  STEP("output_layouts", api.GetCompiledModelOutputTensorLayouts(compiled, index, num_outputs,
+  STEP("output_layouts", probe.GetCompiledModelOutputTensorLayouts(compiled, index, num_outputs,
                                                                  layouts.data(), true));
   int reported_batch = batch;  // an output's batch that differs, if any
   for (LiteRtParamIndex i = 0; i < num_outputs; ++i) {
