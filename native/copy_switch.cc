@@ -5,9 +5,15 @@
 // exception at any point -- KeyboardInterrupt included -- cannot leave a
 // copy counted as busy. Counts change under both the GIL and `mu_`; a waiter
 // holds only `mu_` (the GIL released), so the two never deadlock.
+//
+// Weights pushed into the policy's variables mark the switch stale (from any
+// thread); the next call or lease first runs the policy's `follow` callback,
+// which brings a copy up to date and activates it. A clean switch costs each
+// call one relaxed atomic load.
 
 #include "native/copy_switch.h"
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -35,6 +41,7 @@ class CopySwitch {
   // fn(*args, *active.call_args), holding the active copy for the call.
   py::object Call(py::args args) {
     if (args.size() < 1) throw py::type_error("call(fn, *args): fn is missing");
+    FollowIfStale();
     Lease lease(this, active_);
     const Slot& slot = *lease.slot;
     size_t n = args.size() - 1, extra = slot.call_args.size();
@@ -55,6 +62,7 @@ class CopySwitch {
 
   // fn(active_copy, *args), holding the active copy for the call.
   py::object WithActive(py::function fn, py::args args) {
+    FollowIfStale();
     Lease lease(this, active_);
     py::tuple full(args.size() + 1);
     full[0] = lease.slot->copy;
@@ -85,6 +93,14 @@ class CopySwitch {
                           [slot] { return slot->in_flight == 0; });
   }
 
+  // `follow()` runs before the next call once `MarkStale()` was called.
+  void SetFollow(py::object follow) { follow_ = std::move(follow); }
+  void MarkStale() { stale_.store(true, std::memory_order_release); }
+  // Clears the mark; true if it was set (a `follow` in progress calls this
+  // before reading the weights, so a push landing later marks it again).
+  bool ClearStale() { return stale_.exchange(false, std::memory_order_acq_rel); }
+  bool Stale() const { return stale_.load(std::memory_order_acquire); }
+
   int64_t InFlight(py::handle copy) {
     Slot* slot = Find(copy);
     if (slot == nullptr) return 0;
@@ -108,6 +124,11 @@ class CopySwitch {
     Lease& operator=(const Lease&) = delete;
   };
 
+  void FollowIfStale() {
+    if (!stale_.load(std::memory_order_relaxed) || follow_.is_none()) return;
+    follow_();
+  }
+
   Slot* Find(py::handle copy) const {
     for (const auto& slot : slots_)
       if (slot->copy.ptr() == copy.ptr()) return slot.get();
@@ -118,6 +139,8 @@ class CopySwitch {
   Slot* active_ = nullptr;                     // GIL-guarded.
   std::mutex mu_;                              // Guards every in_flight.
   std::condition_variable idle_;
+  py::object follow_ = py::none();             // GIL-guarded.
+  std::atomic<bool> stale_{false};
 };
 
 }  // namespace
@@ -132,7 +155,12 @@ void RegisterCopySwitch(py::module_& m) {
            "with_active(fn, *args): fn(active copy, *args), leased")
       .def("activate", &CopySwitch::Activate, py::arg("copy"))
       .def("wait_idle", &CopySwitch::WaitIdle, py::arg("copy"), py::arg("timeout_s"))
-      .def("in_flight", &CopySwitch::InFlight, py::arg("copy"));
+      .def("in_flight", &CopySwitch::InFlight, py::arg("copy"))
+      .def("set_follow", &CopySwitch::SetFollow, py::arg("follow"),
+           "set_follow(fn): fn() runs before the next call or lease after mark_stale()")
+      .def("mark_stale", &CopySwitch::MarkStale)
+      .def("clear_stale", &CopySwitch::ClearStale, "Clears the stale mark; True if it was set")
+      .def_property_readonly("stale", &CopySwitch::Stale);
 }
 
 }  // namespace policy_runtime

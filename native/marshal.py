@@ -28,6 +28,9 @@ Outputs are always copied into arrays the caller owns.
 object carries the `call_args` appended to `call(fn, *args)`), and counts
 the calls on each copy in C++, so no exception can leave a copy marked busy;
 `wait_idle` lets an update wait (GIL released) until a copy is free.
+`mark_stale()` (weights were pushed) makes the next `call`/`with_active` run
+the callback given to `set_follow` first (it brings the weights in and
+clears the mark); until then a call pays one atomic load for it.
 
 `LiteRtEngine(library, flatbuffer, signature, input_names, output_names,
 output_dims, first_batch, max_batch_sizes, release_gil_from_batch)` runs a

@@ -86,6 +86,25 @@ def parse_saved_model(pb: str, data: bytes) -> saved_model_pb2.SavedModel:
   return proto
 
 
+def read_checkpoint(prefix: str) -> Dict[str, np.ndarray]:
+  """Every value of a checkpoint by key (strings as bytes)."""
+  # Not tf.train.load_checkpoint: on ram:// a prefix also looks like a directory.
+  reader = py_checkpoint_reader.NewCheckpointReader(prefix)
+  return {key: reader.get_tensor(key) for key in reader.get_variable_to_dtype_map()}
+
+
+def write_checkpoint(prefix: str, values: Dict[str, np.ndarray]) -> None:
+  """Writes `values` under their keys as a checkpoint at `prefix` (any TF file system)."""
+  keys = sorted(values)
+  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=keys, shape_and_slices=[""] * len(keys),
+                    tensors=[values[k] for k in keys])
+
+
+def model_variable_key(index: int) -> str:
+  """The checkpoint key of `model_variables[index]` in a PolicySaver export's own layout."""
+  return f"model_variables/{index}/.ATTRIBUTES/VARIABLE_VALUE"
+
+
 class SavedModelSource:
   """The audited bytes of one SavedModel, from which every copy of it loads.
 
@@ -197,6 +216,30 @@ class LoadedPolicy(abc.ABC):
   def write_variables(self, prefix: str) -> None:
     """Writes the current variables as the SavedModel's own variables checkpoint."""
 
+  @abc.abstractmethod
+  def assign_model_variables(self, values: list) -> None:
+    """Sets the model variables (those `variables()` returns, in order) to `values`."""
+
+  def checkpoint_values(self) -> Dict[str, np.ndarray]:
+    """Every saved variable's current value, by its key in the SavedModel's own checkpoint."""
+    scratch = f"ram://policy_runtime/values-{uuid.uuid4().hex}"
+    try:
+      prefix = storage.join(scratch, "variables")
+      self.write_variables(prefix)
+      return read_checkpoint(prefix)
+    finally:
+      storage.remove_tree(scratch)
+
+  def copy_variables_from(self, other: "LoadedPolicy") -> None:
+    """Sets every saved variable to `other`'s current value (a copy of the same SavedModel)."""
+    scratch = f"ram://policy_runtime/copy-{uuid.uuid4().hex}"
+    try:
+      prefix = storage.join(scratch, "variables")
+      other.write_variables(prefix)
+      self.restore(prefix)
+    finally:
+      storage.remove_tree(scratch)
+
 
 class ObjectGraphPolicy(LoadedPolicy):
   """A policy restored with its Python object graph (`tf.saved_model.load`)."""
@@ -253,6 +296,10 @@ class ObjectGraphPolicy(LoadedPolicy):
 
   def write_variables(self, prefix):
     tf.train.Checkpoint(root=self.saved).write(prefix)
+
+  def assign_model_variables(self, values):
+    for variable, value in zip(self.saved.model_variables, values):
+      variable.assign(value)
 
 
 def nest_path_names(spec_nest, prefix: str) -> List[str]:
@@ -406,6 +453,10 @@ class SignaturePolicy(LoadedPolicy):
       if np.shape(value) != np.shape(self._values[key]):
         raise ValueError(f"{key!r} has shape {np.shape(value)} in the checkpoint, "
                          f"{np.shape(self._values[key])} in the policy")
+    self._run_restore(values)
+
+  def _run_restore(self, values: Dict[str, np.ndarray]) -> None:
+    """Makes `values` the variables' values (keeping the old ones if that fails)."""
     # The graph's restore op reads the SavedModel's own key layout: write the
     # values in that layout to a temporary in-memory checkpoint and run it on that.
     scratch = f"ram://policy_runtime/restore-{uuid.uuid4().hex}"
@@ -421,9 +472,16 @@ class SignaturePolicy(LoadedPolicy):
       storage.remove_tree(scratch)
 
   def write_variables(self, prefix):
-    keys = sorted(self._values)   # the SavedModel's own key layout, as last restored
-    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=keys, shape_and_slices=[""] * len(keys),
-                      tensors=[self._values[k] for k in keys])
+    write_checkpoint(prefix, self._values)   # the SavedModel's own key layout, as last restored
+
+  def assign_model_variables(self, values):
+    keys = [model_variable_key(i) for i in range(len(values))]
+    if any(k not in self._values for k in keys):
+      raise ValueError(f"{self.path}: its checkpoint does not hold model_variables/0.."
+                       f"{len(values) - 1}")
+    updated = dict(self._values)
+    updated.update({k: np.asarray(v) for k, v in zip(keys, values)})
+    self._run_restore(updated)
 
   def attribute(self, name):
     if name == "signatures":

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import threading
+import weakref
 from typing import Any, Optional
 
 from policies import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
@@ -23,11 +24,13 @@ from tf_agents.policies import py_policy
 
 from native import marshal
 from policies import batching
+from policies import checkpoint_errors
 from policies import engines
 from policies import graph_audit
 from policies import loading
 from policies import marshaling_plan
 from policies import plan_layout
+from policies import pushed_variables
 from policies import specs as specs_lib
 from policies import storage
 from policies.engines import lite
@@ -257,7 +260,14 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     active = _PolicyCopy(loaded, tf_eager.call_args(loaded))
     self._switch = marshal.CopySwitch(active)
     self._standby: Optional[_PolicyCopy] = None
-    self._update_lock = threading.Lock()   # one update at a time
+    # The standby copy lacks a checkpoint's values that the active one has
+    # (set by checkpoint updates; pushes then bring it level first).
+    self._standby_behind = False
+    self._update_lock = threading.RLock()  # one update at a time
+    self._pushed: Optional[list] = None    # variables(), made on first use
+    self._tracker: Optional[pushed_variables.PushTracker] = None
+    self._followed_generation = 0          # the tracker's generation action() runs on
+    self._push_failure = None              # (generation, error) of a push that failed
     super().__init__(None, policy_specs.time_step_spec, policy_specs.action_spec,
                      policy_specs.policy_state_spec, policy_specs.info_spec,
                      use_tf_function, batch_time_steps,
@@ -293,15 +303,19 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     self._engine = engine
     self._backend_reason = None
 
-  def _prepare_update(self, standby: _PolicyCopy) -> None:
-    """Readies the restored standby copy for the engine in use.
+  def _prepare_update(self, standby: _PolicyCopy, pushed: Optional[list] = None) -> None:
+    """Readies the restored standby copy (or, with `pushed`, the standby copy whose
+    model variables were just set to those values) for the engine in use.
 
     With backend="auto", weights that LiteRT cannot serve (conversion or
     validation fails) run on TF from this update on, with one warning: the
     policy never stays on old weights because of LiteRT.
     """
     try:
-      standby.call_args = self._engine.prepare(standby.loaded)
+      if pushed is None:
+        standby.call_args = self._engine.prepare(standby.loaded)
+      else:
+        standby.call_args = self._engine.follow(standby.loaded, pushed)
     except ValueError as e:
       if self._engine.name != "lite" or self._requested_backend != "auto":
         raise
@@ -402,20 +416,102 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
   # -- TF-Agents SavedModelPyTFEagerPolicy API --------------------------------
 
   def get_train_step(self):
-    """The training step stored in the SavedModel (numpy scalar)."""
-    return self._switch.with_active(lambda copy: copy.loaded.get_train_step())
+    """The training step of the weights `action()` uses: a numpy scalar (`np.int64` for
+    PolicySaver exports), as TF-Agents returns it."""
+    return np.asarray(self._switch.with_active(lambda copy: copy.loaded.get_train_step()))[()]
 
   def get_train_step_from_last_restored_checkpoint_path(self) -> Optional[int]:
     """The train step parsed from the last checkpoint path, or None."""
     return self._train_step_from_last_restored_checkpoint_path
 
   def get_metadata(self):
-    """The metadata saved with the policy, as a dict of numpy values."""
-    return self._switch.with_active(lambda copy: copy.loaded.get_metadata())
+    """The metadata saved with the policy: {name: numpy array}.
+
+    The arrays also have TF's `.numpy()` (a scalar for 0-d values, bytes for
+    strings), so code written against TF-Agents' class, which returns
+    tensors, works unchanged.
+    """
+    metadata = self._switch.with_active(lambda copy: copy.loaded.get_metadata())
+    return {k: np.asarray(v).view(MetadataValue) for k, v in metadata.items()}
 
   def variables(self):
-    """The model variables (`tf.Variable`s) of the weights `action()` uses now."""
-    return self._switch.active.loaded.variables()
+    """The model variables: one list of `tf.Variable`s for the policy's whole life.
+
+    Assigning to them (eagerly, or inside a `tf.function` as TF-Agents'
+    `ReverbVariableContainer.update` does) changes what the next `action()`
+    computes, on every backend; all the writes of one `tf.function` call are
+    one push, and no call sees part of a push. `update_from_checkpoint` sets
+    them to the checkpoint's values. See `policies/pushed_variables.py`.
+    """
+    with self._update_lock:
+      if self._pushed is None:
+        self._tracker = pushed_variables.PushTracker(self._switch.mark_stale)
+        self._pushed = pushed_variables.pushed_copies(self._switch.active.loaded.variables(),
+                                                      self._tracker)
+        self._followed_generation = self._tracker.generation
+        self._switch.set_follow(_follower(self))
+      return self._pushed
+
+  def _follow_pushes(self) -> None:
+    """Brings the weights pushed into `variables()` to the calls that start from now on.
+
+    Runs (from `CopySwitch`) before a call once a push has completed. The
+    pushed values are read only while no push is open, and read again if one
+    began meanwhile; they are set on the standby copy, readied for the engine
+    (LiteRT: written into the model's weight buffers) and swapped in, as an
+    update from a checkpoint is.
+
+    Raises:
+      ValueError: the engine cannot run the pushed weights (backend="lite";
+        "auto" moves to TF instead). Every call raises it until other
+        weights are pushed or a checkpoint is restored: the policy never
+        acts on weights older than the last push without saying so.
+    """
+    with self._update_lock:
+      self._switch.clear_stale()
+      tracker = self._tracker
+      for _ in range(3):
+        generation = tracker.quiet_generation()
+        if generation is None or generation == self._followed_generation:
+          return   # a push is open (its end marks the switch again), or nothing new
+        if self._push_failure is not None and self._push_failure[0] == generation:
+          self._switch.mark_stale()
+          raise self._push_failure[1]
+        values = [v.read_value() for v in self._pushed]
+        if tracker.quiet_generation() == generation:
+          break
+      else:
+        self._switch.mark_stale()
+        return
+      try:
+        self._swap_in_pushed(values)
+      except ValueError as e:
+        self._push_failure = (generation, e)
+        self._switch.mark_stale()
+        raise
+      self._followed_generation = generation
+      self._push_failure = None
+
+  def _swap_in_pushed(self, values: list) -> None:
+    standby = self._standby or self._load_copy()
+    self._standby = standby
+    if not self._switch.wait_idle(standby, _IDLE_TIMEOUT_S):
+      raise ValueError(f"cannot follow the pushed weights: {self._switch.in_flight(standby)} "
+                       f"calls still running on the standby copy after "
+                       f"{_IDLE_TIMEOUT_S:.0f} s")
+    try:
+      if self._standby_behind:
+        standby.loaded.copy_variables_from(self._switch.active.loaded)
+        self._standby_behind = False
+      standby.loaded.assign_model_variables(values)
+      self._prepare_update(standby, pushed=values)
+    except Exception as e:  # pylint: disable=broad-except
+      self._standby_behind = True   # partly written: bring it level next time
+      raise ValueError(f"cannot follow the weights pushed into variables(): "
+                       f"{storage.first_line(e)}") from None
+    previous = self._switch.active
+    self._switch.activate(standby)
+    self._standby = previous
 
   def update_from_checkpoint(self, checkpoint_path: str) -> None:
     """Swaps in the weights at `<checkpoint_path>/variables/variables`, atomically.
@@ -425,38 +521,67 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     train step is taken from a trailing `_NNNN` of the path (see
     `get_train_step_from_last_restored_checkpoint_path`).
 
+    Updates and pushes into `variables()` apply in the order they complete
+    (the latest wins); after an update, `variables()` holds its values.
+
     Raises:
-      FileNotFoundError: the checkpoint (or its index file) is missing.
-      ValueError: the checkpoint is truncated, corrupt or does not match the
-        policy, or calls on the standby copy did not finish in time. The
-        policy then keeps acting on its current weights.
+      checkpoint_errors.CheckpointNotFoundError: the checkpoint (or its index
+        file) is missing: a `FileNotFoundError` and a `tf.errors.NotFoundError`.
+      checkpoint_errors.CheckpointRestoreError: the checkpoint is truncated,
+        corrupt, still being written or does not match the policy, or calls
+        on the standby copy did not finish in time: a `ValueError` and an
+        `IndexError` (what TF-Agents' retry loops catch). The policy then
+        keeps acting on its current weights.
     """
     checkpoint_path = os.fspath(checkpoint_path)
     prefix = storage.join(checkpoint_path, loading.VARIABLES_PREFIX)
     if not storage.is_dir(checkpoint_path):
-      raise FileNotFoundError(f"checkpoint directory not found: {checkpoint_path}")
+      raise checkpoint_errors.CheckpointNotFoundError(
+          f"checkpoint directory not found: {checkpoint_path}")
     if not storage.exists(prefix + ".index"):
-      raise FileNotFoundError(f"checkpoint index file not found: {prefix}.index")
+      raise checkpoint_errors.CheckpointNotFoundError(
+          f"checkpoint index file not found: {prefix}.index")
     with self._update_lock:
+      if self._pushed is not None and self._switch.stale:
+        try:
+          self._follow_pushes()   # an earlier push first: the latest one wins
+        except ValueError:
+          pass                    # superseded by this checkpoint
       standby = self._standby or self._load_copy()
       self._standby = standby
       # Calls that leased this copy before the last swap.
       if not self._switch.wait_idle(standby, _IDLE_TIMEOUT_S):
-        raise ValueError(f"cannot restore checkpoint {checkpoint_path}: "
-                         f"{self._switch.in_flight(standby)} calls still running on the "
-                         f"standby copy after {_IDLE_TIMEOUT_S:.0f} s")
+        raise checkpoint_errors.CheckpointRestoreError(
+            f"cannot restore checkpoint {checkpoint_path}: "
+            f"{self._switch.in_flight(standby)} calls still running on the "
+            f"standby copy after {_IDLE_TIMEOUT_S:.0f} s")
       try:
         standby.loaded.restore(prefix)
         self._warm_up(standby)
         self._prepare_update(standby)
       except Exception as e:  # pylint: disable=broad-except
         # Only the standby copy was touched; the next update restores it fully.
-        raise ValueError(f"cannot restore checkpoint {checkpoint_path}: "
-                         f"{storage.first_line(e)}") from None
+        raise checkpoint_errors.CheckpointRestoreError(
+            f"cannot restore checkpoint {checkpoint_path}: "
+            f"{storage.first_line(e)}") from None
       previous = self._switch.active
       self._switch.activate(standby)
       self._standby = previous
+      self._standby_behind = True
       self._train_step_from_last_restored_checkpoint_path = _train_step_from_path(checkpoint_path)
+      self._set_pushed_to_active()
+
+  def _set_pushed_to_active(self) -> None:
+    """Makes `variables()` hold the active copy's values, as no push (after an update)."""
+    if self._pushed is None:
+      return
+    before = self._tracker.quiet_generation()
+    for variable, value in zip(self._pushed, self._switch.active.loaded.variables()):
+      variable._silent_assign(value.read_value())  # pylint: disable=protected-access
+    if before is not None and self._tracker.quiet_generation() == before:
+      self._followed_generation = before
+      self._push_failure = None
+      self._switch.clear_stale()
 
   def _load_copy(self) -> _PolicyCopy:
     """The standby copy, from the snapshot of the audited SavedModel."""
@@ -493,6 +618,27 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
         f"e.g. a Ray worker, and load it there with SavedModelPyTFEagerPolicy(path, ...)")
 
   __reduce__ = __reduce_ex__ = __copy__ = __deepcopy__ = _not_copyable
+
+
+class MetadataValue(np.ndarray):
+  """A metadata value: a numpy array that also has TF's `.numpy()`."""
+
+  def numpy(self):
+    """As `tf.Tensor.numpy()`: a numpy scalar (bytes for strings) if 0-d, else an array."""
+    array = self.view(np.ndarray)
+    return array[()] if array.ndim == 0 else array.copy()
+
+
+def _follower(policy: SavedModelPyTFEagerPolicy):
+  """`policy._follow_pushes` without a reference to the policy (the switch holds it)."""
+  ref = weakref.ref(policy)
+
+  def follow():
+    policy = ref()
+    if policy is not None:
+      policy._follow_pushes()  # pylint: disable=protected-access
+
+  return follow
 
 
 def _batch_error(error: BaseException) -> BaseException:

@@ -172,10 +172,12 @@ def test_unknown_backend_is_a_clear_error(saved):
     _load(saved("q_mlp"), backend="gpu")
 
 
-def _cache_file(cache_dir):
-  files = [f for f in os.listdir(os.path.join(cache_dir, "lite")) if f.endswith(".tflite")]
-  assert len(files) == 1
-  return os.path.join(cache_dir, "lite", files[0])
+def _cache_files(cache_dir):
+  """The cache's entries: one model has two, its probe conversions (lite_weights)."""
+  directory = os.path.join(cache_dir, "lite")
+  files = sorted(f for f in os.listdir(directory) if f.endswith(".tflite"))
+  assert len(files) == 2
+  return [os.path.join(directory, f) for f in files]
 
 
 def test_conversion_cache_hit_miss_and_corrupt_entry(saved, tmp_path):
@@ -185,15 +187,17 @@ def test_conversion_cache_hit_miss_and_corrupt_entry(saved, tmp_path):
   assert first._engine.last_conversion == "converted"  # pylint: disable=protected-access
   second = _load(fixture, backend="lite", lite_cache_dir=cache_dir)
   assert second._engine.last_conversion == "cache hit"  # pylint: disable=protected-access
-  entry = _cache_file(cache_dir)
-  data = bytearray(open(entry, "rb").read())
-  data[-100] ^= 0xFF
-  with open(entry, "wb") as f:
-    f.write(bytes(data))
-  third = _load(fixture, backend="lite", lite_cache_dir=cache_dir)
-  assert third._engine.last_conversion == "converted"  # pylint: disable=protected-access
-  time_step, state = _inputs(first, 1)[0]
-  assert third.action(time_step, state).action == first.action(time_step, state).action
+  assert second._engine.conversions == 0  # pylint: disable=protected-access
+  for entry in _cache_files(cache_dir):
+    data = bytearray(open(entry, "rb").read())
+    data[-100] ^= 0xFF
+    with open(entry, "wb") as f:
+      f.write(bytes(data))
+    third = _load(fixture, backend="lite", lite_cache_dir=cache_dir)
+    assert third._engine.last_conversion == "converted"  # pylint: disable=protected-access
+    assert third._engine.conversions == 1  # pylint: disable=protected-access
+    time_step, state = _inputs(first, 1)[0]
+    assert third.action(time_step, state).action == first.action(time_step, state).action
   assert _load(fixture, backend="lite", lite_cache_dir=cache_dir)._engine.last_conversion == \
       "cache hit"  # pylint: disable=protected-access
 
@@ -201,13 +205,13 @@ def test_conversion_cache_hit_miss_and_corrupt_entry(saved, tmp_path):
 def test_foreign_cache_entry_is_ignored(saved, tmp_path):
   cache_dir = str(tmp_path / "cache")
   _load(saved("q_mlp"), backend="lite", lite_cache_dir=cache_dir)
-  mine = _cache_file(cache_dir)
   other_dir = str(tmp_path / "other")
   _load(saved("q_8_leaves"), backend="lite", lite_cache_dir=other_dir)
-  with open(_cache_file(other_dir), "rb") as f:
-    foreign = f.read()
-  with open(mine, "wb") as f:
-    f.write(foreign)   # another model's entry under this model's key
+  for mine, other in zip(_cache_files(cache_dir), _cache_files(other_dir)):
+    with open(other, "rb") as f:
+      foreign = f.read()
+    with open(mine, "wb") as f:
+      f.write(foreign)   # another model's entry under this model's key
   policy = _load(saved("q_mlp"), backend="lite", lite_cache_dir=cache_dir)
   assert policy._engine.last_conversion == "converted"  # pylint: disable=protected-access
 
@@ -215,4 +219,4 @@ def test_foreign_cache_entry_is_ignored(saved, tmp_path):
 def test_cache_directory_from_the_environment(saved, tmp_path, monkeypatch):
   monkeypatch.setenv(lite.CACHE_ENV, str(tmp_path / "from_env"))
   _load(saved("q_mlp"), backend="lite")
-  assert _cache_file(str(tmp_path / "from_env"))
+  assert _cache_files(str(tmp_path / "from_env"))

@@ -2,17 +2,22 @@
 
 load("//tools:stacks.bzl", "PRIMARY", "STACKS")
 
-def pytest_test(name, srcs = None, deps = [], data = [], args = [], tags = [], **kwargs):
+def pytest_test(name, srcs = None, deps = [], data = [], args = [], tags = [],
+                primary_only = False, **kwargs):
     """Runs `<name>.py` (or `srcs[0]`) under pytest, tests/conftest.py fixtures included.
 
     `<name>` runs on the primary stack; `<name>_<stack>` (e.g. `_py313`, tagged
     with the stack's name) re-executes the same runfiles under that stack's
-    interpreter. The entry point is always tests/pytest_main.py, so a test
-    file needs no `__main__` block and cannot pass by never starting pytest.
+    interpreter, unless `primary_only` (a dependency with no wheel for the
+    other stacks, such as dm-reverb). The entry point is always
+    tests/pytest_main.py, so a test file needs no `__main__` block and cannot
+    pass by never starting pytest.
     """
     srcs = srcs or [name + ".py"]
     for stack in STACKS:
         primary = stack.name == PRIMARY.name
+        if primary_only and not primary:
+            continue
         native.py_test(
             name = name if primary else name + "_" + stack.name,
             srcs = srcs + ["conftest.py", "pytest_main.py", "spec_strategies.py"],

@@ -8,6 +8,9 @@ Every engine offers the same small interface to `SavedModelPyTFEagerPolicy`:
                                 update): the `call_args` its calls need;
                                 raises ValueError if the copy cannot run on
                                 this engine
+    engine.follow(loaded, pushed)  the same after the copy's model variables
+                                were set to `pushed` (weights pushed into
+                                `variables()`): no conversion, no validation
     engine.call                 the hot path, `call(time_step, policy_state,
                                 *call_args)` -> PolicyStep of owned arrays
     engine.rows_batch(n, max)   the batch `n` callers' rows run at (padded)

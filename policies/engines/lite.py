@@ -1,9 +1,14 @@
 """The LiteRT engine: the saved `action` converted to a LiteRT model.
 
-At load (and for the standby copy on every update) the copy's `action`
-function, with its current weights frozen in, is converted with builtin ops
-only (`tf.lite.TFLiteConverter`), or read from the conversion cache, then
-validated against the TF function on sampled inputs before it serves a call.
+At load the `action` function is converted with builtin ops only
+(`tf.lite.TFLiteConverter`), or read from the conversion cache, and
+`lite_weights` learns where the weights sit in the converted model. Every
+weight set after that (the load's own, a checkpoint's, weights pushed into
+`variables()`) is written into that model's buffers, with no conversion;
+graphs whose weights cannot be followed that way are converted again with the
+copy's weights frozen in. A model is validated against the TF function on
+sampled inputs at load and on every checkpoint update before it serves a call
+(pushed weights are written into the model that was validated).
 
 Per call the native plan validates the caller's nest exactly as on the TF
 path, copies each leaf into the interpreter's input buffers, runs it, and
@@ -37,13 +42,14 @@ from policies import storage
 from policies.engines import lite_model
 from policies.engines import lite_rewrites
 from policies.engines import lite_validation
+from policies.engines import lite_weights
 
 # What validation allows deterministic float outputs (lite_validation has the rest).
 FLOAT_RTOL = lite_validation.FLOAT_RTOL
 FLOAT_ATOL = lite_validation.FLOAT_ATOL
 CACHE_ENV = "POLICY_RUNTIME_CACHE_DIR"
 
-_CACHE_MAGIC = b"policy_runtime.lite.v2\n"
+_CACHE_MAGIC = b"policy_runtime.lite.v3\n"
 _BLOCKING_OP = re.compile(r"'tf\.(\w+)' op is neither a custom op nor a flex op")
 
 log = logging.getLogger("policies")
@@ -100,6 +106,14 @@ def write_saved_model(saved_model_pb: bytes, loaded: loading.LoadedPolicy,
   with tf.io.gfile.GFile(storage.join(directory, loading.SAVED_MODEL_FILE), "wb") as f:
     f.write(saved_model_pb)
   loaded.write_variables(storage.join(directory, loading.VARIABLES_PREFIX))
+
+
+def write_saved_model_values(saved_model_pb: bytes, values: dict, directory: str) -> None:
+  """`saved_model_pb` with the variables' checkpoint `values` (by key), in `directory`."""
+  tf.io.gfile.makedirs(storage.join(directory, tf.saved_model.VARIABLES_DIRECTORY))
+  with tf.io.gfile.GFile(storage.join(directory, loading.SAVED_MODEL_FILE), "wb") as f:
+    f.write(saved_model_pb)
+  loading.write_checkpoint(storage.join(directory, loading.VARIABLES_PREFIX), values)
 
 
 def convert(directory: str, what: str) -> bytes:
@@ -210,20 +224,108 @@ class LiteEngine:
       self._output_names[index] = name
     self.call = plan.native_call_buffers   # call(time_step, policy_state, lease, release)
     self.last_conversion = None            # "converted" or "cache hit", for tests and logs
+    self.conversions = 0                   # converter runs, for tests and logs
     self.last_report = None                # the last ValidationReport
     self._draw_plan = None
     self._sampled = None                   # per output leaf, from the graph (_sampled_leaves)
+    self._weights: Optional[lite_weights.WeightMap] = None
+    self.weights_reason: Optional[str] = "not learnt yet"   # None: weights are written
+    self._values = None                    # checkpoint values of the last prepared copy
+    self._layout = None                    # (input indices, output indices, output dims)
 
   def prepare(self, loaded: loading.LoadedPolicy) -> tuple:
-    model = self.model_for(loaded)
+    values = loaded.checkpoint_values()
+    model = self.model_for(loaded, values)
     self.validate(model, loaded)
+    self._values = values
     return model.call_args
+
+  def follow(self, loaded: loading.LoadedPolicy, pushed: list) -> tuple:
+    """The call_args for a copy whose model variables were just set to `pushed`.
+
+    The values are written into the validated model's weight buffers; where
+    the graph's weights cannot be followed that way (`weights_reason`), the
+    copy is converted and validated as on an update.
+    """
+    values = dict(self._values)
+    keys = [loading.model_variable_key(i) for i in range(len(pushed))]
+    if all(k in values for k in keys):
+      values.update({k: np.asarray(v) for k, v in zip(keys, pushed)})
+    else:
+      values = loaded.checkpoint_values()
+    if self._weights is not None:
+      try:
+        model = self._filled_model(values)
+        self._values = values
+        return model.call_args
+      except lite_weights.NotFollowable as e:
+        log.info("converting the pushed weights: %s", e)
+    return self.prepare(loaded)
 
   # Rows padded to a power of two: a few prepared interpreter sizes serve every batch.
   rows_batch = staticmethod(batching.padded_rows)
 
-  def model_for(self, loaded: loading.LoadedPolicy) -> lite_model.LiteModel:
-    """The copy's LiteRT model (current weights): from the cache, else converted."""
+  def model_for(self, loaded: loading.LoadedPolicy,
+                values: Optional[dict] = None) -> lite_model.LiteModel:
+    """The copy's LiteRT model (current weights): written into the learnt model, else
+    from the cache, else converted."""
+    if values is None:
+      values = loaded.checkpoint_values()
+    if self.weights_reason == "not learnt yet":
+      self._learn(values)
+    if self._weights is not None:
+      try:
+        return self._filled_model(values)
+      except lite_weights.NotFollowable as e:
+        log.info("LiteRT: converting these weights: %s", e)
+    return self._converted_model(loaded)
+
+  def _learn(self, values: dict) -> None:
+    """Learns where the weights go (two probe conversions, cached), or why they cannot."""
+    conversions = []
+
+    def convert_probe(probe_values: dict, name: str) -> bytes:
+      key = hashlib.sha256(_CACHE_MAGIC + self._fingerprint.encode() + tf.__version__.encode() +
+                           name.encode()).hexdigest()
+      flatbuffer = self.cache.get(key)
+      if flatbuffer is None:
+        directory = f"ram://policy_runtime_lite/{uuid.uuid4().hex}"
+        try:
+          write_saved_model_values(self._saved_model_pb, probe_values, directory)
+          flatbuffer = convert(directory, self._what)
+          self.conversions += 1
+        finally:
+          storage.remove_tree(directory)
+        self.cache.put(key, flatbuffer)
+        conversions.append("converted")
+      else:
+        conversions.append("cache hit")
+      return flatbuffer
+
+    try:
+      self._weights = lite_weights.learn(values, convert_probe)
+      self.weights_reason = None
+    except lite_weights.NotFollowable as e:
+      self.weights_reason = str(e)
+      log.info("LiteRT: new weights of %s will be converted, not written into the model: %s",
+               self._what, e)
+    if conversions:
+      self.last_conversion = "converted" if "converted" in conversions else "cache hit"
+
+  def _filled_model(self, values: dict) -> lite_model.LiteModel:
+    """The learnt model with `values` in its weight buffers (raises NotFollowable)."""
+    flatbuffer = self._weights.fill(values)
+    try:
+      model = lite_model.LiteModel(flatbuffer, self._input_names, self._output_names,
+                                   self._plan.fixed_batch_size or 1, layout=self._layout)
+    except (ValueError, RuntimeError) as e:
+      raise ValueError(f"{self._what}: the LiteRT model does not load: "
+                       f"{str(e).strip().splitlines()[0]}") from None
+    self._layout = model.layout
+    return model
+
+  def _converted_model(self, loaded: loading.LoadedPolicy) -> lite_model.LiteModel:
+    """The copy's graph converted with its weights frozen in (cached by weights)."""
     directory = f"ram://policy_runtime_lite/{uuid.uuid4().hex}"
     try:
       write_saved_model(self._saved_model_pb, loaded, directory)
@@ -237,6 +339,7 @@ class LiteEngine:
         except Exception as e:  # pylint: disable=broad-except
           log.warning("ignoring a LiteRT cache entry that does not load (%s): %s", key, e)
       flatbuffer = convert(directory, self._what)
+      self.conversions += 1
     finally:
       storage.remove_tree(directory)
     try:

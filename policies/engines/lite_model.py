@@ -66,24 +66,36 @@ class LiteModel:
     first_batch: the batch size prepared first (here, so a model that does
       not run fails at load rather than on a call).
     native: run on the native engine when it can (False: the interpreter).
+    layout: `layout` of a model of the same graph with other weights (its
+      signature's tensor indices and output shapes), which then need not be
+      read again.
 
   Raises:
     ValueError: the signature does not have those names.
   """
 
   def __init__(self, flatbuffer: bytes, input_names: list, output_names: list,
-               first_batch: int, native: bool = True):
+               first_batch: int, native: bool = True, layout: Optional[tuple] = None):
     self.flatbuffer = flatbuffer
     self.input_names, self.output_names = list(input_names), list(output_names)
-    interpreter = litert.Interpreter(model_content=flatbuffer, num_threads=1)
-    self._input_indices, self._output_indices = signature_indices(
-        interpreter, input_names, output_names)
     self._free: dict = {}                       # batch -> [lease, ...], oldest size first
     self._lock = threading.Lock()               # creating and evicting only
     self.engine, self.native_reason = None, "not asked for"
+    interpreter = None
+    if layout is not None:
+      self._input_indices, self._output_indices, self._dims = layout
+    else:
+      interpreter = litert.Interpreter(model_content=flatbuffer, num_threads=1)
+      self._input_indices, self._output_indices = signature_indices(
+          interpreter, input_names, output_names)
+      self._dims = None
+    if native and self._dims is None and interpreter is None:
+      interpreter = litert.Interpreter(model_content=flatbuffer, num_threads=1)
     if native:
       self.engine, self.native_reason = self._native(interpreter, input_names, output_names,
                                                      first_batch)
+    if self.engine is None and interpreter is None:
+      interpreter = litert.Interpreter(model_content=flatbuffer, num_threads=1)
     if self.engine is not None:
       self._call_args = (self.engine.handle, self.release)
     else:
@@ -96,6 +108,11 @@ class LiteModel:
   def runtime(self) -> str:
     """"native" (LiteRT's C API), or "interpreter (why not native)"."""
     return "native" if self.engine is not None else f"interpreter ({self.native_reason})"
+
+  @property
+  def layout(self) -> tuple:
+    """What a model of the same graph with other weights can reuse (see `__init__`)."""
+    return (self._input_indices, self._output_indices, self._dims)
 
   @property
   def call_args(self) -> tuple:
@@ -130,7 +147,9 @@ class LiteModel:
     if library.path is None:
       return None, library.reason
     try:
-      dims = self._output_dims(interpreter)
+      if self._dims is None:
+        self._dims = self._output_dims(interpreter)
+      dims = self._dims
       engine = marshal.LiteRtEngine(
           library.path, self.flatbuffer, SIGNATURE, input_names, output_names, dims,
           first_batch, MAX_BATCH_SIZES, RELEASE_GIL_FROM_BATCH)

@@ -28,6 +28,10 @@ class TFEagerEngine:
   def prepare(self, loaded: loading.LoadedPolicy) -> tuple:
     return call_args(loaded)
 
+  def follow(self, loaded: loading.LoadedPolicy, pushed: list) -> tuple:  # pylint: disable=unused-argument
+    """A copy's own graph reads its variables, which hold the pushed values."""
+    return call_args(loaded)
+
   @staticmethod
   def rows_batch(rows: int, max_rows: int) -> int:  # pylint: disable=unused-argument
     """The batch a call of `rows` rows runs at: any size costs nothing to set up."""
