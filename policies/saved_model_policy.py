@@ -400,6 +400,16 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     return model.runtime if model is not None else None
 
   @property
+  def lite_weights(self) -> Optional[str]:
+    """How new weights (a checkpoint, a push into `variables()`) reach LiteRT: "written
+    into the model" (no conversion), or "converted (why they cannot be written)";
+    None on TF."""
+    if self._engine.name != "lite":
+      return None
+    reason = self._engine.weights_reason
+    return "written into the model" if reason is None else f"converted ({reason})"
+
+  @property
   def load_mode(self) -> str:
     """"object graph", or "flat signatures only (why)" for undecodable exports."""
     return self._switch.active.loaded.mode

@@ -216,6 +216,55 @@ def test_a_push_of_another_shape_is_refused_and_changes_nothing(saved):
   np.testing.assert_array_equal(_actions(policy, steps), before)
 
 
+@pytest.mark.parametrize("backend", ["lite", "auto"])
+def test_weights_lite_cannot_write_are_converted_and_followed(tmp_path, backend):
+  path = str(tmp_path / "softplus")
+  policy_zoo.save(policy_zoo.SoftplusWeightsPolicy(), path)
+  policy = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, backend=backend)
+  engine = policy._engine  # pylint: disable=protected-access
+  assert policy.backend == "lite"
+  assert "computed from the weights at conversion" in engine.weights_reason
+  assert "converted" in policy.lite_weights
+  reference = py_tf_eager_policy.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True)
+  conversions = engine.conversions
+  held = policy.variables()
+  new = [-held[0].numpy()[::-1]]
+  push(held, new)
+  _set(reference, new)
+  steps = [ts.TimeStep(np.int32(1), np.float32(0), np.float32(1), o) for o in
+           np.random.default_rng(4).standard_normal((32, 3)).astype(np.float32)]
+  np.testing.assert_array_equal(_actions(policy, steps), _actions(reference, steps))
+  assert engine.conversions == conversions + 1
+  assert policy.lite_validation is not None
+
+
+@pytest.mark.parametrize("name", ["atari_q", "sac_actor", "boltzmann_greedy"])
+def test_scaled_weights_are_written_too(tmp_path, name):
+  """Weights the converter multiplied by a constant (1/255, a temperature) need no conversion."""
+  build = {"atari_q": policy_zoo.atari_q_policy,
+           "sac_actor": lambda: policy_zoo.sac_actor_policy(fc=(32, 32)),
+           "boltzmann_greedy": _greedy_boltzmann}[name]
+  path = str(tmp_path / name)
+  policy_zoo.save(build(), path)
+  policy = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, backend="lite")
+  assert policy.lite_weights == "written into the model", policy.lite_weights
+  reference = py_tf_eager_policy.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True)
+  conversions = policy._engine.conversions  # pylint: disable=protected-access
+  held = policy.variables()
+  new = _flipped([v.numpy() * np.float32(1.5) for v in held])
+  push(held, new)
+  _set(reference, new)
+  rng = np.random.default_rng(6)
+  spec = policy.time_step_spec.observation
+  if spec.dtype == np.uint8:
+    observations = rng.integers(0, 256, (32,) + spec.shape, dtype=np.uint8)
+  else:
+    observations = rng.standard_normal((32,) + spec.shape).astype(spec.dtype)
+  steps = [ts.TimeStep(np.int32(1), np.float32(0), np.float32(1), o) for o in observations]
+  _assert_acts_like(policy, reference, steps, "lite")
+  assert policy._engine.conversions == conversions  # pylint: disable=protected-access
+
+
 def _greedy_boltzmann():
   """argmax of Q / temperature: the converter folds the division into the last layer."""
   from tf_agents.policies import boltzmann_policy  # pylint: disable=import-outside-toplevel
@@ -224,25 +273,6 @@ def _greedy_boltzmann():
   q = policy_zoo.q_mlp_policy(num_actions=4, seed=2).wrapped_policy
   return greedy_policy.GreedyPolicy(boltzmann_policy.BoltzmannPolicy(
       q_policy.QPolicy(q.time_step_spec, q.action_spec, q_network=q._q_network), 0.5))  # pylint: disable=protected-access
-
-
-@pytest.mark.parametrize("backend", ["lite", "auto"])
-def test_weights_lite_cannot_write_are_converted_and_followed(tmp_path, backend):
-  path = str(tmp_path / "greedy_boltzmann")
-  policy_zoo.save(_greedy_boltzmann(), path)
-  policy = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, backend=backend)
-  engine = policy._engine  # pylint: disable=protected-access
-  assert policy.backend == "lite"
-  assert "computed from the weights at conversion" in engine.weights_reason
-  reference = py_tf_eager_policy.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True)
-  conversions = engine.conversions
-  held = policy.variables()
-  new = _flipped([v.numpy() for v in held])
-  push(held, new)
-  _set(reference, new)
-  steps = _steps("q_mlp")
-  np.testing.assert_array_equal(_actions(policy, steps), _actions(reference, steps))
-  assert engine.conversions == conversions + 1
 
 
 # -- Checkpoints: TF-Agents' retry loop and error contract ---------------------

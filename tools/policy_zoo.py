@@ -171,6 +171,42 @@ def gaussian_actor_policy(seed: int = 0, fc=(16,)):
   return actor_policy.ActorPolicy(ts.time_step_spec(obs_spec), action_spec, net)
 
 
+def atari_q_policy(seed: int = 0, num_actions: int = 6):
+  """Greedy DQN over Atari frames: the Nature DQN's conv net on uint8 [84, 84, 4] in [0, 255].
+
+  As TF-Agents' Atari examples build it: the frames scaled to [0, 1] in the
+  network, then 3 conv layers and a 512-unit dense layer (1.7M weights).
+  """
+  tf.random.set_seed(seed)
+  obs_spec = tensor_spec.BoundedTensorSpec([84, 84, 4], tf.uint8, 0, 255, "observation")
+  action_spec = tensor_spec.BoundedTensorSpec((), tf.int64, 0, num_actions - 1, "action")
+  scale = tf.keras.layers.Lambda(lambda frames: tf.cast(frames, tf.float32) / 255.0)
+  net = q_network.QNetwork(obs_spec, action_spec, preprocessing_layers=scale,
+                           conv_layer_params=((32, (8, 8), 4), (64, (4, 4), 2),
+                                              (64, (3, 3), 1)),
+                           fc_layer_params=(512,))
+  net.create_variables()
+  return greedy_policy.GreedyPolicy(
+      q_policy.QPolicy(ts.time_step_spec(obs_spec), action_spec, q_network=net))
+
+
+def sac_actor_policy(greedy: bool = True, seed: int = 0, fc=(256, 256), obs_dim: int = 17,
+                     action_dim: int = 6):
+  """SAC's actor as TF-Agents' MuJoCo examples build it (tanh-normal head, 256x256):
+  its greedy policy (the squashed mean), or the sampling one."""
+  from tf_agents.agents.sac import tanh_normal_projection_network  # pylint: disable=import-outside-toplevel
+  tf.random.set_seed(seed)
+  obs_spec = tf.TensorSpec([obs_dim], tf.float32, "observation")
+  action_spec = tensor_spec.BoundedTensorSpec([action_dim], tf.float32, -1.0, 1.0, "action")
+  net = actor_distribution_network.ActorDistributionNetwork(
+      obs_spec, action_spec, fc_layer_params=fc,
+      continuous_projection_net=tanh_normal_projection_network.TanhNormalProjectionNetwork)
+  net.create_variables()
+  policy = actor_policy.ActorPolicy(ts.time_step_spec(obs_spec), action_spec, net,
+                                    training=False)
+  return greedy_policy.GreedyPolicy(policy) if greedy else policy
+
+
 def random_policy():
   """A uniform random policy over a bounded int action and a dict observation."""
   obs_spec = {"a": tf.TensorSpec([2], tf.float32, "a"), "b": tf.TensorSpec([], tf.int32, "b")}
@@ -264,6 +300,22 @@ class CumprodPolicy(_ObservationArgmaxPolicy):
 
   def _transform(self, observation):
     return tf.math.cumprod(observation, axis=-1)
+
+
+class SoftplusWeightsPolicy(_ObservationArgmaxPolicy):
+  """argmax of observation @ softplus(W): LiteRT's converter folds softplus(W) into one
+  constant, which new weights cannot be written into (they need a conversion)."""
+
+  def __init__(self, seed: int = 0):
+    super().__init__()
+    self._weights = tf.Variable(
+        tf.random.stateless_normal([3, 3], seed=[seed, 0]), name="weights")
+
+  def _variables(self):
+    return [self._weights]
+
+  def _transform(self, observation):
+    return tf.matmul(observation, tf.nn.softplus(self._weights))
 
 
 # The benchmarks' policies, by the name their tables use.

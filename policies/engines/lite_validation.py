@@ -68,15 +68,21 @@ def _sample(spec, outer: tuple, rng: np.random.Generator, field: str) -> np.ndar
   low = getattr(spec, "minimum", None)
   high = getattr(spec, "maximum", None)
   if np.issubdtype(dtype, np.integer):
-    low = 0 if low is None else low
-    high = 2 if high is None else high
-    return rng.integers(np.broadcast_to(low, shape), np.broadcast_to(high, shape) + 1,
-                        size=shape).astype(dtype)
+    # In the leaf's own dtype with an inclusive end: a bound at the dtype's limit
+    # (uint8 pixels in [0, 255]) cannot overflow.
+    low = np.broadcast_to(np.asarray(0 if low is None else low).astype(dtype), shape)
+    high = np.broadcast_to(np.asarray(2 if high is None else high).astype(dtype), shape)
+    return rng.integers(low, high, size=shape, dtype=dtype, endpoint=True)
   if np.issubdtype(dtype, np.floating):
     if low is not None and high is not None:
-      low = np.maximum(np.broadcast_to(low, shape), -10.0)
-      high = np.minimum(np.broadcast_to(high, shape), 10.0)
-      return rng.uniform(low, high, size=shape).astype(dtype)
+      low = np.broadcast_to(np.asarray(low, np.float64), shape)
+      high = np.broadcast_to(np.asarray(high, np.float64), shape)
+      # Within +-10 where the bounds reach there (finite intermediate values).
+      inner_low, inner_high = np.maximum(low, -10.0), np.minimum(high, 10.0)
+      empty = inner_low > inner_high
+      inner_low = np.where(empty, low, inner_low)
+      inner_high = np.where(empty, np.minimum(high, low + 20.0), inner_high)
+      return rng.uniform(inner_low, inner_high, size=shape).astype(dtype)
     return rng.normal(size=shape).astype(dtype)
   raise ValueError(f"no LiteRT validation input for dtype {dtype}")
 

@@ -12,9 +12,15 @@ the weights, and the `WeightMap` records the indices. `fill(values)` writes
 any weights into those buffers of the first probe model: the model for those
 weights, with no converter run, in the time of a gather and a copy.
 
+The converter also folds constant factors into the weights next to them
+(Atari frames' 1/255 into the first convolution's kernel, a Boltzmann
+temperature into the last layer). Where a buffer is not a plain gather, a
+third probe (the identity plus the number of weights) tells each element's
+factor, and the permuted probe confirms it (`_scaled_gather`).
+
 What cannot be followed this way (`NotFollowable`, and the engine converts
-again instead): a buffer the converter computed from the weights rather than
-copied (e.g. a logit scale folded into the last layer), two probe models that
+again instead): a buffer the converter computed from the weights otherwise
+(e.g. a softplus of a weight, or a sum of several), two probe models that
 differ in structure, more than 2**24 weights, or a variable that cannot hold
 a probe (bool, string, 8/16-bit) whose value changed since the map was learnt.
 The probe model has every op of the graph (no weight is 0 or 1 there, so
@@ -48,6 +54,7 @@ class _Buffer:
   offset: int                      # byte offset of the buffer's data in the flatbuffer
   dtype: np.dtype
   indices: np.ndarray              # element -> index into the flattened weights
+  scales: Optional[np.ndarray] = None   # element -> the constant the converter multiplied in
 
 
 class ProbeLayout:
@@ -125,13 +132,12 @@ class ProbeLayout:
 
 def learn(values: Dict[str, np.ndarray],
           convert: Callable[[Dict[str, np.ndarray], str], bytes]) -> "WeightMap":
-  """The map of a model's weights, from two probe conversions.
+  """The map of a model's weights, from two (or three) probe conversions.
 
   Args:
     values: checkpoint key -> value of every variable, as the copy holds them.
     convert: `convert(checkpoint_values, name)` converts the graph with those
-      values; `name` ("probe-a:<layout>" or "probe-b:<layout>") names the
-      conversion for a cache.
+      values; `name` ("probe-a:<layout>", ...) names the conversion for a cache.
 
   Returns:
     A `WeightMap`.
@@ -149,7 +155,9 @@ def learn(values: Dict[str, np.ndarray],
   name = layout.signature()
   first = convert(layout.probe(identity), "probe-a:" + name)
   second = convert(layout.probe(permutation), "probe-b:" + name)
-  return WeightMap.from_probes(layout, first, second, permutation)
+  # Only for a model whose weights the converter scaled (see _scaled_gather).
+  third = lambda: convert(layout.probe(identity + layout.total), "probe-c:" + name)  # noqa: E731
+  return WeightMap.from_probes(layout, first, second, permutation, third)
 
 
 class WeightMap:
@@ -162,14 +170,17 @@ class WeightMap:
 
   @classmethod
   def from_probes(cls, layout: ProbeLayout, first: bytes, second: bytes,
-                  permutation: np.ndarray) -> "WeightMap":
-    """Raises NotFollowable unless every buffer that depends on the weights is a gather."""
+                  permutation: np.ndarray, third: Callable[[], bytes]) -> "WeightMap":
+    """Raises NotFollowable unless every buffer that depends on the weights is a gather
+    from them, each element possibly times a constant (`third()` converts the probe that
+    tells those constants)."""
     a, b = _constant_buffers(first), _constant_buffers(second)
     if set(a) != set(b) or any((a[i][1], a[i][2]) != (b[i][1], b[i][2]) for i in a):
-      raise NotFollowable("the two probe conversions differ in structure")
+      raise NotFollowable("the probe conversions differ in structure")
     inverse = np.empty(layout.total, np.int64)
     inverse[permutation] = np.arange(layout.total, dtype=np.int64)
     sources = layout.source_dtypes()
+    offset_probe, c = None, None
     buffers = []
     for index, (offset, size, tensor_type, name) in sorted(a.items()):
       data_a = first[offset:offset + size]
@@ -181,16 +192,29 @@ class WeightMap:
         raise NotFollowable(f"tensor {name!r} is computed from the weights at conversion "
                             f"(LiteRT type {tensor_type})")
       dtype = np.dtype(dtype)
-      got_a = np.frombuffer(data_a, dtype).astype(np.float64) - 1
-      got_b = np.frombuffer(data_b, dtype).astype(np.float64) - 1
-      indices = _indices(got_a, layout.total)
-      shuffled = _indices(got_b, layout.total)
-      if (indices is None or shuffled is None or
-          not np.array_equal(indices, inverse[shuffled]) or
-          np.any(sources[indices] != _PROBED.index(dtype))):
-        raise NotFollowable(f"tensor {name!r} is computed from the weights at conversion, "
-                            "not copied from them")
-      buffers.append(_Buffer(offset, dtype, indices))
+      got_a = np.frombuffer(data_a, dtype).astype(np.float64)
+      got_b = np.frombuffer(data_b, dtype).astype(np.float64)
+      indices = _indices(got_a - 1, layout.total)
+      shuffled = _indices(got_b - 1, layout.total)
+      if (indices is not None and shuffled is not None and
+          np.array_equal(indices, inverse[shuffled]) and
+          np.all(sources[indices] == _PROBED.index(dtype))):
+        buffers.append(_Buffer(offset, dtype, indices))
+        continue
+      if dtype.kind == "f":
+        if offset_probe is None:
+          offset_probe = third()
+          c = _constant_buffers(offset_probe)
+          if set(c) != set(a):
+            raise NotFollowable("the probe conversions differ in structure")
+        got_c = np.frombuffer(offset_probe[c[index][0]:c[index][0] + size],
+                              dtype).astype(np.float64)
+        scaled = _scaled_gather(got_a, got_b, got_c, permutation, layout.total)
+        if scaled is not None and np.all(sources[scaled[0]] == _PROBED.index(dtype)):
+          buffers.append(_Buffer(offset, dtype, scaled[0], scaled[1]))
+          continue
+      raise NotFollowable(f"tensor {name!r} is computed from the weights at conversion, "
+                          "not copied from them")
     return cls(layout, first, buffers)
 
   def fill(self, values: Dict[str, np.ndarray]) -> bytes:
@@ -208,7 +232,10 @@ class WeightMap:
     model = bytearray(self.flatbuffer)
     view = memoryview(model)
     for buffer in self._buffers:
-      data = flat[buffer.indices].astype(buffer.dtype)
+      data = flat[buffer.indices]
+      if buffer.scales is not None:
+        data = data * buffer.scales
+      data = data.astype(buffer.dtype)
       view[buffer.offset:buffer.offset + data.nbytes] = data.view(np.uint8)
     return bytes(model)
 
@@ -223,6 +250,32 @@ def _indices(values: np.ndarray, total: int) -> Optional[np.ndarray]:
                       np.any(values != np.floor(values))):
     return None
   return values.astype(np.int64)
+
+
+def _scaled_gather(a: np.ndarray, b: np.ndarray, c: np.ndarray, permutation: np.ndarray,
+                   total: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+  """(indices, scales) if element j of a buffer is scale_j * weight[index_j] in all probes.
+
+  The converter folds a constant factor into the weights it follows (Atari
+  frames' 1/255 into the first convolution's kernel, a Boltzmann temperature
+  into the last layer). With a = s (i + 1), c = s (i + 1 + total) and
+  b = s (permutation[i] + 1), up to float32 rounding: s from c - a, i from
+  a / s (the neighbours tried too), confirmed by b, then s again from a / (i + 1).
+  """
+  with np.errstate(divide="ignore", invalid="ignore"):
+    scale = (c - a) / total
+    guess = np.rint(a / scale - 1)
+  if not np.all(np.isfinite(guess)) or np.any(scale == 0):
+    return None
+  indices = np.full(a.shape, -1, np.int64)
+  for step in (0, -1, 1):
+    candidate = np.clip(guess + step, 0, total - 1).astype(np.int64)
+    fits = (np.abs(scale * (permutation[candidate] + 1) - b) <= 1e-6 * np.abs(b)) & (
+        np.abs(scale * (candidate + 1) - a) <= 1e-6 * np.abs(a))
+    indices = np.where((indices < 0) & fits, candidate, indices)
+  if np.any(indices < 0):
+    return None
+  return indices, a / (indices + 1)
 
 
 def _same(a, b) -> bool:
