@@ -250,7 +250,7 @@ class LiteEngine:
     values = dict(self._values)
     keys = [loading.model_variable_key(i) for i in range(len(pushed))]
     if all(k in values for k in keys):
-      values.update({k: np.asarray(v) for k, v in zip(keys, pushed)})
+      values.update(zip(keys, pushed))
     else:
       values = loaded.checkpoint_values()
     if self._weights is not None:

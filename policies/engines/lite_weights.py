@@ -35,12 +35,14 @@ import hashlib
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+import tensorflow as tf
 
 # Variables of these dtypes carry probes; others keep their values (see module docstring).
 _PROBED = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int32), np.dtype(np.int64))
 _MAX_WEIGHTS = 1 << 24            # float32 holds every integer up to here exactly
 _PERMUTATION_SEED = 0x5EED
-_OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"   # describes the checkpoint, not a weight
+_OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+_NUMPY_TRANSPOSE_MAX = 1 << 16   # elements; larger transposes go through TF   # describes the checkpoint, not a weight
 # LiteRT TensorType -> numpy, for the dtypes a weight buffer can have here.
 _TENSOR_TYPES = {0: np.float32, 2: np.int32, 4: np.int64, 10: np.float64}
 
@@ -51,10 +53,58 @@ class NotFollowable(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class _Buffer:
+  """How to make one weight buffer: mostly a variable as is, a slice of it or its transpose."""
   offset: int                      # byte offset of the buffer's data in the flatbuffer
   dtype: np.dtype
-  indices: np.ndarray              # element -> index into the flattened weights
+  key: Optional[str]               # the one variable it comes from (None: several)
+  axes: Optional[tuple]            # that variable transposed so (None: `indices`)
+  indices: np.ndarray              # element -> index (into the variable, else the weights)
   scales: Optional[np.ndarray] = None   # element -> the constant the converter multiplied in
+
+  @classmethod
+  def make(cls, offset: int, dtype: np.dtype, indices: np.ndarray, layout: "ProbeLayout",
+           scales: Optional[np.ndarray] = None) -> "_Buffer":
+    """Finds the cheapest way to gather `indices` (into the flattened weights)."""
+    if scales is not None and np.all(scales == scales[0]):
+      scales = scales[:1]          # one factor for the whole buffer
+    key = layout.key_of(int(indices[0])) if indices.size else None
+    if key is not None:
+      start, size = layout.offsets[key]
+      local = indices - start
+      if np.all((local >= 0) & (local < size)):
+        shape = layout.shapes[key]
+        for axes in _transpositions(len(shape)):
+          if local.size == size and np.array_equal(
+              local, np.arange(size).reshape(shape).transpose(axes).reshape(-1)):
+            return cls(offset, dtype, key, axes, local, scales)
+        return cls(offset, dtype, key, None, local.astype(np.int32), scales)
+    return cls(offset, dtype, None, None, indices, scales)
+
+  def data(self, values: Dict[str, np.ndarray], flat) -> memoryview:
+    """The buffer's bytes for `values`; `flat()` gives every weight flattened (rarely needed)."""
+    if self.key is not None:
+      value = values[self.key]
+      if self.axes is None:
+        data = np.asarray(value).reshape(-1)[self.indices]
+      elif self.axes == tuple(range(len(self.axes))):
+        data = np.asarray(value).reshape(-1)
+      elif self.indices.size < _NUMPY_TRANSPOSE_MAX:
+        data = np.transpose(np.asarray(value), self.axes).reshape(-1)
+      else:   # TF's transpose is blocked and threaded: 8x numpy's on a 3136x512 kernel
+        data = np.asarray(tf.transpose(value, self.axes)).reshape(-1)
+    else:
+      data = flat()[self.indices]
+    if self.scales is not None:
+      data = data * (self.scales[0] if self.scales.size == 1 else self.scales)
+    return memoryview(np.ascontiguousarray(data, dtype=self.dtype)).cast("B")
+
+
+def _transpositions(ndim: int):
+  """The identity first, then every other order of `ndim` axes (up to 4-d variables)."""
+  import itertools  # pylint: disable=import-outside-toplevel
+  if ndim > 4:
+    return [tuple(range(ndim))]
+  return sorted(itertools.permutations(range(ndim)), key=lambda a: a != tuple(range(ndim)))
 
 
 class ProbeLayout:
@@ -84,6 +134,20 @@ class ProbeLayout:
     self.total = total
     self.shapes = {k: np.shape(values[k]) for k in self.keys}
     self.dtypes = {k: np.asarray(values[k]).dtype for k in self.keys}
+
+  def key_of(self, index: int) -> Optional[str]:
+    """The variable that element `index` of the flattened weights belongs to."""
+    for key in self.keys:
+      start, size = self.offsets[key]
+      if start <= index < start + size:
+        return key
+    return None
+
+  def check_shapes(self, values: Dict[str, np.ndarray]) -> None:
+    for key in self.keys:
+      shape = tuple(values[key].shape)
+      if shape != self.shapes[key]:
+        raise NotFollowable(f"{key} has shape {shape}, the converted model {self.shapes[key]}")
 
   def signature(self) -> str:
     """Names the probes (for the conversion cache): keys, shapes, dtypes, kept values."""
@@ -199,7 +263,7 @@ class WeightMap:
       if (indices is not None and shuffled is not None and
           np.array_equal(indices, inverse[shuffled]) and
           np.all(sources[indices] == _PROBED.index(dtype))):
-        buffers.append(_Buffer(offset, dtype, indices))
+        buffers.append(_Buffer.make(offset, dtype, indices, layout))
         continue
       if dtype.kind == "f":
         if offset_probe is None:
@@ -211,11 +275,11 @@ class WeightMap:
                               dtype).astype(np.float64)
         scaled = _scaled_gather(got_a, got_b, got_c, permutation, layout.total)
         if scaled is not None and np.all(sources[scaled[0]] == _PROBED.index(dtype)):
-          buffers.append(_Buffer(offset, dtype, scaled[0], scaled[1]))
+          buffers.append(_Buffer.make(offset, dtype, scaled[0], layout, scaled[1]))
           continue
       raise NotFollowable(f"tensor {name!r} is computed from the weights at conversion, "
                           "not copied from them")
-    return cls(layout, first, buffers)
+    return cls(layout, first, sorted(buffers, key=lambda b: b.offset))
 
   def fill(self, values: Dict[str, np.ndarray]) -> bytes:
     """The probe model with `values` (checkpoint key -> value) in its weight buffers.
@@ -228,16 +292,21 @@ class WeightMap:
         kind = "string" if isinstance(kept, bytes) else kept.dtype
         raise NotFollowable(f"{key} changed, and the converted model cannot take it "
                             f"without a conversion ({kind} values carry no probe)")
-    flat = self.layout.flatten(values)
-    model = bytearray(self.flatbuffer)
-    view = memoryview(model)
-    for buffer in self._buffers:
-      data = flat[buffer.indices]
-      if buffer.scales is not None:
-        data = data * buffer.scales
-      data = data.astype(buffer.dtype)
-      view[buffer.offset:buffer.offset + data.nbytes] = data.view(np.uint8)
-    return bytes(model)
+    self.layout.check_shapes(values)
+    flat = []
+
+    def flattened():
+      if not flat:
+        flat.append(self.layout.flatten(values))
+      return flat[0]
+
+    pieces, end = [], 0
+    for buffer in self._buffers:   # by offset: the model is copied once, around them
+      data = buffer.data(values, flattened)
+      pieces += [memoryview(self.flatbuffer)[end:buffer.offset], data]
+      end = buffer.offset + data.nbytes
+    pieces.append(memoryview(self.flatbuffer)[end:])
+    return b"".join(pieces)
 
   @property
   def weight_buffers(self) -> int:

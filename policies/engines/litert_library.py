@@ -13,6 +13,7 @@ no native engine.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -41,6 +42,12 @@ def find() -> Library:
   override = os.environ.get(LIBRARY_ENV)
   if override is not None:
     return Library(override) if override else Library(None, f"{LIBRARY_ENV} is empty")
+  return _installed()
+
+
+@functools.lru_cache(maxsize=None)
+def _installed() -> Library:
+  """The installed wheel's library (looked up once: each model made on a push asks)."""
   try:
     version = importlib.metadata.version("ai-edge-litert")
   except importlib.metadata.PackageNotFoundError:
