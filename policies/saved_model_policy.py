@@ -638,6 +638,9 @@ class MetadataValue(np.ndarray):
     array = self.view(np.ndarray)
     return array[()] if array.ndim == 0 else array.copy()
 
+  def __repr__(self) -> str:
+    return repr(self.view(np.ndarray))
+
 
 def _follower(policy: SavedModelPyTFEagerPolicy):
   """`policy._follow_pushes` without a reference to the policy (the switch holds it)."""

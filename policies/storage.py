@@ -8,16 +8,21 @@ Every read of the library goes through here or through TF's own readers.
 from __future__ import annotations
 
 import os
+import re
 
 import tensorflow as tf
 
 
 def first_line(error: BaseException) -> str:
   """The line of an error message worth showing (TF's graph errors bury it)."""
-  lines = [line.strip() for line in str(error).splitlines()]
+  lines = [_FUNCTION_NODE.sub("", line).strip() for line in str(error).splitlines()]
   useful = [line for line in lines if line and not line.startswith(
       ("Graph execution error", "Detected at node", "<stack traces", "[[", "File "))]
   return useful[0] if useful else type(error).__name__
+
+
+# TF's prefix naming the traced function an op error came from.
+_FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")
 
 
 def join(path: str, *parts: str) -> str:

@@ -50,3 +50,25 @@ def test_a_checkpoint_of_another_policy_is_a_clear_error():
   with pytest.raises(ValueError, match=f"^cannot restore checkpoint {other}: "):
     policy.update_from_checkpoint(other)
   np.testing.assert_array_equal(policy.variables()[0].numpy(), before)
+
+
+@pytest.mark.parametrize("backend", ["tf", "lite"])
+@pytest.mark.parametrize("name, exact", KINDS)
+def test_weights_pushed_into_a_tf_2_4_export_are_followed(name, exact, backend):
+  """The checkpoint's values, pushed into variables(), act as the checkpoint does."""
+  from tensorflow.python.training import py_checkpoint_reader  # pylint: disable=import-outside-toplevel
+  export, checkpoint, data = reference_exports.reference("tf2_4", name)
+  policy = SavedModelPyTFEagerPolicy(export, load_specs_from_pbtxt=True, backend=backend)
+  reader = py_checkpoint_reader.NewCheckpointReader(checkpoint + "/variables/variables")
+  held = policy.variables()
+  values = [reader.get_tensor(f"model_variables/{i}/.ATTRIBUTES/VARIABLE_VALUE")
+            for i in range(len(held))]
+  for variable, value in zip(held, values):
+    variable.assign(value)
+  steps = reference_exports.steps(policy, data)
+  reference_exports.assert_actions(reference_exports.act(policy, steps),
+                                   data["checkpoint_actions"], exact, f"{name} {backend} pushed")
+  policy.update_from_checkpoint(export)
+  assert policy.variables() is held
+  reference_exports.assert_actions(reference_exports.act(policy, steps), data["actions"], exact,
+                                   f"{name} {backend} export again")

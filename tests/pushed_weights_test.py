@@ -376,3 +376,52 @@ def test_train_step_and_metadata_work_for_both_apis(saved):
   assert metadata["version"].numpy() == 3 and isinstance(metadata["version"].numpy(), np.int64)
   assert metadata["version"] + 1 == 4                        # ours: numpy arrays
   assert isinstance(metadata["version"], np.ndarray) and metadata["version"].shape == ()
+
+
+@pytest.mark.parametrize("backend", ["lite", "auto"])
+def test_weights_tf_refuses_fail_every_call_until_others_arrive(tmp_path, backend):
+  """Pushed weights that must be converted are validated; ones TF cannot run (its
+  check_numerics fails) make each call raise, naming why, until good weights come."""
+  path = str(tmp_path / "checked")
+  policy_zoo.save(policy_zoo.SoftplusWeightsPolicy(checked=True), path)
+  policy = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, backend=backend)
+  assert "converted" in policy.lite_weights
+  step = ts.TimeStep(np.int32(1), np.float32(0), np.float32(1), np.ones(3, np.float32))
+  held = policy.variables()
+  good = held[0].numpy()
+  bad = good.copy()
+  bad[:, 1] = np.inf
+  held[0].assign(bad)
+  for _ in range(2):
+    with pytest.raises(ValueError, match=r"^cannot follow the weights pushed into variables\(\): "
+                                         r"scores : Tensor had NaN values"):
+      policy.action(step)
+  push(held, [good * 2])
+  reference = py_tf_eager_policy.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True)
+  _set(reference, [good * 2])
+  np.testing.assert_array_equal(_actions(policy, [step]), _actions(reference, [step]))
+  assert policy.backend == "lite"
+
+
+def test_a_push_that_fails_part_way_is_closed_by_the_next(saved):
+  """A tf.function that fails after some of its writes leaves its push open; the next
+  complete push closes it and is followed."""
+  fixture = saved("q_mlp")
+  policy = load_saved(saved, "q_mlp", "lite")
+  reference = _reference(fixture)
+  held = policy.variables()
+  original = [v.numpy() for v in held]
+
+  @tf.function
+  def failing(variables, values):
+    variables[0].assign(values[0])
+    tf.debugging.assert_equal(1, 2, message="the learner went away")
+    variables[1].assign(values[1])
+
+  with pytest.raises(tf.errors.InvalidArgumentError, match="the learner went away"):
+    failing(held, _flipped(original, 3.0))
+  steps = _steps("q_mlp")
+  _actions(policy, steps)   # acts (on the last complete weights), never on a half push
+  push(held, _flipped(original))
+  _set(reference, _flipped(original))
+  _assert_acts_like(policy, reference, steps, "lite")

@@ -306,8 +306,10 @@ class SoftplusWeightsPolicy(_ObservationArgmaxPolicy):
   """argmax of observation @ softplus(W): LiteRT's converter folds softplus(W) into one
   constant, which new weights cannot be written into (they need a conversion)."""
 
-  def __init__(self, seed: int = 0):
+  def __init__(self, seed: int = 0, checked: bool = False):
+    """`checked`: the scores go through `check_numerics`, so TF refuses non-finite weights."""
     super().__init__()
+    self._checked = checked
     self._weights = tf.Variable(
         tf.random.stateless_normal([3, 3], seed=[seed, 0]), name="weights")
 
@@ -315,7 +317,8 @@ class SoftplusWeightsPolicy(_ObservationArgmaxPolicy):
     return [self._weights]
 
   def _transform(self, observation):
-    return tf.matmul(observation, tf.nn.softplus(self._weights))
+    scores = tf.matmul(observation, tf.nn.softplus(self._weights))
+    return tf.debugging.check_numerics(scores, "scores") if self._checked else scores
 
 
 # The benchmarks' policies, by the name their tables use.
