@@ -181,7 +181,10 @@ def atari_q_policy(seed: int = 0, num_actions: int = 6):
   obs_spec = tensor_spec.BoundedTensorSpec([84, 84, 4], tf.uint8, 0, 255, "observation")
   action_spec = tensor_spec.BoundedTensorSpec((), tf.int64, 0, num_actions - 1, "action")
   scale = tf.keras.layers.Lambda(lambda frames: tf.cast(frames, tf.float32) / 255.0)
-  net = q_network.QNetwork(obs_spec, action_spec, preprocessing_layers=scale,
+  # The network's own spec only seeds create_variables(), whose sampler computes
+  # maximum + 1 in uint8 under numpy 2 (0: TF-Agents 0.19 then fails); 254 avoids it.
+  network_spec = tensor_spec.BoundedTensorSpec([84, 84, 4], tf.uint8, 0, 254, "observation")
+  net = q_network.QNetwork(network_spec, action_spec, preprocessing_layers=scale,
                            conv_layer_params=((32, (8, 8), 4), (64, (4, 4), 2),
                                               (64, (3, 3), 1)),
                            fc_layer_params=(512,))
