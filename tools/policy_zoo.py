@@ -207,6 +207,85 @@ def sac_actor_policy(greedy: bool = True, seed: int = 0, fc=(256, 256), obs_dim:
   return greedy_policy.GreedyPolicy(policy) if greedy else policy
 
 
+def _continuous_agent_specs():
+  obs_spec = tf.TensorSpec([5], tf.float32, "observation")
+  action_spec = tensor_spec.BoundedTensorSpec([2], tf.float32, -1.0, 1.0, "action")
+  return obs_spec, action_spec, ts.time_step_spec(obs_spec)
+
+
+def td3_collect_policy(noise_std: float = 0.1, seed: int = 0):
+  """TD3's collect policy, from TF-Agents' `Td3Agent`: Gaussian exploration noise, drawn once
+  per call and shared across the batch."""
+  from tf_agents.agents.ddpg import actor_network, critic_network  # pylint: disable=import-outside-toplevel
+  from tf_agents.agents.td3 import td3_agent  # pylint: disable=import-outside-toplevel
+  tf.random.set_seed(seed)
+  obs_spec, action_spec, time_step_spec = _continuous_agent_specs()
+  agent = td3_agent.Td3Agent(
+      time_step_spec, action_spec,
+      actor_network=actor_network.ActorNetwork(obs_spec, action_spec, fc_layer_params=(16,)),
+      critic_network=critic_network.CriticNetwork((obs_spec, action_spec),
+                                                  joint_fc_layer_params=(16,)),
+      actor_optimizer=tf.keras.optimizers.Adam(), critic_optimizer=tf.keras.optimizers.Adam(),
+      exploration_noise_std=noise_std)
+  agent.initialize()
+  return agent.collect_policy
+
+
+def ddpg_collect_policy(ou_damping: float = 0.15, seed: int = 0):
+  """DDPG's collect policy, from TF-Agents' `DdpgAgent`: Ornstein-Uhlenbeck noise kept in
+  variables (assigned and read back each call), shared across the batch."""
+  from tf_agents.agents.ddpg import actor_network, critic_network, ddpg_agent  # pylint: disable=import-outside-toplevel
+  tf.random.set_seed(seed)
+  obs_spec, action_spec, time_step_spec = _continuous_agent_specs()
+  agent = ddpg_agent.DdpgAgent(
+      time_step_spec, action_spec,
+      actor_network=actor_network.ActorNetwork(obs_spec, action_spec, fc_layer_params=(16,)),
+      critic_network=critic_network.CriticNetwork((obs_spec, action_spec),
+                                                  joint_fc_layer_params=(16,)),
+      actor_optimizer=tf.keras.optimizers.Adam(), critic_optimizer=tf.keras.optimizers.Adam(),
+      ou_damping=ou_damping)
+  agent.initialize()
+  return agent.collect_policy
+
+
+def ppo_clip_collect_policy(seed: int = 0, scale: float = 1.0):
+  """PPO-clip's collect policy, from TF-Agents' `PPOClipAgent`, which builds it with
+  clip=False: its Gaussian samples leave the action bounds, in TF too. `scale` multiplies
+  the actor's weights (a wrong model, for tests)."""
+  from tf_agents.agents.ppo import ppo_clip_agent  # pylint: disable=import-outside-toplevel
+  tf.random.set_seed(seed)
+  obs_spec, action_spec, time_step_spec = _continuous_agent_specs()
+  actor = actor_distribution_network.ActorDistributionNetwork(obs_spec, action_spec,
+                                                              fc_layer_params=(16,))
+  agent = ppo_clip_agent.PPOClipAgent(
+      time_step_spec, action_spec, optimizer=tf.keras.optimizers.Adam(), actor_net=actor,
+      value_net=value_network.ValueNetwork(obs_spec, fc_layer_params=(16,)))
+  agent.initialize()
+  for variable in actor.variables:
+    variable.assign(variable * scale)
+  return agent.collect_policy
+
+
+def bandit_epsilon_greedy_policy(epsilon: float = 0.1, reward_shift: float = 0.0,
+                                 seed: int = 0):
+  """A `NeuralEpsilonGreedyAgent`'s collect policy emitting its predicted rewards: greedy
+  predictions in most rows, random values in exploring ones. `reward_shift` is added to the
+  reward network's last bias (a wrong model, for tests)."""
+  from tf_agents.bandits.agents import neural_epsilon_greedy_agent  # pylint: disable=import-outside-toplevel
+  from tf_agents.bandits.policies import policy_utilities  # pylint: disable=import-outside-toplevel
+  tf.random.set_seed(seed)
+  obs_spec, _, time_step_spec = _continuous_agent_specs()
+  action_spec = tensor_spec.BoundedTensorSpec((), tf.int32, 0, 3, "action")
+  net = q_network.QNetwork(obs_spec, action_spec, fc_layer_params=(16,))
+  agent = neural_epsilon_greedy_agent.NeuralEpsilonGreedyAgent(
+      time_step_spec, action_spec, reward_network=net, optimizer=tf.keras.optimizers.Adam(),
+      epsilon=epsilon,
+      emit_policy_info=(policy_utilities.InfoFields.PREDICTED_REWARDS_MEAN,))
+  agent.initialize()
+  net.layers[-1].bias.assign_add(tf.fill(net.layers[-1].bias.shape, reward_shift))
+  return agent.collect_policy
+
+
 def random_policy():
   """A uniform random policy over a bounded int action and a dict observation."""
   obs_spec = {"a": tf.TensorSpec([2], tf.float32, "a"), "b": tf.TensorSpec([], tf.int32, "b")}

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 from typing import List, Optional
 
 import numpy as np
@@ -37,7 +38,8 @@ from tensorflow.python.util import nest
 
 # The statistics live without TF, for checks where TF is not.
 from policies.engines.sample_statistics import (  # noqa: F401
-    ALPHA, OutputCheck, ValidationError, compare_distributions, continuous_threshold,
+    ALPHA, OutputCheck, ValidationError, check_bounds_rate, compare_distributions,
+    continuous_threshold,
     discrete_threshold, kolmogorov_smirnov, total_variation)
 
 FLOAT_RTOL = 1e-5
@@ -46,6 +48,9 @@ DETERMINISTIC_CASES = 64
 DISTRIBUTION_INPUTS = 4
 DRAWS = 20_000
 MAX_DRAW_CALLS = 256       # fixed-batch exports: at most this many calls per engine and input
+# Noise drawn once per call (shared across the batch): drawn over this many calls of batch 1.
+SHARED_NOISE_CALLS = 10_000
+SHARED_NOISE_MIN_BATCH = 64   # a batch this large with equal rows every call shares its noise
 
 
 @dataclasses.dataclass
@@ -134,8 +139,7 @@ def check_leaf(path: str, ref, got, sampled: bool, bounds: dict) -> float:
   if ref.dtype != got.dtype or ref.shape != got.shape:
     raise ValidationError(f"{path}: LiteRT gives {got.dtype}{list(got.shape)}, "
                           f"TF {ref.dtype}{list(ref.shape)}")
-  if sampled:
-    check_bounds(path, got, bounds)
+  if sampled:   # bounds and distribution: checked over many draws (_check_distributions)
     return 0.0
   if np.issubdtype(ref.dtype, np.floating):
     close = np.isclose(got, ref, rtol=FLOAT_RTOL, atol=FLOAT_ATOL, equal_nan=True)
@@ -152,6 +156,67 @@ def check_leaf(path: str, ref, got, sampled: bool, bounds: dict) -> float:
   if not np.array_equal(got, ref):
     raise ValidationError(f"{path}: LiteRT gives {got.ravel()[:4]}..., TF {ref.ravel()[:4]}...")
   return 0.0
+
+
+def compare_processes(path: str, tf_draws: np.ndarray, lite_draws: np.ndarray, spec,
+                      tests: int, rtol: float, atol: float) -> OutputCheck:
+  """One output drawn over consecutive calls on each engine: distribution and lag-1
+  autocorrelation, element by element, allowing for the correlation between draws.
+
+  With TF's lag-1 autocorrelation r (0 if negative), the distribution check
+  uses n (1 - r) / (1 + r) effective draws (an AR(1) process's), and each
+  engine's autocorrelation must be within z sqrt(2 (1 - r^2) / n) of the
+  other's, z the normal quantile of ALPHA / (2 T) (Bonferroni over the T
+  elements); an OU noise with another damping fails the second.
+  """
+  ref = tf_draws.reshape(len(tf_draws), -1).astype(np.float64)
+  got = lite_draws.reshape(len(lite_draws), -1).astype(np.float64)
+  worst = OutputCheck(path, "sampled", 0.0, 1.0, "Kolmogorov-Smirnov")
+  for e in range(ref.shape[1]):
+    element = f"[{e}]" if ref.shape[1] > 1 else ""
+    r_tf, r_lite = _lag1(ref[:, e]), _lag1(got[:, e])
+    effective = max(2, int(len(ref) * (1 - max(r_tf, 0.0)) / (1 + max(r_tf, 0.0))))
+    allowed = _normal_quantile(ALPHA / (2 * tests)) * math.sqrt(
+        2 * (1 - min(r_tf, 0.999) ** 2) / len(ref))
+    if abs(r_tf - r_lite) > allowed:
+      raise ValidationError(f"{path}{element}: LiteRT's draws over consecutive calls are "
+                            f"correlated unlike TF's: lag-1 autocorrelation {r_lite:.3f}, TF "
+                            f"{r_tf:.3f} (allowed difference {allowed:.3f})")
+    check_bounds_rate(f"{path}{element}", [ref[:, e:e + 1]], [got[:, e:e + 1]], _element(spec, e),
+                      tests)
+    check = compare_distributions(f"{path}{element}", [ref[:, e]],
+                                  [got[:, e]], spec, tests, rtol, atol, draws=effective)
+    if check.figure / check.threshold >= worst.figure / worst.threshold:
+      worst = dataclasses.replace(check, path=path)
+  return worst
+
+
+def _lag1(x: np.ndarray) -> float:
+  x = x - x.mean()
+  denominator = float(np.dot(x, x))
+  return float(np.dot(x[:-1], x[1:]) / denominator) if denominator > 0 else 0.0
+
+
+def _normal_quantile(upper_tail: float) -> float:
+  """z with P(Z > z) = upper_tail (bisection on erfc; no SciPy)."""
+  low, high = 0.0, 40.0
+  for _ in range(200):
+    middle = (low + high) / 2
+    if 0.5 * math.erfc(middle / math.sqrt(2)) > upper_tail:
+      low = middle
+    else:
+      high = middle
+  return high
+
+
+def _element(spec, e: int):
+  """The bounds of element `e` of a flattened leaf, as a spec-like object (or None)."""
+  if spec is None or not hasattr(spec, "minimum"):
+    return None
+  shape = tuple(spec.shape) or (1,)
+  low = np.broadcast_to(spec.minimum, shape).reshape(-1)[e]
+  high = np.broadcast_to(spec.maximum, shape).reshape(-1)[e]
+  return types.SimpleNamespace(minimum=low, maximum=high)
 
 
 def draw_plan(fixed_batch: Optional[int]) -> tuple:
