@@ -18,8 +18,10 @@ import pytest
 from tf_agents.policies import py_tf_eager_policy
 from tf_agents.trajectories import time_step as ts
 
+from conftest import SavedPolicy, scaled_checkpoint, spec_inputs
 from policies import SavedModelPyTFEagerPolicy
 from policies.engines import lite_model
+from policies.engines import lite_validation
 from tools import policy_zoo
 
 FAMILIES = {
@@ -46,6 +48,11 @@ MUTATIONS = [
 ]
 
 
+ZOO = policy_zoo.agent_family_policies()
+# Exports whose graph has an op without a LiteRT builtin: refused by "lite", on TF with "auto".
+NO_BUILTIN = {"lin_ucb_per_arm/policy": "Einsum", "lin_ucb_per_arm/collect_policy": "Einsum"}
+
+
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
   root = tmp_path_factory.mktemp("agents")
@@ -53,10 +60,12 @@ def exports(tmp_path_factory):
 
   def get(name, build=None):
     if name not in made:
-      made[name] = os.path.join(root, name)
-      policy_zoo.save((build or FAMILIES[name])(), made[name])
-    return made[name]
+      path = os.path.join(root, name.replace("/", "__"))
+      policy = (build or ZOO.get(name) or FAMILIES[name])()
+      made[name] = SavedPolicy(name, path, policy, policy_zoo.save(policy, path), False)
+    return made[name].path
 
+  get.saved = made
   return get
 
 
@@ -127,3 +136,66 @@ def test_atari_dqn_on_lite_equals_tf_on_random_frames(tmp_path):
   ours = [int(lite.action(ts.restart(f)).action) for f in frames]
   theirs = [int(reference.action(ts.restart(f)).action) for f in frames]
   assert ours == theirs
+
+
+def _assert_close(got, want, what):
+  for g, w in zip(tf_nest_flatten(got), tf_nest_flatten(want)):
+    g, w = np.asarray(g), np.asarray(w)
+    if np.issubdtype(w.dtype, np.floating):
+      np.testing.assert_allclose(g, w, rtol=lite_validation.FLOAT_RTOL,
+                                 atol=lite_validation.FLOAT_ATOL, err_msg=what)
+    else:
+      np.testing.assert_array_equal(g, w, err_msg=what)
+
+
+def tf_nest_flatten(structure):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  return tf.nest.flatten(structure)
+
+
+def _deterministic(policy):
+  return all(o.kind == "deterministic" for o in policy.lite_validation.outputs)
+
+
+@pytest.mark.parametrize("batch_time_steps", [True, False])
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_every_agent_family_runs_on_lite(exports, tmp_path, name, batch_time_steps):
+  """Loads with no fallback; deterministic policies act as TF-Agents' class does (10 steps
+  with the state fed back for RNNs), before and after an update from a checkpoint."""
+  path = exports(name)
+  kwargs = dict(batch_time_steps=batch_time_steps)
+  if name in NO_BUILTIN:
+    with pytest.raises(ValueError, match=f"no LiteRT builtin for: {NO_BUILTIN[name]}"):
+      _load(path, backend="lite", **kwargs)
+    auto = _load(path, backend="auto", **kwargs)
+    assert auto.backend == "tf" and NO_BUILTIN[name] in auto.backend_reason
+    return
+  policy = _load(path, backend="lite", **kwargs)
+  assert policy.backend == "lite", policy.backend_reason
+  for check in policy.lite_validation.outputs:
+    assert check.figure <= check.threshold, check
+  reference = py_tf_eager_policy.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True,
+                                                           **kwargs)
+  outer = () if batch_time_steps else (4,)
+
+  def compare(what):
+    if not _deterministic(policy):
+      policy.action(*spec_inputs(policy, 1, outer)[0])
+      return
+    time_step, state = spec_inputs(policy, 1, outer, seed=7)[0]
+    ours_state, theirs_state = state, state
+    for step in range(10 if tf_nest_flatten(state) else 3):
+      ours = policy.action(time_step, ours_state)
+      theirs = reference.action(time_step, theirs_state)
+      _assert_close(ours.action, theirs.action, f"{name} {what} step {step}")
+      _assert_close(ours.state, theirs.state, f"{name} {what} state {step}")
+      ours_state, theirs_state = ours.state, theirs.state
+      time_step = spec_inputs(policy, 1, outer, seed=step)[0][0]
+
+  compare("export")
+  checkpoint = scaled_checkpoint(exports.saved[name], str(tmp_path / "policy_checkpoint_0002"),
+                                 0.75)
+  policy.update_from_checkpoint(checkpoint)
+  reference.update_from_checkpoint(checkpoint)
+  assert policy.backend == "lite"
+  compare("checkpoint")
