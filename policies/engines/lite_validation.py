@@ -6,23 +6,36 @@ two runs happen to agree.
 
 * Deterministic outputs, on `DETERMINISTIC_CASES` sampled inputs: integers
   and bools exactly, floats within |lite - tf| <= FLOAT_RTOL * |tf| + FLOAT_ATOL.
-* Sampled outputs: TF's dtype and shape and the action spec's bounds on those
-  same inputs; then, on `DISTRIBUTION_INPUTS` fixed inputs, `DRAWS` samples
-  from each engine (a batch of copies of the input per call; exports with a
-  fixed batch size draw over repeated calls) must follow the same
-  distribution, element by element:
+* Sampled outputs: TF's dtype and shape on those same inputs; then, on
+  `DISTRIBUTION_INPUTS` fixed inputs, `DRAWS` samples from each engine (a
+  batch of copies of the input per call; exports with a fixed batch size draw
+  over repeated calls) must follow the same distribution, element by element:
   - discrete (integer, bool) elements: the total variation distance between
     the two empirical distributions must stay below
     sqrt(m / n) + 2 * sqrt(ln(2 T / ALPHA) / (2 n)),
     m the number of categories (the spec's range, else those seen), n the
     draws per engine, T the number of elements tested in the load;
-  - continuous elements: the two-sample Kolmogorov-Smirnov distance must stay
-    below 2 * sqrt(ln(4 T / ALPHA) / (2 n)).
-  Both bounds hold for any distributions (McDiarmid's inequality with
-  E[TV] <= sqrt(m / n) / 2 per sample; the Dvoretzky-Kiefer-Wolfowitz
-  inequality), so two engines that sample the same distribution fail a load
-  with probability at most ALPHA (1e-6) whatever the policy. A difference of
-  twice the threshold is detected with the same probability.
+  - continuous elements: the two-sample Kolmogorov-Smirnov distance, each
+    value allowed the deterministic tolerance (an output that mixes greedy
+    values with random ones, as a bandit's predicted rewards), must stay
+    below 2 * sqrt(ln(4 T / ALPHA) / (2 n));
+  - samples leave the action spec's bounds never if TF's never do, else at
+    TF's rate within 2 * sqrt(ln(4 T / SIDE_ALPHA) / (2 n)) (Hoeffding;
+    PPO's collect policies sample unclipped, in TF too).
+  Both distribution bounds hold for any distributions (McDiarmid's inequality
+  with E[TV] <= sqrt(m / n) / 2 per sample; the Dvoretzky-Kiefer-Wolfowitz
+  inequality). A difference of twice the threshold is detected with the same
+  probability.
+* Noise that TF draws once per call and shares across the batch (TD3's
+  Gaussian exploration, DDPG's Ornstein-Uhlenbeck noise, which also flows
+  through variables): every row of a call's batch equal on TF. Such outputs
+  are drawn over `SHARED_NOISE_CALLS` consecutive calls of batch 1 instead,
+  with the distribution threshold at the effective number of draws of TF's
+  lag-1 autocorrelation, and the engines' autocorrelations compared
+  (`compare_processes`).
+Two engines that sample the same way fail a load with probability at most
+TOTAL_ALPHA (1e-6) over all these checks, whatever the policy (for noise over
+consecutive calls, exactly so for AR(1) processes such as OU noise).
 """
 
 from __future__ import annotations
@@ -38,7 +51,8 @@ from tensorflow.python.util import nest
 
 # The statistics live without TF, for checks where TF is not.
 from policies.engines.sample_statistics import (  # noqa: F401
-    ALPHA, OutputCheck, ValidationError, check_bounds_rate, compare_distributions,
+    ALPHA, SIDE_ALPHA, TOTAL_ALPHA, OutputCheck, ValidationError, check_bounds_rate,
+    compare_distributions,
     continuous_threshold,
     discrete_threshold, kolmogorov_smirnov, total_variation)
 
@@ -166,8 +180,10 @@ def compare_processes(path: str, tf_draws: np.ndarray, lite_draws: np.ndarray, s
   With TF's lag-1 autocorrelation r (0 if negative), the distribution check
   uses n (1 - r) / (1 + r) effective draws (an AR(1) process's), and each
   engine's autocorrelation must be within z sqrt(2 (1 - r^2) / n) of the
-  other's, z the normal quantile of ALPHA / (2 T) (Bonferroni over the T
-  elements); an OU noise with another damping fails the second.
+  other's, z the normal quantile of SIDE_ALPHA / (2 T) (Bonferroni over the T
+  elements); an OU noise with another damping fails the second. Both
+  corrections are exact for an AR(1) process (OU noise; independent draws
+  are r = 0) and approximate for others.
   """
   ref = tf_draws.reshape(len(tf_draws), -1).astype(np.float64)
   got = lite_draws.reshape(len(lite_draws), -1).astype(np.float64)
@@ -176,7 +192,7 @@ def compare_processes(path: str, tf_draws: np.ndarray, lite_draws: np.ndarray, s
     element = f"[{e}]" if ref.shape[1] > 1 else ""
     r_tf, r_lite = _lag1(ref[:, e]), _lag1(got[:, e])
     effective = max(2, int(len(ref) * (1 - max(r_tf, 0.0)) / (1 + max(r_tf, 0.0))))
-    allowed = _normal_quantile(ALPHA / (2 * tests)) * math.sqrt(
+    allowed = _normal_quantile(SIDE_ALPHA / (2 * tests)) * math.sqrt(
         2 * (1 - min(r_tf, 0.999) ** 2) / len(ref))
     if abs(r_tf - r_lite) > allowed:
       raise ValidationError(f"{path}{element}: LiteRT's draws over consecutive calls are "
