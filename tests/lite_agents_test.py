@@ -199,3 +199,17 @@ def test_every_agent_family_runs_on_lite(exports, tmp_path, name, batch_time_ste
   reference.update_from_checkpoint(checkpoint)
   assert policy.backend == "lite"
   compare("checkpoint")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_family_compiles_and_acts_without_the_saved_model(exports, tmp_path, family):
+  """compile_policy shares the validation: what loads on lite compiles."""
+  from policies import compile_policy  # pylint: disable=import-outside-toplevel
+  from policies import compiled  # pylint: disable=import-outside-toplevel
+  out = str(tmp_path / "compiled")
+  result = compile_policy(exports(family), out, load_specs_from_pbtxt=True)
+  assert any(o["kind"] == "sampled" for o in result.report["validation"]["outputs"])
+  policy = compiled.CompiledPolicy(out)
+  step = ts.restart(np.full(5, 0.3, np.float32))
+  actions = np.array([policy.action(step).action for _ in range(50)])
+  assert len({a.tobytes() for a in actions}) > 1   # it samples
