@@ -196,24 +196,40 @@ def sampled_outputs(concrete_function) -> Tuple[bool, ...]:
   call (`PartitionedCall`, `StatefulPartitionedCall`, library functions called
   as ops), output by output. Any other op that runs functions (While, If,
   Case) counts as random if one of its functions can run a random op.
+
+  Randomness can also flow through variable state: a policy that assigns a
+  random value to a variable and reads it back (DDPG's Ornstein-Uhlenbeck
+  noise) samples, though no data edge links the two. Where the graph assigns
+  a random value to any variable, every variable read counts as random too
+  (which variable a handle is cannot be told inside the functions), so such
+  a policy's outputs that read variables are sampled.
   """
   library = {f.signature.name: f
              for f in concrete_function.graph.as_graph_def().library.function}
   function_def = concrete_function.function_def
   library[function_def.signature.name] = function_def
-  return tuple(random for random, _ in _OutputDependencies(library).of(function_def.signature.name))
+  name = function_def.signature.name
+  analysis = _OutputDependencies(library)
+  outputs = analysis.of(name)
+  if analysis.random_assigns:
+    outputs = _OutputDependencies(library, reads_are_random=True).of(name)
+  return tuple(random for random, _ in outputs)
 
 
 class _OutputDependencies:
   """Per function output: (depends on a random op inside, indices of the inputs it reads)."""
 
   _CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
+  _ASSIGNS = frozenset({"AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp"})
+  _READS = frozenset({"ReadVariableOp", "ResourceGather", "ResourceGatherNd"})
 
-  def __init__(self, library: Dict[str, object]):
+  def __init__(self, library: Dict[str, object], reads_are_random: bool = False):
     self._library = library
     self._direct = _direct_ops(library)
     self._summaries: Dict[str, list] = {}
     self._may_sample: Dict[str, bool] = {}
+    self._reads_are_random = reads_are_random
+    self.random_assigns = False   # a random value was assigned to a variable (seen so far)
 
   def of(self, name: str) -> list:
     """(random, input indices) per output of library function `name`."""
@@ -224,6 +240,11 @@ class _OutputDependencies:
       results: Dict[str, object] = {}
       for ref in function.ret.values():
         self._resolve(ref.split(":")[0], args, nodes, results)
+      # Nodes no output reads (a state update run for its effect) still count for
+      # random_assigns.
+      for node in function.node_def:
+        if node.op in self._ASSIGNS:
+          self._resolve(node.name, args, nodes, results)
       self._summaries[name] = [
           self._lookup(function.ret[a.name], args, nodes, results)
           for a in function.signature.output_arg]
@@ -257,9 +278,12 @@ class _OutputDependencies:
         continue
       inputs = [self._lookup(i, args, nodes, results) for i in data]
       callee = self._callee(node)
+      if node.op in self._ASSIGNS and len(inputs) > 1 and inputs[1][0]:
+        self.random_assigns = True
       if callee is None:   # an op: each output reads every input
         random = node.op in RANDOM_OPS or any(
-            self._may_run_random(f) for f in _called_functions(node, self._library))
+            self._may_run_random(f) for f in _called_functions(node, self._library)) or (
+                self._reads_are_random and node.op in self._READS)
         reads: Set[int] = set()
         for r, ins in inputs:
           random, reads = random or r, reads | ins

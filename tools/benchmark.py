@@ -80,6 +80,8 @@ class Row:
 def _time_step(spec, batch, rng):
   outer = () if batch is None else (batch,)
   def sample(s):
+    if np.issubdtype(s.dtype, np.integer):   # e.g. uint8 frames
+      return rng.integers(0, 256, outer + s.shape).astype(s.dtype)
     return rng.standard_normal(outer + s.shape).astype(s.dtype)
   return ts.TimeStep(step_type=np.full(outer, ts.StepType.MID, np.int32),
                      reward=np.zeros(outer, np.float32), discount=np.ones(outer, np.float32),
@@ -253,8 +255,10 @@ def main():
       paths[name] = os.path.join(tmp, name)
       policy_zoo.save(POLICIES[name](), paths[name])
     for name in tqdm(names, desc="policies"):
-      for batch in batches:
-        rows.append(measure(paths[name], name, batch, args.rounds, args.calls))
+      for batch in policy_zoo.BENCHMARK_BATCHES.get(name, batches):
+        # Fewer calls where one takes milliseconds (large batches, conv nets).
+        calls = args.calls if batch == 1 else max(5, args.calls * 4 // batch)
+        rows.append(measure(paths[name], name, batch, args.rounds, calls))
     memory = steady_memory(paths[names[0]], args.memory_calls) if args.memory_calls else {}
   leaf = marginal_leaf_cost(rows)
 

@@ -7,6 +7,7 @@ exports one with `PolicySaver` exactly as a training job would.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -23,6 +24,7 @@ from tf_agents.networks import categorical_projection_network
 from tf_agents.networks import network
 from tf_agents.networks import q_network
 from tf_agents.networks import value_network
+from tf_agents.networks import value_rnn_network
 from tf_agents.policies import actor_policy
 from tf_agents.policies import greedy_policy
 from tf_agents.policies import policy_saver
@@ -210,6 +212,225 @@ def sac_actor_policy(greedy: bool = True, seed: int = 0, fc=(256, 256), obs_dim:
   return greedy_policy.GreedyPolicy(policy) if greedy else policy
 
 
+def _continuous_agent_specs():
+  obs_spec = tf.TensorSpec([5], tf.float32, "observation")
+  action_spec = tensor_spec.BoundedTensorSpec([2], tf.float32, -1.0, 1.0, "action")
+  return obs_spec, action_spec, ts.time_step_spec(obs_spec)
+
+
+def td3_collect_policy(noise_std: float = 0.1, seed: int = 0, which: str = "collect_policy"):
+  """TD3's collect policy, from TF-Agents' `Td3Agent`: Gaussian exploration noise, drawn once
+  per call and shared across the batch (`which="policy"`: the deterministic actor)."""
+  from tf_agents.agents.ddpg import actor_network, critic_network  # pylint: disable=import-outside-toplevel
+  from tf_agents.agents.td3 import td3_agent  # pylint: disable=import-outside-toplevel
+  tf.random.set_seed(seed)
+  obs_spec, action_spec, time_step_spec = _continuous_agent_specs()
+  agent = td3_agent.Td3Agent(
+      time_step_spec, action_spec,
+      actor_network=actor_network.ActorNetwork(obs_spec, action_spec, fc_layer_params=(16,)),
+      critic_network=critic_network.CriticNetwork((obs_spec, action_spec),
+                                                  joint_fc_layer_params=(16,)),
+      actor_optimizer=tf.keras.optimizers.Adam(), critic_optimizer=tf.keras.optimizers.Adam(),
+      exploration_noise_std=noise_std)
+  agent.initialize()
+  return getattr(agent, which)
+
+
+def ddpg_collect_policy(ou_damping: float = 0.15, seed: int = 0, which: str = "collect_policy"):
+  """DDPG's collect policy, from TF-Agents' `DdpgAgent`: Ornstein-Uhlenbeck noise kept in
+  variables (assigned and read back each call), shared across the batch (`which="policy"`:
+  the deterministic actor)."""
+  from tf_agents.agents.ddpg import actor_network, critic_network, ddpg_agent  # pylint: disable=import-outside-toplevel
+  tf.random.set_seed(seed)
+  obs_spec, action_spec, time_step_spec = _continuous_agent_specs()
+  agent = ddpg_agent.DdpgAgent(
+      time_step_spec, action_spec,
+      actor_network=actor_network.ActorNetwork(obs_spec, action_spec, fc_layer_params=(16,)),
+      critic_network=critic_network.CriticNetwork((obs_spec, action_spec),
+                                                  joint_fc_layer_params=(16,)),
+      actor_optimizer=tf.keras.optimizers.Adam(), critic_optimizer=tf.keras.optimizers.Adam(),
+      ou_damping=ou_damping)
+  agent.initialize()
+  return getattr(agent, which)
+
+
+def ppo_clip_collect_policy(seed: int = 0, scale: float = 1.0):
+  """PPO-clip's collect policy, from TF-Agents' `PPOClipAgent`, which builds it with
+  clip=False: its Gaussian samples leave the action bounds, in TF too. `scale` multiplies
+  the actor's weights (a wrong model, for tests)."""
+  from tf_agents.agents.ppo import ppo_clip_agent  # pylint: disable=import-outside-toplevel
+  tf.random.set_seed(seed)
+  obs_spec, action_spec, time_step_spec = _continuous_agent_specs()
+  actor = actor_distribution_network.ActorDistributionNetwork(obs_spec, action_spec,
+                                                              fc_layer_params=(16,))
+  agent = ppo_clip_agent.PPOClipAgent(
+      time_step_spec, action_spec, optimizer=tf.keras.optimizers.Adam(), actor_net=actor,
+      value_net=value_network.ValueNetwork(obs_spec, fc_layer_params=(16,)))
+  agent.initialize()
+  for variable in actor.variables:
+    variable.assign(variable * scale)
+  return agent.collect_policy
+
+
+def bandit_epsilon_greedy_policy(epsilon: float = 0.1, reward_shift: float = 0.0,
+                                 seed: int = 0):
+  """A `NeuralEpsilonGreedyAgent`'s collect policy emitting its predicted rewards: greedy
+  predictions in most rows, random values in exploring ones. `reward_shift` is added to the
+  reward network's last bias (a wrong model, for tests)."""
+  from tf_agents.bandits.agents import neural_epsilon_greedy_agent  # pylint: disable=import-outside-toplevel
+  from tf_agents.bandits.policies import policy_utilities  # pylint: disable=import-outside-toplevel
+  tf.random.set_seed(seed)
+  obs_spec, _, time_step_spec = _continuous_agent_specs()
+  action_spec = tensor_spec.BoundedTensorSpec((), tf.int32, 0, 3, "action")
+  net = q_network.QNetwork(obs_spec, action_spec, fc_layer_params=(16,))
+  agent = neural_epsilon_greedy_agent.NeuralEpsilonGreedyAgent(
+      time_step_spec, action_spec, reward_network=net, optimizer=tf.keras.optimizers.Adam(),
+      epsilon=epsilon,
+      emit_policy_info=(policy_utilities.InfoFields.PREDICTED_REWARDS_MEAN,))
+  agent.initialize()
+  net.layers[-1].bias.assign_add(tf.fill(net.layers[-1].bias.shape, reward_shift))
+  return agent.collect_policy
+
+
+def agent_family_policies():
+  """Builders of every TF-Agents agent family's exported policies, by "<family>/<which>".
+
+  Each agent is TF-Agents' own class with its default exploration, on small
+  networks (seeded): its `policy` and `collect_policy`, and its greedy policy
+  where `policy` samples (as `PolicySavedModelTrigger` exports them).
+  """
+  # pylint: disable=import-outside-toplevel
+  from tf_agents.agents.behavioral_cloning import behavioral_cloning_agent
+  from tf_agents.agents.categorical_dqn import categorical_dqn_agent
+  from tf_agents.agents.dqn import dqn_agent
+  from tf_agents.agents.ppo import ppo_agent
+  from tf_agents.agents.reinforce import reinforce_agent
+  from tf_agents.agents.sac import sac_agent
+  from tf_agents.agents.sac import tanh_normal_projection_network
+  from tf_agents.agents.ddpg import critic_network
+  from tf_agents.bandits.agents import lin_ucb_agent
+  from tf_agents.bandits.agents import linear_thompson_sampling_agent
+  from tf_agents.bandits.networks import global_and_arm_feature_network
+  from tf_agents.bandits.specs import utils as bandit_spec_utils
+  from tf_agents.networks import categorical_q_network
+  from tf_agents.networks import sequential
+  # pylint: enable=import-outside-toplevel
+
+  obs_spec, continuous, time_step_spec = _continuous_agent_specs()
+  discrete = tensor_spec.BoundedTensorSpec((), tf.int64, 0, 2, "action")
+  adam = tf.keras.optimizers.Adam
+
+  def q_net():
+    return q_network.QNetwork(obs_spec, discrete, fc_layer_params=(16,))
+
+  def dqn(cls=dqn_agent.DqnAgent):
+    return cls(time_step_spec, discrete, q_network=q_net(), optimizer=adam())
+
+  def c51():
+    net = categorical_q_network.CategoricalQNetwork(obs_spec, discrete, fc_layer_params=(16,))
+    return categorical_dqn_agent.CategoricalDqnAgent(time_step_spec, discrete,
+                                                     categorical_q_network=net,
+                                                     optimizer=adam())
+
+  def masked_dqn():
+    masked_obs = {"observation": obs_spec,
+                  "mask": tf.TensorSpec([3], tf.int32, "mask")}
+    net = q_network.QNetwork(obs_spec, discrete, fc_layer_params=(16,))
+    return dqn_agent.DqnAgent(
+        ts.time_step_spec(masked_obs), discrete, q_network=net, optimizer=adam(),
+        observation_and_action_constraint_splitter=lambda o: (o["observation"], o["mask"]))
+
+  def sac():
+    actor = actor_distribution_network.ActorDistributionNetwork(
+        obs_spec, continuous, fc_layer_params=(16,),
+        continuous_projection_net=tanh_normal_projection_network.TanhNormalProjectionNetwork)
+    critic = critic_network.CriticNetwork((obs_spec, continuous), joint_fc_layer_params=(16,))
+    return sac_agent.SacAgent(time_step_spec, continuous, actor_network=actor,
+                              critic_network=critic, actor_optimizer=adam(),
+                              critic_optimizer=adam(), alpha_optimizer=adam())
+
+  def ppo(rnn=False, action_spec=continuous):
+    if rnn:
+      actor = actor_distribution_rnn_network.ActorDistributionRnnNetwork(
+          obs_spec, action_spec, input_fc_layer_params=(8,), lstm_size=(8,),
+          output_fc_layer_params=(8,))
+      value = value_rnn_network.ValueRnnNetwork(obs_spec, input_fc_layer_params=(8,),
+                                                lstm_size=(8,), output_fc_layer_params=(8,))
+    else:
+      actor = actor_distribution_network.ActorDistributionNetwork(obs_spec, action_spec,
+                                                                  fc_layer_params=(16,))
+      value = value_network.ValueNetwork(obs_spec, fc_layer_params=(16,))
+    return ppo_agent.PPOAgent(time_step_spec, action_spec, optimizer=adam(), actor_net=actor,
+                              value_net=value)
+
+  def reinforce():
+    actor = actor_distribution_network.ActorDistributionNetwork(obs_spec, discrete,
+                                                                fc_layer_params=(16,))
+    return reinforce_agent.ReinforceAgent(time_step_spec, discrete, actor_network=actor,
+                                          optimizer=adam())
+
+  def behavioral_cloning():
+    net = sequential.Sequential([tf.keras.layers.Dense(16, activation="relu"),
+                                 tf.keras.layers.Dense(3)])
+    return behavioral_cloning_agent.BehavioralCloningAgent(
+        time_step_spec, discrete, cloning_network=net, optimizer=adam())
+
+  arms = tensor_spec.BoundedTensorSpec((), tf.int32, 0, 3, "action")
+
+  def linear(cls):
+    return cls(time_step_spec, arms, emit_policy_info=("predicted_rewards_mean",))
+
+  def per_arm(cls):
+    spec = bandit_spec_utils.create_per_arm_observation_spec(4, 3, 4)
+    return cls(ts.time_step_spec(spec), arms, accepts_per_arm_features=True)
+
+  agents = {
+      "dqn": dqn, "double_dqn": lambda: dqn(dqn_agent.DdqnAgent), "c51": c51,
+      "dqn_action_mask": masked_dqn, "sac": sac, "ppo": ppo,
+      "ppo_rnn": lambda: ppo(rnn=True), "ppo_categorical": lambda: ppo(action_spec=discrete),
+      "reinforce": reinforce, "behavioral_cloning": behavioral_cloning,
+      "lin_ucb": lambda: linear(lin_ucb_agent.LinearUCBAgent),
+      "lin_thompson": lambda: linear(linear_thompson_sampling_agent.LinearThompsonSamplingAgent),
+      "lin_ucb_per_arm": lambda: per_arm(lin_ucb_agent.LinearUCBAgent),
+      "neural_epsilon_greedy": bandit_epsilon_greedy_policy,
+      "td3": td3_collect_policy, "ddpg": ddpg_collect_policy,
+      "ppo_clip": ppo_clip_collect_policy,
+  }
+  del global_and_arm_feature_network
+
+  def policies_of(build):
+    def which(name):
+      def make():
+        tf.random.set_seed(0)
+        agent = build()
+        if not hasattr(agent, "collect_policy"):   # a builder that returns a policy
+          return agent
+        agent.initialize()
+        if name == "policy":
+          return agent.policy
+        if name == "collect_policy":
+          return agent.collect_policy
+        return greedy_policy.GreedyPolicy(agent.policy)
+      return make
+    return which
+
+  found = {}
+  for family, build in agents.items():
+    which = policies_of(build)
+    if family in ("neural_epsilon_greedy", "ppo_clip"):
+      found[f"{family}/collect_policy"] = build
+      continue
+    if family in ("td3", "ddpg"):
+      for name in ("policy", "collect_policy"):
+        found[f"{family}/{name}"] = functools.partial(build, which=name)
+      continue
+    for name in ("policy", "collect_policy"):
+      found[f"{family}/{name}"] = which(name)
+    if family in ("sac", "ppo", "ppo_rnn", "ppo_categorical", "reinforce"):
+      found[f"{family}/greedy_policy"] = which("greedy_policy")
+  return found
+
+
 def random_policy():
   """A uniform random policy over a bounded int action and a dict observation."""
   obs_spec = {"a": tf.TensorSpec([2], tf.float32, "a"), "b": tf.TensorSpec([], tf.int32, "b")}
@@ -331,7 +552,11 @@ BENCHMARK_POLICIES = {
     "q_32leaves": lambda: q_mlp_policy(num_leaves=32),
     "lstm_actor_dict": lambda: lstm_actor_policy(greedy=True),
     "ppo_collect_info": ppo_collect_policy,
+    "sac_actor_256": sac_actor_policy,
+    "atari_conv_q": atari_q_policy,
 }
+# Batch sizes other than the benchmark's --batches, by policy.
+BENCHMARK_BATCHES = {"sac_actor_256": (1, 32, 256), "atari_conv_q": (1, 32, 256)}
 
 
 def published_kinds():

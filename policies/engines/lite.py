@@ -414,43 +414,85 @@ class LiteEngine:
       self._draw_plan = marshaling_plan.MarshalingPlan(self._plan.function, batch_time_steps=False)
     return self._draw_plan
 
-  def _check_distributions(self, model: lite_model.LiteModel, loaded: loading.LoadedPolicy, paths: list,
-                           sampled: list, rng: np.random.Generator) -> tuple:
-    """Many draws on a few fixed inputs from each engine, compared element by element."""
+  def _check_distributions(self, model: lite_model.LiteModel, loaded: loading.LoadedPolicy,
+                           paths: list, sampled: list, rng: np.random.Generator) -> tuple:
+    """Many draws on a few fixed inputs from each engine, compared element by element.
+
+    Each call draws a batch of copies of one input. An output whose noise TF
+    draws once per call and shares across the batch (TD3's Gaussian
+    exploration, DDPG's Ornstein-Uhlenbeck noise) gives one value per call
+    that way, so it is drawn again over `SHARED_NOISE_CALLS` calls of batch 1
+    (see `_check_shared_noise`).
+    """
     specs = self._specs
-    plan = self._batched_plan()
     batch, calls = lite_validation.draw_plan(self._plan.fixed_batch_size)
     inputs = [lite_validation.sample_inputs(specs.time_step_spec, specs.policy_state_spec,
                                             (), (1,), rng)
               for _ in range(lite_validation.DISTRIBUTION_INPUTS)]
-    tf_draws = {i: [] for i, s in enumerate(sampled) if s}
-    lite_draws = {i: [] for i in tf_draws}
+    outputs = [i for i, s in enumerate(sampled) if s]
+    tf_runs, lite_runs = self._draw(model, loaded, inputs, outputs, batch, calls)
+    shared = [i for i in outputs if batch >= lite_validation.SHARED_NOISE_MIN_BATCH and all(
+        np.all(run == run[:1]) for runs in tf_runs[i] for run in runs)]
+    bounds = lite_validation.action_bounds(specs.action_spec)
+    independent = [i for i in outputs if i not in shared]
+    tests = sum(int(np.prod(tf_runs[i][0][0].shape[1:], dtype=np.int64)) for i in outputs)
+    tests *= len(inputs)
+    checks = {}
+    for i in independent:
+      tf_draws = [np.concatenate(runs) for runs in tf_runs[i]]
+      lite_draws = [np.concatenate(runs) for runs in lite_runs[i]]
+      spec = bounds.get(paths[i])
+      lite_validation.check_bounds_rate(paths[i], tf_draws, lite_draws, spec, tests)
+      checks[i] = lite_validation.compare_distributions(
+          paths[i], tf_draws, lite_draws, spec, tests, FLOAT_RTOL, FLOAT_ATOL)
+    if shared:
+      checks.update(self._check_shared_noise(model, loaded, inputs[0], shared, paths, bounds,
+                                             tests))
+    return batch * calls, checks
+
+  def _draw(self, model: lite_model.LiteModel, loaded: loading.LoadedPolicy, inputs: list,
+            outputs: list, batch: int, calls: int) -> tuple:
+    """{output: [per input: [per call: draws]]} from TF and from LiteRT."""
+    plan = self._batched_plan()
     name, captures = loaded.action.name, loaded.action.captures
+    tf_runs = {i: [] for i in outputs}
+    lite_runs = {i: [] for i in outputs}
     try:
       for time_step, state in inputs:
         time_steps, states = lite_validation.copies(time_step, state, batch)
-        runs = {i: ([], []) for i in tf_draws}
+        for i in outputs:
+          tf_runs[i].append([])
+          lite_runs[i].append([])
         for _ in range(calls):
           ref = tf.nest.flatten(plan.native_call(time_steps, states, name, captures))
           got = tf.nest.flatten(plan.native_call_buffers(time_steps, states,
                                                          *model.call_args))
-          for i in tf_draws:
-            runs[i][0].append(ref[i])
-            runs[i][1].append(got[i])
-        for i in tf_draws:
-          tf_draws[i].append(np.concatenate(runs[i][0]))
-          lite_draws[i].append(np.concatenate(runs[i][1]))
+          for i in outputs:
+            tf_runs[i][-1].append(ref[i])
+            lite_runs[i][-1].append(got[i])
     finally:
       if batch != (self._plan.fixed_batch_size or 1):
         model.discard(batch)
-    bounds = lite_validation.action_bounds(specs.action_spec)
-    tests = sum(int(np.prod(d[0].shape[1:], dtype=np.int64)) for d in tf_draws.values())
-    tests *= len(inputs)
+    return tf_runs, lite_runs
+
+  def _check_shared_noise(self, model: lite_model.LiteModel, loaded: loading.LoadedPolicy,
+                          one_input: tuple, outputs: list, paths: list, bounds: dict,
+                          tests: int) -> dict:
+    """Outputs with one draw per call: `SHARED_NOISE_CALLS` consecutive calls of batch 1.
+
+    Consecutive draws of a noise process (OU) are correlated, which the
+    thresholds for independent draws do not allow for: they use the effective
+    number of draws of TF's lag-1 autocorrelation, and the two engines' lag-1
+    autocorrelations must agree (`lite_validation.compare_processes`).
+    """
+    tf_runs, lite_runs = self._draw(model, loaded, [one_input], outputs, 1,
+                                    lite_validation.SHARED_NOISE_CALLS)
     checks = {}
-    for i in tf_draws:
-      for got in lite_draws[i]:
-        lite_validation.check_bounds(paths[i], got, bounds)
-      checks[i] = lite_validation.compare_distributions(paths[i], tf_draws[i], lite_draws[i],
-                                                        bounds.get(paths[i]), tests)
-    return batch * calls, checks
+    for i in outputs:
+      tf_draws = [np.concatenate(tf_runs[i][0])]
+      lite_draws = [np.concatenate(lite_runs[i][0])]
+      spec = bounds.get(paths[i])
+      checks[i] = lite_validation.compare_processes(paths[i], tf_draws[0], lite_draws[0], spec,
+                                                    tests, FLOAT_RTOL, FLOAT_ATOL)
+    return checks
 

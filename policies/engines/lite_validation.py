@@ -6,29 +6,43 @@ two runs happen to agree.
 
 * Deterministic outputs, on `DETERMINISTIC_CASES` sampled inputs: integers
   and bools exactly, floats within |lite - tf| <= FLOAT_RTOL * |tf| + FLOAT_ATOL.
-* Sampled outputs: TF's dtype and shape and the action spec's bounds on those
-  same inputs; then, on `DISTRIBUTION_INPUTS` fixed inputs, `DRAWS` samples
-  from each engine (a batch of copies of the input per call; exports with a
-  fixed batch size draw over repeated calls) must follow the same
-  distribution, element by element:
+* Sampled outputs: TF's dtype and shape on those same inputs; then, on
+  `DISTRIBUTION_INPUTS` fixed inputs, `DRAWS` samples from each engine (a
+  batch of copies of the input per call; exports with a fixed batch size draw
+  over repeated calls) must follow the same distribution, element by element:
   - discrete (integer, bool) elements: the total variation distance between
     the two empirical distributions must stay below
     sqrt(m / n) + 2 * sqrt(ln(2 T / ALPHA) / (2 n)),
     m the number of categories (the spec's range, else those seen), n the
     draws per engine, T the number of elements tested in the load;
-  - continuous elements: the two-sample Kolmogorov-Smirnov distance must stay
-    below 2 * sqrt(ln(4 T / ALPHA) / (2 n)).
-  Both bounds hold for any distributions (McDiarmid's inequality with
-  E[TV] <= sqrt(m / n) / 2 per sample; the Dvoretzky-Kiefer-Wolfowitz
-  inequality), so two engines that sample the same distribution fail a load
-  with probability at most ALPHA (1e-6) whatever the policy. A difference of
-  twice the threshold is detected with the same probability.
+  - continuous elements: the two-sample Kolmogorov-Smirnov distance, each
+    value allowed the deterministic tolerance (an output that mixes greedy
+    values with random ones, as a bandit's predicted rewards), must stay
+    below 2 * sqrt(ln(4 T / ALPHA) / (2 n));
+  - samples leave the action spec's bounds never if TF's never do, else at
+    TF's rate within 2 * sqrt(ln(4 T / SIDE_ALPHA) / (2 n)) (Hoeffding;
+    PPO's collect policies sample unclipped, in TF too).
+  Both distribution bounds hold for any distributions (McDiarmid's inequality
+  with E[TV] <= sqrt(m / n) / 2 per sample; the Dvoretzky-Kiefer-Wolfowitz
+  inequality). A difference of twice the threshold is detected with the same
+  probability.
+* Noise that TF draws once per call and shares across the batch (TD3's
+  Gaussian exploration, DDPG's Ornstein-Uhlenbeck noise, which also flows
+  through variables): every row of a call's batch equal on TF. Such outputs
+  are drawn over `SHARED_NOISE_CALLS` consecutive calls of batch 1 instead,
+  with the distribution threshold at the effective number of draws of TF's
+  lag-1 autocorrelation, and the engines' autocorrelations compared
+  (`compare_processes`).
+Two engines that sample the same way fail a load with probability at most
+TOTAL_ALPHA (1e-6) over all these checks, whatever the policy (for noise over
+consecutive calls, exactly so for AR(1) processes such as OU noise).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import types
 from typing import List, Optional
 
 import numpy as np
@@ -37,7 +51,9 @@ from tensorflow.python.util import nest
 
 # The statistics live without TF, for checks where TF is not.
 from policies.engines.sample_statistics import (  # noqa: F401
-    ALPHA, OutputCheck, ValidationError, compare_distributions, continuous_threshold,
+    ALPHA, SIDE_ALPHA, TOTAL_ALPHA, OutputCheck, ValidationError, check_bounds_rate,
+    compare_distributions,
+    continuous_threshold,
     discrete_threshold, kolmogorov_smirnov, total_variation)
 
 FLOAT_RTOL = 1e-5
@@ -46,6 +62,9 @@ DETERMINISTIC_CASES = 64
 DISTRIBUTION_INPUTS = 4
 DRAWS = 20_000
 MAX_DRAW_CALLS = 256       # fixed-batch exports: at most this many calls per engine and input
+# Noise drawn once per call (shared across the batch): drawn over this many calls of batch 1.
+SHARED_NOISE_CALLS = 10_000
+SHARED_NOISE_MIN_BATCH = 64   # a batch this large with equal rows every call shares its noise
 
 
 @dataclasses.dataclass
@@ -134,8 +153,7 @@ def check_leaf(path: str, ref, got, sampled: bool, bounds: dict) -> float:
   if ref.dtype != got.dtype or ref.shape != got.shape:
     raise ValidationError(f"{path}: LiteRT gives {got.dtype}{list(got.shape)}, "
                           f"TF {ref.dtype}{list(ref.shape)}")
-  if sampled:
-    check_bounds(path, got, bounds)
+  if sampled:   # bounds and distribution: checked over many draws (_check_distributions)
     return 0.0
   if np.issubdtype(ref.dtype, np.floating):
     close = np.isclose(got, ref, rtol=FLOAT_RTOL, atol=FLOAT_ATOL, equal_nan=True)
@@ -152,6 +170,69 @@ def check_leaf(path: str, ref, got, sampled: bool, bounds: dict) -> float:
   if not np.array_equal(got, ref):
     raise ValidationError(f"{path}: LiteRT gives {got.ravel()[:4]}..., TF {ref.ravel()[:4]}...")
   return 0.0
+
+
+def compare_processes(path: str, tf_draws: np.ndarray, lite_draws: np.ndarray, spec,
+                      tests: int, rtol: float, atol: float) -> OutputCheck:
+  """One output drawn over consecutive calls on each engine: distribution and lag-1
+  autocorrelation, element by element, allowing for the correlation between draws.
+
+  With TF's lag-1 autocorrelation r (0 if negative), the distribution check
+  uses n (1 - r) / (1 + r) effective draws (an AR(1) process's), and each
+  engine's autocorrelation must be within z sqrt(2 (1 - r^2) / n) of the
+  other's, z the normal quantile of SIDE_ALPHA / (2 T) (Bonferroni over the T
+  elements); an OU noise with another damping fails the second. Both
+  corrections are exact for an AR(1) process (OU noise; independent draws
+  are r = 0) and approximate for others.
+  """
+  ref = tf_draws.reshape(len(tf_draws), -1).astype(np.float64)
+  got = lite_draws.reshape(len(lite_draws), -1).astype(np.float64)
+  worst = OutputCheck(path, "sampled", 0.0, 1.0, "Kolmogorov-Smirnov")
+  for e in range(ref.shape[1]):
+    element = f"[{e}]" if ref.shape[1] > 1 else ""
+    r_tf, r_lite = _lag1(ref[:, e]), _lag1(got[:, e])
+    effective = max(2, int(len(ref) * (1 - max(r_tf, 0.0)) / (1 + max(r_tf, 0.0))))
+    allowed = _normal_quantile(SIDE_ALPHA / (2 * tests)) * math.sqrt(
+        2 * (1 - min(r_tf, 0.999) ** 2) / len(ref))
+    if abs(r_tf - r_lite) > allowed:
+      raise ValidationError(f"{path}{element}: LiteRT's draws over consecutive calls are "
+                            f"correlated unlike TF's: lag-1 autocorrelation {r_lite:.3f}, TF "
+                            f"{r_tf:.3f} (allowed difference {allowed:.3f})")
+    check_bounds_rate(f"{path}{element}", [ref[:, e:e + 1]], [got[:, e:e + 1]], _element(spec, e),
+                      tests)
+    check = compare_distributions(f"{path}{element}", [ref[:, e]],
+                                  [got[:, e]], spec, tests, rtol, atol, draws=effective)
+    if check.figure / check.threshold >= worst.figure / worst.threshold:
+      worst = dataclasses.replace(check, path=path)
+  return worst
+
+
+def _lag1(x: np.ndarray) -> float:
+  x = x - x.mean()
+  denominator = float(np.dot(x, x))
+  return float(np.dot(x[:-1], x[1:]) / denominator) if denominator > 0 else 0.0
+
+
+def _normal_quantile(upper_tail: float) -> float:
+  """z with P(Z > z) = upper_tail (bisection on erfc; no SciPy)."""
+  low, high = 0.0, 40.0
+  for _ in range(200):
+    middle = (low + high) / 2
+    if 0.5 * math.erfc(middle / math.sqrt(2)) > upper_tail:
+      low = middle
+    else:
+      high = middle
+  return high
+
+
+def _element(spec, e: int):
+  """The bounds of element `e` of a flattened leaf, as a spec-like object (or None)."""
+  if spec is None or not hasattr(spec, "minimum"):
+    return None
+  shape = tuple(spec.shape) or (1,)
+  low = np.broadcast_to(spec.minimum, shape).reshape(-1)[e]
+  high = np.broadcast_to(spec.maximum, shape).reshape(-1)[e]
+  return types.SimpleNamespace(minimum=low, maximum=high)
 
 
 def draw_plan(fixed_batch: Optional[int]) -> tuple:

@@ -1,0 +1,215 @@
+"""TF-Agents' agent families on LiteRT: what validation once refused falsely now loads, and wrong
+models are still refused.
+
+Each policy comes from TF-Agents' own agent class (`tools/policy_zoo.py`). The
+classes of false refusal fixed here: uint8 frames bounded [0, 255] (Atari);
+noise drawn once per call and shared across the batch (TD3); randomness
+through variable state (DDPG's Ornstein-Uhlenbeck noise); samples outside the
+action bounds in TF too (PPO's collect policies, clip=False); outputs mixing a
+deterministic part with random draws (bandits' predicted rewards). For each,
+a wrong LiteRT model (converted from a mutated policy) validated against the
+right policy's TF function must be refused, naming the output.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from tf_agents.policies import py_tf_eager_policy
+from tf_agents.trajectories import time_step as ts
+
+from conftest import SavedPolicy, scaled_checkpoint, spec_inputs
+from policies import SavedModelPyTFEagerPolicy
+from policies.engines import lite_model
+from policies.engines import lite_validation
+from tools import policy_zoo
+
+FAMILIES = {
+    "td3_collect": policy_zoo.td3_collect_policy,
+    "ddpg_collect": policy_zoo.ddpg_collect_policy,
+    "ppo_clip_collect": policy_zoo.ppo_clip_collect_policy,
+    "bandit_epsilon_greedy": policy_zoo.bandit_epsilon_greedy_policy,
+}
+
+# (family, mutated builder, what the refusal says)
+MUTATIONS = [
+    ("td3_collect", lambda: policy_zoo.td3_collect_policy(noise_std=0.15),
+     r"action\[\d\]: LiteRT samples from another distribution than TF: Kolmogorov-Smirnov"),
+    ("ddpg_collect", lambda: policy_zoo.ddpg_collect_policy(ou_damping=0.3),
+     r"action\[\d\]: LiteRT's draws over consecutive calls are correlated unlike TF's"),
+    ("ppo_clip_collect", lambda: policy_zoo.ppo_clip_collect_policy(scale=1.5),
+     # its distribution parameters (info) give it away before its samples do
+     r"info/dist_params/loc: LiteRT differs from TF by up to"),
+    ("bandit_epsilon_greedy", lambda: policy_zoo.bandit_epsilon_greedy_policy(epsilon=0.2),
+     r"action: LiteRT samples from another distribution than TF: total variation"),
+    ("bandit_epsilon_greedy", lambda: policy_zoo.bandit_epsilon_greedy_policy(reward_shift=1e-3),
+     r"info/predicted_rewards_mean(\[\d\])?: LiteRT samples from another distribution than TF: "
+     r"Kolmogorov-Smirnov"),
+]
+
+
+ZOO = policy_zoo.agent_family_policies()
+# Exports whose graph has an op without a LiteRT builtin: refused by "lite", on TF with "auto".
+NO_BUILTIN = {"lin_ucb_per_arm/policy": "Einsum", "lin_ucb_per_arm/collect_policy": "Einsum"}
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+  root = tmp_path_factory.mktemp("agents")
+  made = {}
+
+  def get(name, build=None):
+    if name not in made:
+      path = os.path.join(root, name.replace("/", "__"))
+      policy = (build or ZOO.get(name) or FAMILIES[name])()
+      made[name] = SavedPolicy(name, path, policy, policy_zoo.save(policy, path), False)
+    return made[name].path
+
+  get.saved = made
+  return get
+
+
+def _load(path, **kwargs):
+  return SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, **kwargs)
+
+
+@pytest.mark.parametrize("batch_time_steps", [True, False])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_family_loads_on_lite(exports, family, batch_time_steps):
+  policy = _load(exports(family), backend="lite", batch_time_steps=batch_time_steps)
+  assert policy.backend == "lite"
+  report = policy.lite_validation
+  assert any(o.kind == "sampled" for o in report.outputs)
+  for check in report.outputs:
+    assert check.figure <= check.threshold, check
+  step = ts.restart(np.full(5, 0.3, np.float32))
+  if not batch_time_steps:
+    step = ts.restart(np.full((3, 5), 0.3, np.float32), batch_size=3)
+  policy.action(step)
+
+
+def test_ddpg_noise_flows_through_variables_and_is_found(exports):
+  """The OU noise is assigned to a variable and read back: the action counts as sampled."""
+  policy = _load(exports("ddpg_collect"), backend="lite")
+  (action,) = policy.lite_validation.outputs
+  assert action.kind == "sampled"
+  # Called repeatedly, LiteRT runs the OU process: consecutive actions are correlated.
+  step = ts.restart(np.zeros(5, np.float32))
+  actions = np.array([policy.action(step).action for _ in range(2000)])[:, 0]
+  centred = actions - actions.mean()
+  assert np.dot(centred[:-1], centred[1:]) / np.dot(centred, centred) > 0.5
+
+
+def test_ppo_samples_outside_bounds_as_tf_does(exports):
+  path = exports("ppo_clip_collect")
+  policy = _load(path, backend="lite", batch_time_steps=False)
+  reference = py_tf_eager_policy.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True,
+                                                           batch_time_steps=False)
+  step = ts.restart(np.full((20000, 5), 2.0, np.float32), batch_size=20000)
+  ours = policy.action(step).action
+  theirs = reference.action(step).action
+  outside = lambda a: np.mean(np.abs(a) > 1.0)  # noqa: E731
+  assert outside(theirs) > 0.0
+  assert abs(outside(ours) - outside(theirs)) < 0.02
+
+
+@pytest.mark.parametrize("family, mutated, message", MUTATIONS,
+                         ids=["td3_noise_x1.5", "ddpg_ou_damping", "ppo_scale_x1.5",
+                              "bandit_epsilon", "bandit_greedy_head"])
+def test_a_wrong_model_is_refused(exports, family, mutated, message):
+  right = _load(exports(family), backend="lite")
+  wrong_path = exports(f"{family}_wrong_{MUTATIONS.index((family, mutated, message))}", mutated)
+  # The mutated policy's own graph (its constants may differ) and weights, as LiteRT runs them.
+  wrong = _load(wrong_path, backend="lite")
+  model = lite_model.model_of(wrong._switch.active.call_args)  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match=message):
+    right._engine.validate(model, right._switch.active.loaded)  # pylint: disable=protected-access
+
+
+def test_atari_dqn_on_lite_equals_tf_on_random_frames(tmp_path):
+  path = str(tmp_path / "atari")
+  policy_zoo.save(policy_zoo.atari_q_policy(), path)
+  lite = _load(path, backend="lite")
+  assert lite.backend == "lite" and lite.lite_weights == "written into the model"
+  reference = py_tf_eager_policy.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True)
+  frames = np.random.default_rng(0).integers(0, 256, (200, 84, 84, 4), dtype=np.uint8)
+  ours = [int(lite.action(ts.restart(f)).action) for f in frames]
+  theirs = [int(reference.action(ts.restart(f)).action) for f in frames]
+  assert ours == theirs
+
+
+def _assert_close(got, want, what):
+  for g, w in zip(tf_nest_flatten(got), tf_nest_flatten(want)):
+    g, w = np.asarray(g), np.asarray(w)
+    if np.issubdtype(w.dtype, np.floating):
+      np.testing.assert_allclose(g, w, rtol=lite_validation.FLOAT_RTOL,
+                                 atol=lite_validation.FLOAT_ATOL, err_msg=what)
+    else:
+      np.testing.assert_array_equal(g, w, err_msg=what)
+
+
+def tf_nest_flatten(structure):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  return tf.nest.flatten(structure)
+
+
+def _deterministic(policy):
+  return all(o.kind == "deterministic" for o in policy.lite_validation.outputs)
+
+
+@pytest.mark.parametrize("batch_time_steps", [True, False])
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_every_agent_family_runs_on_lite(exports, tmp_path, name, batch_time_steps):
+  """Loads with no fallback; deterministic policies act as TF-Agents' class does (10 steps
+  with the state fed back for RNNs), before and after an update from a checkpoint."""
+  path = exports(name)
+  kwargs = dict(batch_time_steps=batch_time_steps)
+  if name in NO_BUILTIN:
+    with pytest.raises(ValueError, match=f"no LiteRT builtin for: {NO_BUILTIN[name]}"):
+      _load(path, backend="lite", **kwargs)
+    auto = _load(path, backend="auto", **kwargs)
+    assert auto.backend == "tf" and NO_BUILTIN[name] in auto.backend_reason
+    return
+  policy = _load(path, backend="lite", **kwargs)
+  assert policy.backend == "lite", policy.backend_reason
+  for check in policy.lite_validation.outputs:
+    assert check.figure <= check.threshold, check
+  reference = py_tf_eager_policy.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True,
+                                                           **kwargs)
+  outer = () if batch_time_steps else (4,)
+
+  def compare(what):
+    if not _deterministic(policy):
+      policy.action(*spec_inputs(policy, 1, outer)[0])
+      return
+    time_step, state = spec_inputs(policy, 1, outer, seed=7)[0]
+    ours_state, theirs_state = state, state
+    for step in range(10 if tf_nest_flatten(state) else 3):
+      ours = policy.action(time_step, ours_state)
+      theirs = reference.action(time_step, theirs_state)
+      _assert_close(ours.action, theirs.action, f"{name} {what} step {step}")
+      _assert_close(ours.state, theirs.state, f"{name} {what} state {step}")
+      ours_state, theirs_state = ours.state, theirs.state
+      time_step = spec_inputs(policy, 1, outer, seed=step)[0][0]
+
+  compare("export")
+  checkpoint = scaled_checkpoint(exports.saved[name], str(tmp_path / "policy_checkpoint_0002"),
+                                 0.75)
+  policy.update_from_checkpoint(checkpoint)
+  reference.update_from_checkpoint(checkpoint)
+  assert policy.backend == "lite"
+  compare("checkpoint")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_family_compiles_and_acts_without_the_saved_model(exports, tmp_path, family):
+  """compile_policy shares the validation: what loads on lite compiles."""
+  from policies import compile_policy  # pylint: disable=import-outside-toplevel
+  from policies import compiled  # pylint: disable=import-outside-toplevel
+  out = str(tmp_path / "compiled")
+  result = compile_policy(exports(family), out, load_specs_from_pbtxt=True)
+  assert any(o["kind"] == "sampled" for o in result.report["validation"]["outputs"])
+  policy = compiled.CompiledPolicy(out)
+  step = ts.restart(np.full(5, 0.3, np.float32))
+  actions = np.array([policy.action(step).action for _ in range(50)])
+  assert len({a.tobytes() for a in actions}) > 1   # it samples
