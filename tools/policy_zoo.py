@@ -218,40 +218,35 @@ def _continuous_agent_specs():
   return obs_spec, action_spec, ts.time_step_spec(obs_spec)
 
 
-def td3_collect_policy(noise_std: float = 0.1, seed: int = 0, which: str = "collect_policy"):
-  """TD3's collect policy, from TF-Agents' `Td3Agent`: Gaussian exploration noise, drawn once
-  per call and shared across the batch (`which="policy"`: the deterministic actor)."""
+def _actor_critic_policy(agent_class, seed: int, which: str, **options):
+  """`which` policy of a DDPG-style agent (`Td3Agent`, `DdpgAgent`) on 16-unit networks."""
   from tf_agents.agents.ddpg import actor_network, critic_network  # pylint: disable=import-outside-toplevel
-  from tf_agents.agents.td3 import td3_agent  # pylint: disable=import-outside-toplevel
   tf.random.set_seed(seed)
   obs_spec, action_spec, time_step_spec = _continuous_agent_specs()
-  agent = td3_agent.Td3Agent(
+  agent = agent_class(
       time_step_spec, action_spec,
       actor_network=actor_network.ActorNetwork(obs_spec, action_spec, fc_layer_params=(16,)),
       critic_network=critic_network.CriticNetwork((obs_spec, action_spec),
                                                   joint_fc_layer_params=(16,)),
       actor_optimizer=tf.keras.optimizers.Adam(), critic_optimizer=tf.keras.optimizers.Adam(),
-      exploration_noise_std=noise_std)
+      **options)
   agent.initialize()
   return getattr(agent, which)
+
+
+def td3_collect_policy(noise_std: float = 0.1, seed: int = 0, which: str = "collect_policy"):
+  """TD3's collect policy, from TF-Agents' `Td3Agent`: Gaussian exploration noise, drawn once
+  per call and shared across the batch (`which="policy"`: the deterministic actor)."""
+  from tf_agents.agents.td3 import td3_agent  # pylint: disable=import-outside-toplevel
+  return _actor_critic_policy(td3_agent.Td3Agent, seed, which, exploration_noise_std=noise_std)
 
 
 def ddpg_collect_policy(ou_damping: float = 0.15, seed: int = 0, which: str = "collect_policy"):
   """DDPG's collect policy, from TF-Agents' `DdpgAgent`: Ornstein-Uhlenbeck noise kept in
   variables (assigned and read back each call), shared across the batch (`which="policy"`:
   the deterministic actor)."""
-  from tf_agents.agents.ddpg import actor_network, critic_network, ddpg_agent  # pylint: disable=import-outside-toplevel
-  tf.random.set_seed(seed)
-  obs_spec, action_spec, time_step_spec = _continuous_agent_specs()
-  agent = ddpg_agent.DdpgAgent(
-      time_step_spec, action_spec,
-      actor_network=actor_network.ActorNetwork(obs_spec, action_spec, fc_layer_params=(16,)),
-      critic_network=critic_network.CriticNetwork((obs_spec, action_spec),
-                                                  joint_fc_layer_params=(16,)),
-      actor_optimizer=tf.keras.optimizers.Adam(), critic_optimizer=tf.keras.optimizers.Adam(),
-      ou_damping=ou_damping)
-  agent.initialize()
-  return getattr(agent, which)
+  from tf_agents.agents.ddpg import ddpg_agent  # pylint: disable=import-outside-toplevel
+  return _actor_critic_policy(ddpg_agent.DdpgAgent, seed, which, ou_damping=ou_damping)
 
 
 def ppo_clip_collect_policy(seed: int = 0, scale: float = 1.0):
