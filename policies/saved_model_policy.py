@@ -192,8 +192,7 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
   Policies whose object graph this TensorFlow cannot decode (e.g. exported
   by TF 2.3-2.12 with a TFP distribution spec it no longer reads) load from
   their flat signatures; everything works except functions added with
-  `register_function`, which raise an AttributeError saying why, and
-  `variables()`, which then returns snapshots of the checkpoint's values.
+  `register_function`, which raise an AttributeError saying why.
 
   The policy cannot be pickled or copied (it holds loaded TensorFlow state):
   pass the model path and load it where it is used.
@@ -503,6 +502,7 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
       self._push_failure = None
 
   def _swap_in_pushed(self, values: list) -> None:
+    fresh = self._standby is None
     standby = self._standby or self._load_copy()
     self._standby = standby
     if not self._switch.wait_idle(standby, _IDLE_TIMEOUT_S):
@@ -514,6 +514,8 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
         standby.loaded.copy_variables_from(self._switch.active.loaded)
         self._standby_behind = False
       standby.loaded.assign_model_variables(values)
+      if fresh:
+        self._warm_up(standby)
       self._prepare_update(standby, pushed=values)
     except Exception as e:  # pylint: disable=broad-except
       self._standby_behind = True   # partly written: bring it level next time
