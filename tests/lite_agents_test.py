@@ -40,6 +40,8 @@ MUTATIONS = [
     ("ppo_clip_collect", lambda: policy_zoo.ppo_clip_collect_policy(scale=1.5),
      # its distribution parameters (info) give it away before its samples do
      r"info/dist_params/loc: LiteRT differs from TF by up to"),
+    ("dqn_action_mask/policy", lambda: policy_zoo.masked_dqn_policy(ignore_mask=True),
+     r"action: LiteRT gives"),
     ("bandit_epsilon_greedy", lambda: policy_zoo.bandit_epsilon_greedy_policy(epsilon=0.2),
      r"action: LiteRT samples from another distribution than TF: total variation"),
     ("bandit_epsilon_greedy", lambda: policy_zoo.bandit_epsilon_greedy_policy(reward_shift=1e-3),
@@ -115,7 +117,7 @@ def test_ppo_samples_outside_bounds_as_tf_does(exports):
 
 @pytest.mark.parametrize("family, mutated, message", MUTATIONS,
                          ids=["td3_noise_x1.5", "ddpg_ou_damping", "ppo_scale_x1.5",
-                              "bandit_epsilon", "bandit_greedy_head"])
+                              "dqn_mask_ignored", "bandit_epsilon", "bandit_greedy_head"])
 def test_a_wrong_model_is_refused(exports, family, mutated, message):
   right = _load(exports(family), backend="lite")
   wrong_path = exports(f"{family}_wrong_{MUTATIONS.index((family, mutated, message))}", mutated)

@@ -287,6 +287,35 @@ def bandit_epsilon_greedy_policy(epsilon: float = 0.1, reward_shift: float = 0.0
   return agent.collect_policy
 
 
+def masked_dqn_agent(ignore_mask: bool = False):
+  """A `DqnAgent` whose observations carry an action mask
+  (`observation_and_action_constraint_splitter`); `ignore_mask`: its splitter hands on an
+  all-ones mask instead (a wrong model, for tests)."""
+  from tf_agents.agents.dqn import dqn_agent  # pylint: disable=import-outside-toplevel
+  obs_spec, _, _ = _continuous_agent_specs()
+  discrete = tensor_spec.BoundedTensorSpec((), tf.int64, 0, 2, "action")
+  masked = {"observation": obs_spec, "mask": tf.TensorSpec([3], tf.int32, "mask")}
+
+  def splitter(observation):   # also called on the observation spec
+    mask = observation["mask"]
+    if ignore_mask and not isinstance(mask, tf.TensorSpec):
+      mask = tf.ones_like(mask)
+    return observation["observation"], mask
+
+  net = q_network.QNetwork(obs_spec, discrete, fc_layer_params=(16,))
+  return dqn_agent.DqnAgent(ts.time_step_spec(masked), discrete, q_network=net,
+                            optimizer=tf.keras.optimizers.Adam(),
+                            observation_and_action_constraint_splitter=splitter)
+
+
+def masked_dqn_policy(ignore_mask: bool = False, seed: int = 0):
+  """The greedy policy of `masked_dqn_agent`."""
+  tf.random.set_seed(seed)
+  agent = masked_dqn_agent(ignore_mask)
+  agent.initialize()
+  return agent.policy
+
+
 def agent_family_policies():
   """Builders of every TF-Agents agent family's exported policies, by "<family>/<which>".
 
@@ -326,14 +355,6 @@ def agent_family_policies():
     return categorical_dqn_agent.CategoricalDqnAgent(time_step_spec, discrete,
                                                      categorical_q_network=net,
                                                      optimizer=adam())
-
-  def masked_dqn():
-    masked_obs = {"observation": obs_spec,
-                  "mask": tf.TensorSpec([3], tf.int32, "mask")}
-    net = q_network.QNetwork(obs_spec, discrete, fc_layer_params=(16,))
-    return dqn_agent.DqnAgent(
-        ts.time_step_spec(masked_obs), discrete, q_network=net, optimizer=adam(),
-        observation_and_action_constraint_splitter=lambda o: (o["observation"], o["mask"]))
 
   def sac():
     actor = actor_distribution_network.ActorDistributionNetwork(
@@ -381,7 +402,7 @@ def agent_family_policies():
 
   agents = {
       "dqn": dqn, "double_dqn": lambda: dqn(dqn_agent.DdqnAgent), "c51": c51,
-      "dqn_action_mask": masked_dqn, "sac": sac, "ppo": ppo,
+      "dqn_action_mask": masked_dqn_agent, "sac": sac, "ppo": ppo,
       "ppo_rnn": lambda: ppo(rnn=True), "ppo_categorical": lambda: ppo(action_spec=discrete),
       "reinforce": reinforce, "behavioral_cloning": behavioral_cloning,
       "lin_ucb": lambda: linear(lin_ucb_agent.LinearUCBAgent),
