@@ -7,8 +7,9 @@
 #   the LiteRT backend tests and the native engine's (call_buffers on LiteRT's
 #   C API and on the interpreter, runner pools, the fallback), the
 #   batcher's tests, threads and coroutines, and N row-gather fuzz cases
-#   (validate, call_rows, call_rows_buffers, pack_row), and the compiled
-#   policy's (plans without a TF runtime).
+#   (validate, call_rows, call_rows_buffers, pack_row), the compiled
+#   policy's (plans without a TF runtime), and the pushed-weights tests (the
+#   switch's follow path).
 #   bash tools/sanitize.sh [N] [STACK...]     (N default 5000; stacks: py311 py313)
 # Prints sanitizer reports, if any, and exits non-zero on a finding. Huge
 # inputs make ASan report "failed to allocate" warnings; those are expected
@@ -49,7 +50,8 @@ for stack in "${stacks[@]}"; do
     "$py" -c "$pytest_keras_2" tests/marshal_test.py tests/marshal_fuzz_test.py tests/action_fuzz_test.py \
       tests/lite_backend_test.py tests/litert_native_test.py tests/lite_sampling_test.py \
       tests/dynamic_batching_test.py tests/async_batching_test.py \
-      tests/rows_fuzz_test.py tests/compiled_test.py -q -p no:cacheprovider \
+      tests/rows_fuzz_test.py tests/compiled_test.py tests/pushed_weights_test.py \
+      -q -p no:cacheprovider \
       -W ignore::DeprecationWarning) || status=$?
 done
 findings="$(cat "$work"/asan* "$work"/ubsan* 2>/dev/null | grep -v 'failed to allocate' || true)"
