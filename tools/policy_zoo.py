@@ -373,15 +373,16 @@ def agent_family_policies():
       value = value_rnn_network.ValueRnnNetwork(obs_spec, input_fc_layer_params=(8,),
                                                 lstm_size=(8,), output_fc_layer_params=(8,))
     else:
-      actor = actor_distribution_network.ActorDistributionNetwork(obs_spec, action_spec,
-                                                                  fc_layer_params=(16,))
+      actor = actor_distribution_network.ActorDistributionNetwork(
+          obs_spec, action_spec, fc_layer_params=(16,),
+          discrete_projection_net=_CategoricalProjection)
       value = value_network.ValueNetwork(obs_spec, fc_layer_params=(16,))
     return ppo_agent.PPOAgent(time_step_spec, action_spec, optimizer=adam(), actor_net=actor,
                               value_net=value)
 
   def reinforce():
-    actor = actor_distribution_network.ActorDistributionNetwork(obs_spec, discrete,
-                                                                fc_layer_params=(16,))
+    actor = actor_distribution_network.ActorDistributionNetwork(
+        obs_spec, discrete, fc_layer_params=(16,), discrete_projection_net=_CategoricalProjection)
     return reinforce_agent.ReinforceAgent(time_step_spec, discrete, actor_network=actor,
                                           optimizer=adam())
 
