@@ -9,10 +9,16 @@ type must be on an allow-list of ops with no effect outside the TensorFlow
 runtime (math, NN, control flow, random, variables, tensor plumbing,
 in-memory strings and tables). The only exception is the checkpoint I/O of
 the SavedModel's own saver (`saver_def`), which the loader uses to restore
-the variables: `SaveV2`/`RestoreV2`/`MergeV2Checkpoints` are allowed in the
-functions only the saver reaches. Anything else is refused, naming the
-function (by its object-graph path, e.g. `action`, `leak`,
-`sneaky/_initialize`) and the ops, unless the caller opted in.
+the variables, and only where its paths are the loader's: in the functions
+only the saver reaches, a `RestoreV2` (restore side) or `SaveV2` /
+`MergeV2Checkpoints` (save side, which loading never runs) is allowed when
+every path it touches is the saver's filename argument, passed down through
+calls, or that filename with constant suffixes that cannot climb out of it
+(`_temp/part`, shard names). A path from a constant, from any other
+computation or from another argument is refused, as is any write on the
+restore side. Anything else is refused, naming the function (by its
+object-graph path, e.g. `action`, `leak`, `sneaky/_initialize`) and the
+ops, unless the caller opted in.
 """
 
 from __future__ import annotations
@@ -402,7 +408,8 @@ def audit(proto: saved_model_pb2.SavedModel, model_path: str,
     problems = []
     for name, ops in sorted(refused.items()):
       for fam, found in sorted(families(ops).items()):
-        problems.append(f"{_describe(name)} uses {fam} ops ({', '.join(sorted(found))})")
+        where = " on paths other than the loader's filename" if fam == "checkpoint I/O" else ""
+        problems.append(f"{_describe(name)} uses {fam} ops ({', '.join(sorted(found))}){where}")
     raise UnsafeGraphError(
         f"refusing to load {model_path}: " + "; ".join(problems) +
         ". Nothing from it was run. Pass allow_unsafe_ops=True if you trust this SavedModel.")
@@ -441,12 +448,17 @@ def _audit_meta_graph(meta_graph, ops_by_function, refused) -> None:
     other_starts.extend(functions)
   saver_only = _reachable(library, saver_starts) - _reachable(library, other_starts)
 
-  def bad(op: str, in_saver: bool) -> bool:
-    return op not in ALLOWED_OPS and not (in_saver and op in SAVER_OPS)
+  safe_io = _loader_path_checkpoint_io(meta_graph, library)
+
+  def bad(node, function: str) -> bool:
+    if node.op in ALLOWED_OPS or node.op in library:
+      return False
+    return not (node.op in SAVER_OPS and (function, node.name) in safe_io and
+                (function == "" or function in saver_only))
 
   direct_ops = _direct_ops(library)
-  direct_bad = {name: {op for op in ops if bad(op, name in saver_only)}
-                for name, ops in direct_ops.items()}
+  direct_bad = {name: {n.op for n in f.node_def if bad(n, name)}
+                for name, f in library.items()}
 
   # Each function is reported under the first (shortest) name that reaches it.
   owner: Dict[str, str] = {}
@@ -467,7 +479,7 @@ def _audit_meta_graph(meta_graph, ops_by_function, refused) -> None:
     own = {node.op} - set(library)
     if in_saver:
       saver_ops |= own.union(*(direct_ops[f] for f in reach))
-    own_bad = {op for op in own if bad(op, in_saver)}
+    own_bad = {node.op} if bad(node, "") else set()
     if own_bad:
       refused.setdefault(name, set()).update(own_bad)
   if saver_ops:
@@ -476,3 +488,90 @@ def _audit_meta_graph(meta_graph, ops_by_function, refused) -> None:
   for f, ops in direct_bad.items():
     if ops:
       refused.setdefault(owner.get(f, f"library function '{f}'"), set()).update(ops)
+
+
+# Checkpoint ops by side, and which of their inputs are paths.
+_RESTORE_IO = {"RestoreV2": (0,), "Restore": (0,), "RestoreSlice": (0,),
+               "ShardedFilename": (0,), "ShardedFilespec": (0,)}
+_SAVE_IO = dict(_RESTORE_IO, SaveV2=(0,), Save=(0,), SaveSlices=(0,),
+                MergeV2Checkpoints=(0, 1))
+_PATH, _SUFFIX = "path", "suffix"
+
+
+def _loader_path_checkpoint_io(meta_graph, library) -> Set[Tuple[str, str]]:
+  """(function name or "" for the graph, node name) of the saver's checkpoint ops whose
+  every path is the loader's filename (see the module docstring); none that fail anywhere."""
+  saver_def = meta_graph.saver_def
+  graph_def = meta_graph.graph_def
+  filename = _node_name(saver_def.filename_tensor_name)
+  checked: Set[Tuple[str, str]] = set()
+  failed: Set[Tuple[str, str]] = set()
+  done: Set[Tuple[str, frozenset, bool]] = set()
+  graph_nodes = {n.name: n for n in graph_def.node}
+
+  def walk(function: str, nodes: Dict[str, object], paths: frozenset, allowed: dict) -> None:
+    kinds: Dict[str, Optional[str]] = {}
+    for node in nodes.values():
+      if node.op in SAVER_OPS:
+        data = _data_inputs(node)
+        ok = node.op in allowed and all(
+            i < len(data) and _path_kind(data[i], nodes, paths, kinds) == _PATH
+            for i in allowed[node.op])
+        (checked if ok else failed).add((function, node.name))
+      for callee in _called_functions(node, library):
+        callee_def = library[callee]
+        arg_paths = frozenset()
+        if callee == node.op or node.op in _OutputDependencies._CALL_OPS:
+          data = _data_inputs(node)
+          arg_paths = frozenset(
+              a.name for a, ref in zip(callee_def.signature.input_arg, data)
+              if _path_kind(ref, nodes, paths, kinds) == _PATH)
+        key = (callee, arg_paths, allowed is _SAVE_IO)
+        if key not in done:
+          done.add(key)
+          walk(callee, {n.name: n for n in callee_def.node_def}, arg_paths, allowed)
+
+  for side, allowed in ((saver_def.restore_op_name, _RESTORE_IO),
+                        (saver_def.save_tensor_name, _SAVE_IO)):
+    if not side:
+      continue
+    closure = _saver_nodes(graph_def, type(saver_def)(save_tensor_name=side))
+    nodes = {name: graph_nodes[name] for name in closure}
+    walk("", nodes, frozenset({filename}) if filename in nodes else frozenset(), allowed)
+  return checked - failed
+
+
+def _data_inputs(node) -> List[str]:
+  return [i for i in node.input if not i.startswith("^")]
+
+
+def _path_kind(ref: str, nodes: Dict[str, object], paths: frozenset,
+               kinds: Dict[str, Optional[str]], depth: int = 0) -> Optional[str]:
+  """_PATH (the loader's filename, or it with safe suffixes), _SUFFIX (a constant that
+  cannot leave a directory) or None, for a tensor reference inside `nodes`."""
+  name = _node_name(ref)
+  if name in paths:
+    return _PATH
+  if name in kinds:
+    return kinds[name]
+  node = nodes.get(name)
+  kinds[name] = None          # cycles and unknown nodes are not paths
+  if node is None or depth > 64:
+    return None
+  inputs = [_path_kind(i, nodes, paths, kinds, depth + 1) for i in _data_inputs(node)]
+  kind = None
+  if node.op == "Const":
+    tensor = node.attr["value"].tensor
+    if tensor.dtype == 7 and all(b".." not in v for v in tensor.string_val):   # DT_STRING
+      kind = _SUFFIX
+  elif node.op in ("Identity", "ShardedFilename", "ShardedFilespec") and inputs:
+    kind = inputs[0] if node.op == "Identity" else (_PATH if inputs[0] == _PATH else None)
+  elif node.op == "StringJoin" and inputs and b".." not in node.attr["separator"].s:
+    if all(k in (_PATH, _SUFFIX) for k in inputs) and _PATH not in inputs[1:]:
+      kind = inputs[0]
+  elif node.op in ("Select", "SelectV2") and len(inputs) == 3 and inputs[1] == inputs[2]:
+    kind = inputs[1]
+  elif node.op == "Pack" and inputs and all(k == _PATH for k in inputs):
+    kind = _PATH
+  kinds[name] = kind
+  return kind

@@ -7,6 +7,8 @@ import sys
 import pytest
 import tensorflow as tf
 
+import hostile_models
+
 from policies import SavedModelPyTFEagerPolicy, UnsafeGraphError
 from policies import graph_audit
 from tools import policy_cli
@@ -197,6 +199,44 @@ def test_the_default_and_legacy_exports_load_without_opt_in(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   legacy = SavedModelPyTFEagerPolicy(str(tmp_path / "policy"), load_specs_from_pbtxt=True)
   assert legacy.load_mode.startswith("flat signatures only")
+
+
+@pytest.fixture(scope="module")
+def plain_export(tmp_path_factory):
+  return _export(tmp_path_factory.mktemp("plain") / "p")
+
+
+def _forge_restore_write(plain_export, tmp_path, variant, flat):
+  watched = tmp_path / "watched"
+  watched.mkdir()
+  proto = hostile_models.add_restore_write(hostile_models.read(plain_export),
+                                           str(watched / "stolen"), variant)
+  return hostile_models.write(plain_export, str(tmp_path / "forged"), proto,
+                              flat_signatures_only=flat), watched
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["object graph", "flat signatures"])
+@pytest.mark.parametrize("variant", hostile_models.RESTORE_WRITES)
+def test_checkpoint_io_in_the_saver_on_a_path_not_the_loaders_is_refused(
+    plain_export, tmp_path, variant, flat):
+  path, watched = _forge_restore_write(plain_export, tmp_path, variant, flat)
+  for backend in ("tf", "lite", "auto"):
+    with pytest.raises(UnsafeGraphError, match=r"saver uses checkpoint I/O ops \(SaveV2\) on paths "
+                                               r"other than the loader's filename"):
+      SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, backend=backend)
+  assert not os.listdir(watched)
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["object graph", "flat signatures"])
+@pytest.mark.parametrize("variant", hostile_models.RESTORE_WRITES[:3])
+def test_the_forged_saver_writes_when_the_audit_is_waived(plain_export, tmp_path, variant, flat):
+  """The forgeries above are real: past the audit, LiteRT's converter runs the restore
+  function through TF's loader, and the file appears."""
+  path, watched = _forge_restore_write(plain_export, tmp_path, variant, flat)
+  policy = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, backend="lite",
+                                     allow_unsafe_ops=True)
+  assert policy.load_mode.startswith("flat signatures" if flat else "object graph")
+  assert sorted(os.listdir(watched)) == ["stolen.data-00000-of-00001", "stolen.index"]
 
 
 def test_the_allow_list_has_no_op_that_reaches_outside():
