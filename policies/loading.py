@@ -280,7 +280,14 @@ class SavedModelSource:
       if _UNDECODABLE_SPEC.search(str(e)):
         return SignaturePolicy(self, policy_specs, reason=reason)
       raise ValueError(f"cannot load SavedModel {self.path}: {reason}") from None
-    return ObjectGraphPolicy(self.path, saved)
+    try:
+      return ObjectGraphPolicy(self.path, saved)
+    except (AttributeError, TypeError, KeyError, IndexError) as e:
+      # An object graph whose children are not what PolicySaver writes (e.g.
+      # edges forming cycles, or a function's name bound to another object).
+      raise ValueError(f"{storage.join(self.path, SAVED_MODEL_FILE)}: its object graph is not "
+                       f"a PolicySaver export's: {type(e).__name__}: "
+                       f"{storage.first_line(e)}") from None
 
   def release(self) -> None:
     """Drops the in-memory snapshot (and the bytes of saved_model.pb)."""

@@ -280,7 +280,9 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
       self._warm_up(active)
     except tf.errors.OpError as e:
       if not single_threaded_executor:
-        raise
+        # A forged graph whose functions disagree with their own signatures.
+        raise ValueError(f"{model_path}: its action graph does not run on inputs of its "
+                         f"specs: {storage.first_line(e)}") from None
       raise ValueError(f"{model_path}: its action graph cannot run with "
                        f"single_threaded_executor=True: {e.message.splitlines()[0]}") from None
     self._requested_backend = backend

@@ -322,6 +322,37 @@ def flatbuffer_flips(workdir):
   return counts
 
 
+# -- Object graph ------------------------------------------------------------------
+
+
+def _object_graph(workdir, edit) -> str:
+  import hostile_models  # pylint: disable=import-outside-toplevel
+  proto = hostile_models.read(SOURCE)
+  edit(proto.meta_graphs[0].object_graph_def.nodes)
+  return hostile_models.write(SOURCE, os.path.join(workdir, "policy"), proto)
+
+
+def _child_named(nodes, parent: int, name: str):
+  return next(c for c in nodes[parent].children if c.local_name == name)
+
+
+def object_graph_cycle(workdir):
+  """Every child of the root's `get_initial_state` points back at the root."""
+  def edit(nodes):
+    child = _child_named(nodes, 0, "get_initial_state")
+    child.node_id = 0
+  return _result(_policy(_object_graph(workdir, edit)))
+
+
+def object_graph_self_loops(workdir):
+  """Each node with children gets a child that is itself."""
+  def edit(nodes):
+    for i, node in enumerate(nodes):
+      if node.children:
+        node.children.add(node_id=i, local_name="self")
+  return _result(_policy(_object_graph(workdir, edit)))
+
+
 CASES = [name for name, value in list(globals().items())
          if callable(value) and getattr(value, "__module__", None) == __name__
          and not name.startswith("_") and name not in ("fuzz", "lite_model_of")]

@@ -101,3 +101,8 @@ def test_fuzzed_saved_model_pb_loads_or_raises_our_errors():
          if not (o.kind == "ok" or o.is_error(*OUR_ERRORS) and o.message)
          or o.child_max_rss_mb >= MAX_RSS_MB]
   assert not bad, "\n".join(bad[:20])
+
+
+@pytest.mark.parametrize("case", ["object_graph_cycle", "object_graph_self_loops"])
+def test_object_graph_cycles_are_value_errors_naming_the_file(outcomes, case):
+  _refused(outcomes[case], "policy")
