@@ -353,6 +353,49 @@ def object_graph_self_loops(workdir):
   return _result(_policy(_object_graph(workdir, edit)))
 
 
+# -- The converter child -----------------------------------------------------------
+
+
+def _with_convert_timeout(workdir, backend):
+  from policies.engines import lite_converter  # pylint: disable=import-outside-toplevel
+  os.environ[lite_converter.TIMEOUT_ENV] = "0.05"
+  try:
+    return _result(_policy(_copy(workdir), backend, workdir))
+  finally:
+    del os.environ[lite_converter.TIMEOUT_ENV]
+
+
+def converter_timeout_lite(workdir):
+  return _with_convert_timeout(workdir, "lite")
+
+
+def converter_timeout_auto(workdir):
+  return _with_convert_timeout(workdir, "auto")
+
+
+def converter_crash_lite(workdir):
+  """The converter child dies mid-conversion (killed as a crash would): our ValueError."""
+  import signal  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+  from policies.engines import lite_converter  # pylint: disable=import-outside-toplevel
+
+  def kill_soon():
+    for _ in range(200):
+      child = lite_converter._child  # pylint: disable=protected-access
+      if child is not None:
+        os.kill(child.process.pid, signal.SIGSEGV)
+        return
+      threading.Event().wait(0.01)
+
+  lite_converter.shutdown()
+  killer = threading.Thread(target=kill_soon)
+  killer.start()
+  try:
+    return _result(_policy(_copy(workdir), "lite", workdir))
+  finally:
+    killer.join()
+
+
 CASES = [name for name, value in list(globals().items())
          if callable(value) and getattr(value, "__module__", None) == __name__
          and not name.startswith("_") and name not in ("fuzz", "lite_model_of")]

@@ -106,3 +106,15 @@ def test_fuzzed_saved_model_pb_loads_or_raises_our_errors():
 @pytest.mark.parametrize("case", ["object_graph_cycle", "object_graph_self_loops"])
 def test_object_graph_cycles_are_value_errors_naming_the_file(outcomes, case):
   _refused(outcomes[case], "policy")
+
+
+def test_converter_timeout_is_a_value_error_on_lite(outcomes):
+  _refused(outcomes["converter_timeout_lite"], "policy", "did not finish")
+
+
+def test_converter_timeout_falls_back_to_tf_on_auto(outcomes):
+  _loaded(outcomes["converter_timeout_auto"], "tf")
+
+
+def test_converter_crash_is_a_value_error_on_lite(outcomes):
+  _refused(outcomes["converter_crash_lite"], "policy", "converter crashed", "signal 11")

@@ -40,6 +40,7 @@ from policies import loading
 from policies import marshaling_plan
 from policies import storage
 from policies.engines import lite_checks
+from policies.engines import lite_converter
 from policies.engines import lite_model
 from policies.engines import lite_rewrites
 from policies.engines import lite_validation
@@ -122,21 +123,19 @@ def write_saved_model_values(saved_model_pb: bytes, values: dict, directory: str
 def convert(directory: str, what: str) -> bytes:
   """A LiteRT flatbuffer of the SavedModel's `action` signature, builtin ops only.
 
+  Runs in the converter child (`lite_converter`): a converter crash or hang
+  is a ValueError here, never the caller's death.
+
   Raises:
-    ValueError: naming the ops that have no LiteRT builtin, when that is why.
+    ValueError: naming the ops that have no LiteRT builtin, when that is why;
+      the converter crashed or passed its time limit.
   """
-  try:
-    with _quiet_tf_logging(), _stderr_to_debug_log():
-      converter = tf.lite.TFLiteConverter.from_saved_model(directory, signature_keys=["action"])
-      converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-      return converter.convert()
-  except Exception as e:  # pylint: disable=broad-except
-    ops = sorted(set(_BLOCKING_OP.findall(str(e))))
-    if ops:
-      raise ValueError(f"{what}: cannot convert 'action' to LiteRT with builtin ops only; "
-                       f"no LiteRT builtin for: {', '.join(ops)}") from None
-    first = storage.first_line(e).replace(directory, what)
-    raise ValueError(f"{what}: cannot convert 'action' to LiteRT: {first}") from None
+  files = {}
+  for root, _, names in tf.io.gfile.walk(directory):
+    for name in names:
+      path = storage.join(root, name)
+      files[path[len(directory):].strip("/")] = storage.read_bytes(path)
+  return lite_converter.convert_files(files, what)
 
 
 def cache_key(fingerprint: str, directory: str) -> str:
