@@ -2,7 +2,7 @@
 
 TF's `TFLiteConverter` runs MLIR passes over an untrusted graph; some inputs
 kill the process or never finish. Conversions therefore run in one persistent
-child per process (`python -m policies.engines.lite_converter`), started on
+child per process (`python .../lite_converter.py`), started on
 the first conversion (a load served from the conversion cache never starts
 it) and reused after, under an address-space limit (RLIMIT_AS) and a time
 limit per conversion. A crash or a timeout is a ValueError naming the model;
@@ -61,7 +61,9 @@ class _Child:
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     self.stderr = tempfile.TemporaryFile()
     self.process = subprocess.Popen(
-        [sys.executable, "-m", "policies.engines.lite_converter"], stdin=subprocess.PIPE,
+        # By file, not `-m`: the child imports nothing of ours, so no other
+        # `policies` package on the path can stand in for this one.
+        [sys.executable, os.path.abspath(__file__)], stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=self.stderr, preexec_fn=limits, env=env)
 
   def ask(self, request: bytes, timeout: float) -> Optional[bytes]:
