@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import os
 import re
 import uuid
 import weakref
@@ -52,10 +53,12 @@ from policies import storage
 
 SAVED_MODEL_FILE = "saved_model.pb"
 VARIABLES_PREFIX = f"{tf.saved_model.VARIABLES_DIRECTORY}/{tf.saved_model.VARIABLES_FILENAME}"
-# What a loaded copy needs from the SavedModel directory, besides saved_model.pb.
-_SNAPSHOT_PARTS = (tf.saved_model.VARIABLES_DIRECTORY, tf.saved_model.ASSETS_DIRECTORY,
-                   "fingerprint.pb")
+# A checkpoint index larger than this is refused (real ones are kilobytes).
+MAX_INDEX_BYTES = 64 * 2**20
+# More data shards than this in a checkpoint header is refused.
+MAX_SHARDS = 4096
 
+_FINGERPRINT_FILE = "fingerprint.pb"
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
 # How TF reports a saved TypeSpec it cannot decode (older exports, or a spec
@@ -105,6 +108,101 @@ def model_variable_key(index: int) -> str:
   return f"model_variables/{index}/.ATTRIBUTES/VARIABLE_VALUE"
 
 
+def _varint(data: bytes, at: int) -> tuple:
+  value = shift = 0
+  while True:
+    if at >= len(data) or shift > 63:
+      raise ValueError("truncated varint")
+    byte = data[at]
+    value |= (byte & 0x7F) << shift
+    at, shift = at + 1, shift + 7
+    if not byte & 0x80:
+      return value, at
+
+
+def checkpoint_num_shards(index_path: str, index: bytes) -> int:
+  """The data shard count in a checkpoint index's header (`BundleHeaderProto`).
+
+  The header is the table's first entry (the empty key), at the start of its
+  first, uncompressed data block: varints shared=0, unshared=0, value length,
+  then the proto.
+
+  Raises:
+    ValueError: naming `index_path`, when it holds no readable header.
+  """
+  from tensorflow.core.protobuf import tensor_bundle_pb2  # pylint: disable=import-outside-toplevel
+  try:
+    shared, at = _varint(index, 0)
+    unshared, at = _varint(index, at)
+    length, at = _varint(index, at)
+    if shared or unshared or at + length > len(index):
+      raise ValueError("no header entry first")
+    header = tensor_bundle_pb2.BundleHeaderProto()
+    header.ParseFromString(index[at:at + length])
+  except Exception as e:  # pylint: disable=broad-except  (DecodeError and ours)
+    raise ValueError(f"corrupt checkpoint index {index_path}: {e}") from None
+  if not 0 <= header.num_shards <= MAX_SHARDS:
+    raise ValueError(f"corrupt checkpoint index {index_path}: num_shards "
+                     f"{header.num_shards} (at most {MAX_SHARDS})")
+  return header.num_shards
+
+
+def checkpoint_files(prefix: str) -> Dict[str, bytes]:
+  """The files of the checkpoint at `prefix` that TF reads, by suffix (".index",
+  ".data-00000-of-00001", ...), each read as a size-limited regular file.
+
+  Only the index and the data shards its header names are read: nothing else
+  beside them (a FIFO, a device, a huge file) is touched.
+
+  Raises:
+    FileNotFoundError: the index or a data shard is missing.
+    ValueError: naming the file: not a regular file, too large, or a corrupt index.
+  """
+  index_path = prefix + ".index"
+  index = storage.read_bytes(index_path, MAX_INDEX_BYTES)
+  files = {".index": index}
+  shards = checkpoint_num_shards(index_path, index)
+  for shard in range(shards):
+    suffix = f".data-{shard:05d}-of-{shards:05d}"
+    files[suffix] = storage.read_bytes(prefix + suffix)
+  return files
+
+
+def snapshot_checkpoint(prefix: str, target_prefix: str) -> None:
+  """Copies the checkpoint at `prefix` (its referenced files only) to `target_prefix`."""
+  files = checkpoint_files(prefix)
+  try:
+    tf.io.gfile.makedirs(target_prefix.rsplit("/", 1)[0])
+    for suffix, data in files.items():
+      with tf.io.gfile.GFile(target_prefix + suffix, "wb") as f:
+        f.write(data)
+  except tf.errors.OpError as e:
+    raise ValueError(f"cannot snapshot checkpoint {prefix}: {storage.first_line(e)}") from None
+
+
+def asset_files(proto: saved_model_pb2.SavedModel) -> List[str]:
+  """The files under assets/ the SavedModel names (MetaGraphDef.asset_file_def, which the
+  object graph's asset nodes index), relative to assets/.
+
+  Raises:
+    ValueError: a name that leaves assets/ or an asset node with a bad index.
+  """
+  meta_graph = proto.meta_graphs[0]
+  names = [a.filename for a in meta_graph.asset_file_def]
+  for node in meta_graph.object_graph_def.nodes:
+    if node.WhichOneof("kind") == "asset":
+      index = node.asset.asset_file_def_index
+      if not 0 <= index < len(names):
+        raise ValueError(f"saved_model.pb: an asset node names asset_file_def[{index}] of "
+                         f"{len(names)}")
+  for name in names:
+    parts = name.split("/")
+    if not name or name.startswith("/") or "://" in name or ".." in parts:
+      raise ValueError(f"saved_model.pb: asset_file_def filename {name!r} is not a file "
+                       "under assets/")
+  return sorted(set(names))
+
+
 class SavedModelSource:
   """The audited bytes of one SavedModel, from which every copy of it loads.
 
@@ -124,18 +222,32 @@ class SavedModelSource:
     self.fingerprint = hashlib.sha256(pb_bytes).hexdigest()
     self.snapshot: Optional[str] = f"ram://policy_runtime/{uuid.uuid4().hex}"
     try:
-      tf.io.gfile.makedirs(self.snapshot)
-      with tf.io.gfile.GFile(storage.join(self.snapshot, SAVED_MODEL_FILE), "wb") as f:
-        f.write(pb_bytes)
-      for part in _SNAPSHOT_PARTS:
-        source = storage.join(model_path, part)
-        if storage.is_dir(source):
-          storage.copy_tree(source, storage.join(self.snapshot, part))
-        elif storage.exists(source):
-          tf.io.gfile.copy(source, storage.join(self.snapshot, part), overwrite=True)
+      # Only what the SavedModel references: variables' index and the shards
+      # it names, the assets the graph names, fingerprint.pb. Each is a
+      # regular file read with a size limit; nothing else there is touched.
+      files = {SAVED_MODEL_FILE: pb_bytes}
+      variables_prefix = storage.join(model_path, VARIABLES_PREFIX)
+      if storage.exists(variables_prefix + ".index") or storage.is_local(model_path) and \
+          os.path.lexists(variables_prefix + ".index"):
+        for suffix, data in checkpoint_files(variables_prefix).items():
+          files[VARIABLES_PREFIX + suffix] = data
+      for name in asset_files(proto):
+        part = f"{tf.saved_model.ASSETS_DIRECTORY}/{name}"
+        files[part] = storage.read_bytes(storage.join(model_path, part))
+      fingerprint = storage.join(model_path, _FINGERPRINT_FILE)
+      if storage.exists(fingerprint):
+        files[_FINGERPRINT_FILE] = storage.read_bytes(fingerprint, MAX_INDEX_BYTES)
+      for part, data in files.items():
+        path = storage.join(self.snapshot, part)
+        tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
+        with tf.io.gfile.GFile(path, "wb") as f:
+          f.write(data)
     except tf.errors.OpError as e:
       self.release()
       raise ValueError(f"cannot read SavedModel {model_path}: {storage.first_line(e)}") from None
+    except BaseException:
+      self.release()
+      raise
     self._finalizer = weakref.finalize(self, storage.remove_tree, self.snapshot)
 
   @classmethod
@@ -168,7 +280,14 @@ class SavedModelSource:
       if _UNDECODABLE_SPEC.search(str(e)):
         return SignaturePolicy(self, policy_specs, reason=reason)
       raise ValueError(f"cannot load SavedModel {self.path}: {reason}") from None
-    return ObjectGraphPolicy(self.path, saved)
+    try:
+      return ObjectGraphPolicy(self.path, saved)
+    except (AttributeError, TypeError, KeyError, IndexError) as e:
+      # An object graph whose children are not what PolicySaver writes (e.g.
+      # edges forming cycles, or a function's name bound to another object).
+      raise ValueError(f"{storage.join(self.path, SAVED_MODEL_FILE)}: its object graph is not "
+                       f"a PolicySaver export's: {type(e).__name__}: "
+                       f"{storage.first_line(e)}") from None
 
   def release(self) -> None:
     """Drops the in-memory snapshot (and the bytes of saved_model.pb)."""

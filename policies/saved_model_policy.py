@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import threading
+import uuid
 import weakref
 from typing import Any, Optional
 
@@ -279,7 +280,9 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
       self._warm_up(active)
     except tf.errors.OpError as e:
       if not single_threaded_executor:
-        raise
+        # A forged graph whose functions disagree with their own signatures.
+        raise ValueError(f"{model_path}: its action graph does not run on inputs of its "
+                         f"specs: {storage.first_line(e)}") from None
       raise ValueError(f"{model_path}: its action graph cannot run with "
                        f"single_threaded_executor=True: {e.message.splitlines()[0]}") from None
     self._requested_backend = backend
@@ -553,6 +556,22 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     if not storage.exists(prefix + ".index"):
       raise checkpoint_errors.CheckpointNotFoundError(
           f"checkpoint index file not found: {prefix}.index")
+    # Restored from an in-memory copy of the files the index references, each
+    # read as a size-limited regular file (no FIFO, device or huge file waits
+    # or blows up the restore).
+    scratch = f"ram://policy_runtime/checkpoint-{uuid.uuid4().hex}"
+    try:
+      try:
+        loading.snapshot_checkpoint(prefix, storage.join(scratch, loading.VARIABLES_PREFIX))
+      except (ValueError, FileNotFoundError) as e:
+        raise checkpoint_errors.CheckpointRestoreError(
+            f"cannot restore checkpoint {checkpoint_path}: {e}") from None
+      self._restore_checkpoint(checkpoint_path,
+                               storage.join(scratch, loading.VARIABLES_PREFIX))
+    finally:
+      storage.remove_tree(scratch)
+
+  def _restore_checkpoint(self, checkpoint_path: str, prefix: str) -> None:
     with self._update_lock:
       if self._pushed is not None and self._switch.stale:
         try:

@@ -39,6 +39,8 @@ from policies import graph_audit
 from policies import loading
 from policies import marshaling_plan
 from policies import storage
+from policies.engines import lite_checks
+from policies.engines import lite_converter
 from policies.engines import lite_model
 from policies.engines import lite_rewrites
 from policies.engines import lite_validation
@@ -48,6 +50,8 @@ from policies.engines import lite_weights
 FLOAT_RTOL = lite_validation.FLOAT_RTOL
 FLOAT_ATOL = lite_validation.FLOAT_ATOL
 CACHE_ENV = "POLICY_RUNTIME_CACHE_DIR"
+# The largest tensor a converted model may declare (lite_checks).
+MAX_TENSOR_BYTES = 2**30
 
 _CACHE_MAGIC = b"policy_runtime.lite.v3\n"
 _BLOCKING_OP = re.compile(r"'tf\.(\w+)' op is neither a custom op nor a flex op")
@@ -119,21 +123,19 @@ def write_saved_model_values(saved_model_pb: bytes, values: dict, directory: str
 def convert(directory: str, what: str) -> bytes:
   """A LiteRT flatbuffer of the SavedModel's `action` signature, builtin ops only.
 
+  Runs in the converter child (`lite_converter`): a converter crash or hang
+  is a ValueError here, never the caller's death.
+
   Raises:
-    ValueError: naming the ops that have no LiteRT builtin, when that is why.
+    ValueError: naming the ops that have no LiteRT builtin, when that is why;
+      the converter crashed or passed its time limit.
   """
-  try:
-    with _quiet_tf_logging(), _stderr_to_debug_log():
-      converter = tf.lite.TFLiteConverter.from_saved_model(directory, signature_keys=["action"])
-      converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-      return converter.convert()
-  except Exception as e:  # pylint: disable=broad-except
-    ops = sorted(set(_BLOCKING_OP.findall(str(e))))
-    if ops:
-      raise ValueError(f"{what}: cannot convert 'action' to LiteRT with builtin ops only; "
-                       f"no LiteRT builtin for: {', '.join(ops)}") from None
-    first = storage.first_line(e).replace(directory, what)
-    raise ValueError(f"{what}: cannot convert 'action' to LiteRT: {first}") from None
+  files = {}
+  for root, _, names in tf.io.gfile.walk(directory):
+    for name in names:
+      path = storage.join(root, name)
+      files[path[len(directory):].strip("/")] = storage.read_bytes(path)
+  return lite_converter.convert_files(files, what)
 
 
 def cache_key(fingerprint: str, directory: str) -> str:
@@ -144,6 +146,22 @@ def cache_key(fingerprint: str, directory: str) -> str:
     digest.update(path[len(prefix):].encode())
     digest.update(storage.read_bytes(path))
   return digest.hexdigest()
+
+
+def _expected_io(specs, input_names: list, output_names: list) -> tuple:
+  """(inputs, outputs) for `lite_checks.check_model_io`: (name, numpy dtype, [-1, *shape])
+  per leaf of the specs, in `loading.action_signature_names` order."""
+  def leaves(*nests):
+    found = []
+    for nest in nests:
+      for spec in tf.nest.flatten(nest):
+        found.append((np.dtype(tf.as_dtype(spec.dtype).as_numpy_dtype),
+                      [-1] + [int(d) if d is not None else -1 for d in spec.shape]))
+    return found
+  ins = leaves(specs.time_step_spec, specs.policy_state_spec)
+  outs = leaves(specs.action_spec, specs.policy_state_spec, specs.info_spec)
+  return ([(n, d, s) for n, (d, s) in zip(input_names, ins)],
+          [(n, d, s) for n, (d, s) in zip(output_names, outs)])
 
 
 class ConversionCache:
@@ -222,6 +240,8 @@ class LiteEngine:
     self._output_names = [None] * len(outputs)        # by output index
     for name, index in zip(outputs, function.output_indices or range(len(outputs))):
       self._output_names[index] = name
+    self._expected_io = _expected_io(specs, inputs, outputs)
+    self._checked = set()                  # SHA-256 of flatbuffers that passed the checks
     self.call = plan.native_call_buffers   # call(time_step, policy_state, lease, release)
     self.last_conversion = None            # "converted" or "cache hit", for tests and logs
     self.conversions = 0                   # converter runs, for tests and logs
@@ -315,12 +335,7 @@ class LiteEngine:
   def _filled_model(self, values: dict) -> lite_model.LiteModel:
     """The learnt model with `values` in its weight buffers (raises NotFollowable)."""
     flatbuffer = self._weights.fill(values)
-    try:
-      model = lite_model.LiteModel(flatbuffer, self._input_names, self._output_names,
-                                   self._plan.fixed_batch_size or 1, layout=self._layout)
-    except (ValueError, RuntimeError) as e:
-      raise ValueError(f"{self._what}: the LiteRT model does not load: "
-                       f"{str(e).strip().splitlines()[0]}") from None
+    model = self._model(flatbuffer, layout=self._layout)
     self._layout = model.layout
     return model
 
@@ -342,18 +357,36 @@ class LiteEngine:
       self.conversions += 1
     finally:
       storage.remove_tree(directory)
-    try:
-      model = self._model(flatbuffer)
-    except (ValueError, RuntimeError) as e:
-      raise ValueError(f"{self._what}: the LiteRT model does not load: "
-                       f"{str(e).strip().splitlines()[0]}") from None
+    model = self._model(flatbuffer)
     self.cache.put(key, flatbuffer)
     self.last_conversion = "converted"
     return model
 
-  def _model(self, flatbuffer: bytes) -> lite_model.LiteModel:
-    return lite_model.LiteModel(flatbuffer, self._input_names, self._output_names,
-                     self._plan.fixed_batch_size or 1)
+  def _model(self, flatbuffer: bytes, layout: Optional[tuple] = None) -> lite_model.LiteModel:
+    """The model, once its signature matches the specs (`lite_checks`); ValueError if not."""
+    try:
+      self._check(flatbuffer, layout is not None)
+      return lite_model.LiteModel(flatbuffer, self._input_names, self._output_names,
+                                  self._plan.fixed_batch_size or 1, layout=layout)
+    except Exception as e:  # pylint: disable=broad-except  (a malformed model: never a crash)
+      lines = str(e).strip().splitlines()
+      raise ValueError(f"{self._what}: the LiteRT model does not load: "
+                       f"{lines[0] if lines else type(e).__name__}") from None
+
+  def _check(self, flatbuffer: bytes, same_graph: bool) -> None:
+    """Runs `lite_checks` on a model before anything runs it.
+
+    A model filled with other weights (`same_graph`: it reuses a checked
+    model's layout) differs from that one only in its weight bytes: not read again.
+    """
+    if same_graph:
+      return
+    digest = hashlib.sha256(flatbuffer).digest()
+    if digest in self._checked:
+      return
+    inputs, outputs = self._expected_io
+    lite_checks.check_model_io(flatbuffer, inputs, outputs, MAX_TENSOR_BYTES)
+    self._checked.add(digest)
 
   def validate(self, model: lite_model.LiteModel, loaded: loading.LoadedPolicy) -> None:
     """Raises ValueError unless LiteRT behaves like TF (see lite_validation)."""
