@@ -126,7 +126,13 @@ class CopySwitch {
 
   void FollowIfStale() {
     if (!stale_.load(std::memory_order_relaxed) || follow_.is_none()) return;
-    follow_();
+    try {
+      follow_();
+    } catch (py::error_already_set&) {
+      // Interrupted or failed wherever it was: the next call follows again.
+      stale_.store(true, std::memory_order_release);
+      throw;
+    }
   }
 
   Slot* Find(py::handle copy) const {

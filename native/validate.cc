@@ -41,6 +41,34 @@ std::string ExtraKey(const Node& node, PyObject* dict) {
   return "?";
 }
 
+// A mapping's error (not an interrupt) becomes a ValueError naming the field.
+[[noreturn]] void RaiseFromMapping(const std::string& path, const std::string& what) {
+  if (!PyErr_ExceptionMatches(PyExc_Exception)) throw py::error_already_set();
+  py::error_already_set error;
+  Raise(PyExc_ValueError, path + ": the mapping raised " + what + ": " +
+                              std::string(error.type().attr("__name__").cast<std::string>()) +
+                              ": " + py::str(error.value()).cast<std::string>());
+}
+
+py::object CopyMapping(const Node& node, PyObject* mapping) {
+  auto keys = py::reinterpret_steal<py::object>(PyMapping_Keys(mapping));
+  if (!keys) RaiseFromMapping(node.path, "on keys()");
+  py::object copy = Steal(PyDict_New());
+  auto seq = py::reinterpret_steal<py::object>(
+      PySequence_Fast(keys.ptr(), "keys() is not iterable"));
+  if (!seq) RaiseFromMapping(node.path, "on keys()");
+  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq.ptr()); ++i) {
+    PyObject* key = PySequence_Fast_GET_ITEM(seq.ptr(), i);
+    auto item = py::reinterpret_steal<py::object>(PyObject_GetItem(mapping, key));
+    if (!item) {
+      RaiseFromMapping(node.path + "[" + py::cast<std::string>(py::repr(key)) + "]",
+                       "when read");
+    }
+    if (PyDict_SetItem(copy.ptr(), key, item.ptr()) < 0) throw py::error_already_set();
+  }
+  return copy;
+}
+
 // Python numbers are cast to the leaf's dtype only if every value fits:
 // integers within its range, finite floats below its largest value.
 void CheckValuesFit(const Node& node, PyArrayObject* natural, npy_intp batch_hint) {
@@ -188,9 +216,10 @@ void Validator::VisitDict(const Node& node, PyObject* value, CallState* state,
       Raise(PyExc_TypeError, node.path + ": expected a dict with keys " + node.keys_text +
                                  ", got " + TypeName(value));
     }
-    // Other mappings (e.g. TF's tracking wrappers) are read through a dict copy.
-    as_dict = Steal(PyDict_New());
-    if (PyDict_Merge(as_dict.ptr(), value, 1) < 0) throw py::error_already_set();
+    // Other mappings (e.g. TF's tracking wrappers) are read as tf.nest reads them,
+    // through keys() and __getitem__, into a dict copy. (Dict subclasses, like
+    // tf.nest, are read from their storage.)
+    as_dict = CopyMapping(node, value);
     value = as_dict.ptr();
   }
   for (size_t i = 0; i < node.children.size(); ++i) {

@@ -14,7 +14,7 @@ import re
 import threading
 import uuid
 import weakref
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 from policies import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
 
@@ -157,6 +157,8 @@ class _PolicyCopy:
   def __init__(self, loaded: loading.LoadedPolicy, call_args: tuple):
     self.loaded = loaded
     self.call_args = call_args
+    # The train step in the path of the checkpoint this copy holds (None: none).
+    self.checkpoint_path_step: Optional[int] = None
 
 
 BACKENDS = ("tf", "lite", "auto")
@@ -259,10 +261,16 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     loaded = self._source.load(policy_specs)
     active = _PolicyCopy(loaded, tf_eager.call_args(loaded))
     self._switch = marshal.CopySwitch(active)
-    self._standby: Optional[_PolicyCopy] = None
-    # The standby copy lacks a checkpoint's values that the active one has
-    # (set by checkpoint updates; pushes then bring it level first).
+    # Every loaded copy (one, then two). The standby is whichever is not active,
+    # derived, never stored: no exception anywhere in an update can make the two
+    # names one copy.
+    self._copies: Tuple[_PolicyCopy, ...] = (active,)
+    # The standby copy may lack a checkpoint's values that the active one has
+    # (set before checkpoint swaps; pushes then bring it level first).
     self._standby_behind = False
+    # The push generation at a checkpoint swap until variables() hold the swapped-in
+    # values (None: they do); a later push supersedes it. See `_catch_up_pushed`.
+    self._pushed_behind: Optional[int] = None
     self._update_lock = threading.RLock()  # one update at a time
     self._pushed: Optional[list] = None    # variables(), made on first use
     self._tracker: Optional[pushed_variables.PushTracker] = None
@@ -275,7 +283,6 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     self._engine = tf_eager.TFEagerEngine(self._plan)
     if policy_specs.collect_data_spec is not None:
       self._collect_data_spec = policy_specs.collect_data_spec
-    self._train_step_from_last_restored_checkpoint_path = None
     try:
       self._warm_up(active)
     except tf.errors.OpError as e:
@@ -434,7 +441,7 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
 
   def get_train_step_from_last_restored_checkpoint_path(self) -> Optional[int]:
     """The train step parsed from the last checkpoint path, or None."""
-    return self._train_step_from_last_restored_checkpoint_path
+    return self._switch.active.checkpoint_path_step
 
   def get_metadata(self):
     """The metadata saved with the policy: {name: numpy array}.
@@ -462,6 +469,7 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
                                                       self._tracker)
         self._followed_generation = self._tracker.generation
         self._switch.set_follow(_follower(self))
+      self._catch_up_pushed()
       return self._pushed
 
   def _follow_pushes(self) -> None:
@@ -480,6 +488,7 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
         acts on weights older than the last push without saying so.
     """
     with self._update_lock:
+      self._catch_up_pushed()
       self._switch.clear_stale()
       tracker = self._tracker
       for _ in range(3):
@@ -507,7 +516,6 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
   def _swap_in_pushed(self, values: list) -> None:
     fresh = self._standby is None
     standby = self._standby or self._load_copy()
-    self._standby = standby
     if not self._switch.wait_idle(standby, _IDLE_TIMEOUT_S):
       raise ValueError(f"cannot follow the pushed weights: {self._switch.in_flight(standby)} "
                        f"calls still running on the standby copy after "
@@ -524,9 +532,8 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
       self._standby_behind = True   # partly written: bring it level next time
       raise ValueError(f"cannot follow the weights pushed into variables(): "
                        f"{storage.first_line(e)}") from None
-    previous = self._switch.active
+    standby.checkpoint_path_step = self._switch.active.checkpoint_path_step
     self._switch.activate(standby)
-    self._standby = previous
 
   def update_from_checkpoint(self, checkpoint_path: str) -> None:
     """Swaps in the weights at `<checkpoint_path>/variables/variables`, atomically.
@@ -573,13 +580,13 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
 
   def _restore_checkpoint(self, checkpoint_path: str, prefix: str) -> None:
     with self._update_lock:
+      self._catch_up_pushed()
       if self._pushed is not None and self._switch.stale:
         try:
           self._follow_pushes()   # an earlier push first: the latest one wins
         except ValueError:
           pass                    # superseded by this checkpoint
       standby = self._standby or self._load_copy()
-      self._standby = standby
       # Calls that leased this copy before the last swap.
       if not self._switch.wait_idle(standby, _IDLE_TIMEOUT_S):
         raise checkpoint_errors.CheckpointRestoreError(
@@ -587,6 +594,7 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
             f"{self._switch.in_flight(standby)} calls still running on the "
             f"standby copy after {_IDLE_TIMEOUT_S:.0f} s")
       try:
+        self._standby_behind = True   # no longer level with the active copy
         standby.loaded.restore(prefix)
         self._warm_up(standby)
         self._prepare_update(standby)
@@ -595,12 +603,18 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
         raise checkpoint_errors.CheckpointRestoreError(
             f"cannot restore checkpoint {checkpoint_path}: "
             f"{storage.first_line(e)}") from None
-      previous = self._switch.active
-      self._switch.activate(standby)
-      self._standby = previous
+      standby.checkpoint_path_step = _train_step_from_path(checkpoint_path)
+      # Both flags before the swap: an exception anywhere from here on leaves them
+      # conservative (at worst one extra copy of values), never wrong.
       self._standby_behind = True
-      self._train_step_from_last_restored_checkpoint_path = _train_step_from_path(checkpoint_path)
+      self._pushed_behind = self._tracker.quiet_generation() if self._pushed is not None else None
+      self._switch.activate(standby)
       self._set_pushed_to_active()
+
+  @property
+  def _standby(self) -> Optional[_PolicyCopy]:
+    active = self._switch.active
+    return next((c for c in self._copies if c is not active), None)
 
   def _set_pushed_to_active(self) -> None:
     """Makes `variables()` hold the active copy's values, as no push (after an update)."""
@@ -613,14 +627,25 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
       self._followed_generation = before
       self._push_failure = None
       self._switch.clear_stale()
+    self._pushed_behind = None
+
+  def _catch_up_pushed(self) -> None:
+    """Finishes an earlier checkpoint swap's `_set_pushed_to_active` that an exception
+    cut short, unless a push came since (that push is then the latest)."""
+    if self._pushed_behind is not None:
+      if self._tracker.quiet_generation() == self._pushed_behind:
+        self._set_pushed_to_active()
+      self._pushed_behind = None
 
   def _load_copy(self) -> _PolicyCopy:
     """The standby copy, from the snapshot of the audited SavedModel."""
     loaded = self._source.load(self._policy_specs)
     if not self._plan.accepts(loaded.action):
       raise ValueError(f"{self._model_path}: a second copy does not match the first")
+    copy = _PolicyCopy(loaded, tf_eager.call_args(loaded))
+    self._copies = (self._switch.active, copy)
     self._source.release()  # both copies exist; the snapshot is not needed again
-    return _PolicyCopy(loaded, tf_eager.call_args(loaded))
+    return copy
 
   def __getattr__(self, name: str):
     """Forwards public attributes (e.g. registered functions) to the SavedModel.

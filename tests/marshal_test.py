@@ -1,5 +1,6 @@
 """The native marshaler: flatten order, zero-copy, output views, and validation."""
 
+import collections.abc
 import hypothesis
 from hypothesis import strategies as st
 import numpy as np
@@ -207,6 +208,61 @@ def test_mappings_and_sequence_wrappers_are_accepted():
   step = step._replace(observation=data_structures.wrap_or_unwrap(dict(step.observation)))
   state = data_structures.wrap_or_unwrap(_good_state())
   assert len(plan.flatten(step, state)) == 7
+
+
+class _ScaledDict(dict):
+  """A dict subclass whose __getitem__ differs from its storage (tf.nest reads the storage)."""
+
+  def __getitem__(self, key):
+    return super().__getitem__(key) * 2
+
+
+class _BrokenMapping(collections.abc.Mapping):
+  """A Mapping whose __getitem__ raises for one key."""
+
+  def __init__(self, data, broken):
+    self._data, self._broken = data, broken
+
+  def __getitem__(self, key):
+    if key == self._broken:
+      raise KeyError(f"{key} is gone")
+    return self._data[key]
+
+  def __iter__(self):
+    return iter(self._data)
+
+  def __len__(self):
+    return len(self._data)
+
+
+def test_dict_subclasses_are_read_from_storage_like_tf_nest():
+  plan = _plan(_SIMPLE_TS, _STATE, batch_time_steps=True)
+  step = _good_step()._replace(observation=_ScaledDict(_good_step().observation))
+  flat = plan.flatten(step, _good_state())
+  expected = tf.nest.flatten((step, _good_state()))
+  np.testing.assert_array_equal(flat[3].numpy()[0], expected[3])
+  assert flat[3].numpy().max() == 1.0
+
+
+@pytest.mark.parametrize("broken", ["img", "pos"])
+def test_a_mapping_that_raises_when_read_is_a_value_error_naming_the_field(broken):
+  plan = _plan(_SIMPLE_TS, _STATE, batch_time_steps=True)
+  step = _good_step()._replace(observation=_BrokenMapping(_good_step().observation, broken))
+  with pytest.raises(ValueError, match=rf"^time_step\.observation\['{broken}'\]: the mapping "
+                                       rf"raised when read: KeyError"):
+    plan.flatten(step, _good_state())
+  assert len(plan.flatten(_good_step(), _good_state())) == 7
+
+
+def test_an_interrupt_inside_a_mapping_is_not_turned_into_an_error():
+  class Interrupting(_BrokenMapping):
+    def __getitem__(self, key):
+      raise KeyboardInterrupt
+
+  plan = _plan(_SIMPLE_TS, _STATE, batch_time_steps=True)
+  step = _good_step()._replace(observation=Interrupting(_good_step().observation, None))
+  with pytest.raises(KeyboardInterrupt):
+    plan.flatten(step, _good_state())
 
 
 def test_deep_nesting_and_huge_declared_shapes_raise_cleanly():

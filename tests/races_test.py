@@ -174,3 +174,134 @@ def test_outputs_stay_as_returned_when_later_calls_run(bias_policy):
   for batch in (1, 2, 1):
     policy.action(_bias_step(batch))
   np.testing.assert_array_equal(first.info["bias"], kept)
+
+
+def _interrupt_at(n: int, files: tuple):
+  """A tracer raising KeyboardInterrupt at the n-th line run in `files` (this thread only).
+
+  Only a line's first run in each frame counts: the line event CPython emits again at the
+  end of a `with` block comes before `__exit__`, so raising there would leak the lock, which
+  no signal-delivered interrupt can do (those arrive at calls and backward jumps).
+  """
+  count, seen, frames = [0], set(), []
+
+  def tracer(frame, event, arg):
+    if not frame.f_code.co_filename.endswith(files):
+      return None
+    if event == "line" and (id(frame), frame.f_lineno) not in seen:
+      seen.add((id(frame), frame.f_lineno))
+      frames.append(frame)   # alive until the tracer goes, so ids are not reused
+      count[0] += 1
+      if count[0] == n:
+        raise KeyboardInterrupt
+    return tracer
+
+  return tracer
+
+
+_UPDATE_FILES = ("saved_model_policy.py", "loading.py", "lite.py", "lite_weights.py",
+                 "lite_model.py", "pushed_variables.py", "storage.py", "checkpoint_errors.py")
+
+
+def _batch_of_steps():
+  """Nine observations in one batch: one call, so wholly one set of weights."""
+  values = np.linspace(-2, 2, 9)
+  return ts.TimeStep(np.ones(9, np.int32), np.zeros(9, np.float32), np.ones(9, np.float32),
+                     np.repeat(values[:, None], 4, axis=1).astype(np.float32))
+
+
+def _actions_on(policy, steps):
+  return np.asarray(policy.action(steps).action)
+
+
+@pytest.mark.parametrize("backend", ["tf", "lite"])
+def test_an_interrupt_at_any_line_of_an_update_keeps_it_atomic(saved, tmp_path, backend):
+  """KeyboardInterrupt injected at every line an update_from_checkpoint runs (sys.settrace),
+  while 4 threads act: the copies stay two, every action comes wholly from one checkpoint's
+  weights, and the next update takes effect."""
+  fixture = saved("q_mlp")
+  checkpoints = [scaled_checkpoint(fixture, str(tmp_path / f"c_000000000{i}"), scale)
+                 for i, scale in enumerate([1.0, -1.5])]
+  steps = _batch_of_steps()
+  policy = SavedModelPyTFEagerPolicy(fixture.path, load_specs_from_pbtxt=True, backend=backend,
+                                     batch_time_steps=False)
+  expected = []
+  for checkpoint in checkpoints:
+    policy.update_from_checkpoint(checkpoint)
+    expected.append(_actions_on(policy, steps))
+  assert not np.array_equal(expected[0], expected[1])
+  stop, wrong = threading.Event(), []
+
+  def act(_):
+    while not stop.is_set():
+      got = _actions_on(policy, steps)
+      if not any(np.array_equal(got, e) for e in expected):
+        wrong.append(got)
+
+  actors = [threading.Thread(target=act, args=(i,)) for i in range(4)]
+  for t in actors:
+    t.start()
+  try:
+    current = 1
+    for n in range(1, 100_000):
+      target = 1 - current
+      sys.settrace(_interrupt_at(n, _UPDATE_FILES))
+      try:
+        policy.update_from_checkpoint(checkpoints[target])
+        finished = True
+      except KeyboardInterrupt:
+        finished = False
+      finally:
+        sys.settrace(None)
+      assert policy._standby is not policy._switch.active, f"aliased at line {n}"  # pylint: disable=protected-access
+      current = 1 - current
+      policy.update_from_checkpoint(checkpoints[current])   # the next good update works
+      np.testing.assert_array_equal(_actions_on(policy, steps), expected[current],
+                                    err_msg=f"after an interrupt at line {n}")
+      assert policy.get_train_step_from_last_restored_checkpoint_path() == current
+      if finished:
+        break
+  finally:
+    stop.set()
+    for t in actors:
+      t.join()
+  assert n > 20, "the update ran too few lines to interrupt"
+  assert not wrong, f"{len(wrong)} actions matched neither checkpoint"
+
+
+@pytest.mark.parametrize("backend", ["tf", "lite"])
+def test_an_interrupt_at_any_line_of_following_a_push_loses_no_push(saved, backend):
+  """KeyboardInterrupt at every line of the action() call that follows a push: the push
+  is followed by the next call, never dropped."""
+  fixture = saved("q_mlp")
+  steps = _batch_of_steps()
+  policy = SavedModelPyTFEagerPolicy(fixture.path, load_specs_from_pbtxt=True, backend=backend,
+                                     batch_time_steps=False)
+  variables = policy.variables()
+  originals = [v.numpy() for v in variables]
+  scales = [1.0, -1.5]
+  expected = []
+  for scale in scales:
+    for v, value in zip(variables, originals):
+      v.assign(value * scale)
+    expected.append(_actions_on(policy, steps))
+  assert not np.array_equal(expected[0], expected[1])
+  current = 1
+  for n in range(1, 100_000):
+    current = 1 - current
+    for v, value in zip(variables, originals):
+      v.assign(value * scales[current])
+    sys.settrace(_interrupt_at(n, _UPDATE_FILES))
+    try:
+      policy.action(steps)
+      finished = True
+    except KeyboardInterrupt:
+      finished = False
+    finally:
+      sys.settrace(None)
+    assert policy._standby is not policy._switch.active, f"aliased at line {n}"  # pylint: disable=protected-access
+    np.testing.assert_array_equal(_actions_on(policy, steps), expected[current],
+                                  err_msg=f"after an interrupt at line {n}")
+    if finished:
+      break
+  assert n > 20, "following a push ran too few lines to interrupt"
