@@ -20,9 +20,10 @@ from typing import Optional
 MAX_FILE_BYTES = 2 * 2**30
 
 
-def read_local(path: str, limit: int = MAX_FILE_BYTES,
-               expected_size: Optional[int] = None) -> bytes:
-  """The whole regular file `path`, of at most `limit` bytes (and exactly `expected_size`).
+def read_local(path: str, limit: int = MAX_FILE_BYTES, expected_size: Optional[int] = None,
+               declared_by: str = "declared") -> bytes:
+  """The whole regular file `path`, of at most `limit` bytes (and exactly `expected_size`,
+  which `declared_by` declared: named in the error).
 
   Raises:
     FileNotFoundError: `path` does not exist (naming it).
@@ -36,7 +37,7 @@ def read_local(path: str, limit: int = MAX_FILE_BYTES,
     raise FileNotFoundError(f"file not found: {path}") from None
   except OSError as e:
     raise ValueError(f"cannot read {path}: {e.strerror}") from None
-  _check_regular(path, before, limit, expected_size)
+  _check_regular(path, before, limit, expected_size, declared_by)
   try:
     # O_NONBLOCK: a FIFO swapped in after the stat cannot block the open.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -45,7 +46,7 @@ def read_local(path: str, limit: int = MAX_FILE_BYTES,
       raise FileNotFoundError(f"file not found: {path}") from None
     raise ValueError(f"cannot read {path}: {e.strerror}") from None
   try:
-    _check_regular(path, os.fstat(fd), limit, expected_size)   # what was opened
+    _check_regular(path, os.fstat(fd), limit, expected_size, declared_by)   # what was opened
     chunks, total = [], 0
     while True:
       chunk = os.read(fd, min(1 << 24, limit + 1 - total))
@@ -61,12 +62,13 @@ def read_local(path: str, limit: int = MAX_FILE_BYTES,
   finally:
     os.close(fd)
   if expected_size is not None and len(data) != expected_size:   # it changed while read
-    raise ValueError(f"{path}: expected {expected_size} bytes, got {len(data)}")
+    raise ValueError(f"{path}: expected {expected_size} bytes ({declared_by}), got "
+                     f"{len(data)}: truncated or replaced")
   return data
 
 
 def _check_regular(path: str, info: os.stat_result, limit: int,
-                   expected_size: Optional[int]) -> None:
+                   expected_size: Optional[int] = None, declared_by: str = "") -> None:
   if not stat.S_ISREG(info.st_mode):
     kind = ("a directory" if stat.S_ISDIR(info.st_mode) else
             "a FIFO" if stat.S_ISFIFO(info.st_mode) else
@@ -77,5 +79,5 @@ def _check_regular(path: str, info: os.stat_result, limit: int,
     raise ValueError(f"cannot read {path}: {info.st_size} bytes, more than the limit of "
                      f"{limit}")
   if expected_size is not None and info.st_size != expected_size:
-    raise ValueError(f"{path}: expected {expected_size} bytes, got {info.st_size}: "
+    raise ValueError(f"{path}: expected {expected_size} bytes ({declared_by}), got {info.st_size}: "
                      f"truncated or replaced")
