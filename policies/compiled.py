@@ -26,30 +26,56 @@ import numpy as np
 from native import marshal
 from policies import array_specs
 from policies import batching
+from policies import compiled_checks
 from policies import compiled_format
 from policies import plan_layout
+from policies.engines import lite_checks
 from policies.engines import lite_model
 
 PolicyStep = collections.namedtuple("PolicyStep", ["action", "state", "info"])
 PolicyStep.__new__.__defaults__ = ((), ())
 
 
-class _Model:
-  """One compiled directory, loaded: its files, LiteRT model and call arguments."""
+# Flatbuffers (by SHA-256, checked against the manifest) that passed
+# `check_model_io` against these expectations: a reload or an update back to
+# them skips that pure-Python walk of every tensor (~1 ms for a small MLP).
+_CHECKED: collections.OrderedDict = collections.OrderedDict()
+_MAX_CHECKED = 256
 
-  def __init__(self, files: compiled_format.CompiledFiles, first_batch: int):
+
+class _Model:
+  """One compiled directory, loaded: its files, LiteRT model and call arguments.
+
+  The flatbuffer is checked against `layout` (the policy's specs) before
+  LiteRT reads it.
+  """
+
+  def __init__(self, files: compiled_format.CompiledFiles, layout: dict):
     signature = files.policy["signature"]
-    blocked = lite_model.non_builtin_ops(files.flatbuffer)
     path = os.path.join(files.directory, compiled_format.FLATBUFFER)
+    inputs, outputs = _expected_io(layout, signature)
+    key = (files.flatbuffer_sha256, repr((inputs, outputs)))
+    if not files.flatbuffer_sha256 or key not in _CHECKED:
+      try:
+        lite_checks.check_model_io(files.flatbuffer, inputs, outputs,
+                                   compiled_checks.MAX_TENSOR_BYTES)
+      except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+      _CHECKED[key] = True
+      while len(_CHECKED) > _MAX_CHECKED:
+        _CHECKED.popitem(last=False)
+    blocked = lite_model.non_builtin_ops(files.flatbuffer)
+    first_batch = layout["fixed_batch_size"] or 1
     if blocked:
       raise ValueError(f"{path}: uses operators outside LiteRT's builtins, which compiled "
                        f"policies do not run: {', '.join(sorted(set(blocked)))}")
     try:
       self.model = lite_model.LiteModel(files.flatbuffer, signature["input_names"],
                                         signature["output_names"], first_batch)
-    except (ValueError, RuntimeError) as e:
+    except Exception as e:  # pylint: disable=broad-except  (a malformed model: never a crash)
+      lines = str(e).strip().splitlines()
       raise ValueError(f"{path}: the LiteRT model does not load: "
-                       f"{str(e).strip().splitlines()[0]}") from None
+                       f"{lines[0] if lines else type(e).__name__}") from None
     self.files = files
     self.call_args = self.model.call_args
     # What the getters hand out (copies of), decoded once.
@@ -61,6 +87,78 @@ class _Model:
     self.metadata = {name: values[f"metadata_{i}"].astype(object) if name in strings else
                      values[f"metadata_{i}"] for i, name in enumerate(policy["metadata"])}
     self.train_step = values["train_step"]
+
+
+class _Copy:
+  """One of the policy's two slots in its `CopySwitch`: the model acting in it.
+
+  Updates fill the slot that is not active and activate it, so the switch
+  holds two models at most (the one acting, and the one before it, which
+  calls in flight may still run on) whatever the number of updates.
+  """
+
+  __slots__ = ("model",)
+
+  def __init__(self, model: Optional[_Model]):
+    self.model = model
+
+  @property
+  def call_args(self) -> tuple:
+    return self.model.call_args
+
+
+# How long an update waits for calls still running on the model it replaces
+# (the one before the active one).
+UPDATE_IDLE_TIMEOUT_S = 60.0
+
+
+def _leaf_io(leaves: list, names: list, index_of, kind: str, path: str) -> list:
+  """(name, dtype, shape with -1 for unknown dims) per signature leaf, named by `index_of`."""
+  found = []
+  for i, leaf in enumerate(leaves):
+    index = index_of(i)
+    if not 0 <= index < len(names):
+      raise ValueError(f"{path}: signature {kind} {i} has no name ({len(names)} names)")
+    found.append((names[index], array_specs.dtype_of(leaf),
+                  [-1 if d is None else d for d in array_specs.shape_of(leaf)]))
+  return found
+
+
+def _expected_io(layout: dict, signature: dict) -> tuple:
+  """What `lite_checks.check_model_io` expects of the flatbuffer: the stored signature."""
+  path = layout["path"]
+  slots, indices = layout["input_slots"], layout["output_indices"]
+  inputs = _leaf_io(array_specs.flatten(layout["signature_time_step"]) +
+                    array_specs.flatten(layout["signature_state"]), signature["input_names"],
+                    (lambda i: i) if slots is None else slots.__getitem__, "input", path)
+  outputs = _leaf_io(array_specs.flatten(layout["outputs"]), signature["output_names"],
+                     (lambda i: i) if indices is None else indices.__getitem__, "output", path)
+  return inputs, outputs
+
+
+def _check_signature_matches_specs(layout: dict, path: str) -> None:
+  """The stored signature's leaves are the specs' leaves with a batch dimension."""
+  outputs = layout["outputs"]
+  spec_outputs = (array_specs.flatten(layout["action_spec"]) +
+                  array_specs.flatten(layout["policy_state_spec"]) +
+                  array_specs.flatten(layout["info_spec"]))
+  pairs = [("time_step", array_specs.flatten(layout["time_step_spec"]),
+            array_specs.flatten(layout["signature_time_step"])),
+           ("policy_state", array_specs.flatten(layout["policy_state_spec"]),
+            array_specs.flatten(layout["signature_state"])),
+           ("outputs", spec_outputs, array_specs.flatten(outputs))]
+  for field, specs, signature in pairs:
+    if len(specs) != len(signature):
+      raise ValueError(f"{path}: signature.{field}: expected {len(specs)} leaves (the "
+                       f"specs'), got {len(signature)}")
+    for i, (spec, leaf) in enumerate(zip(specs, signature)):
+      want = array_specs.shape_of(spec)
+      got = array_specs.shape_of(leaf)
+      if (array_specs.dtype_of(spec) != array_specs.dtype_of(leaf) or len(got) != len(want) + 1
+          or any(w is not None and g is not None and w != g for w, g in zip(want, got[1:]))):
+        raise ValueError(f"{path}: signature.{field} leaf {i}: expected "
+                         f"{array_specs.dtype_of(spec)}[batch, {want}] (the specs'), got "
+                         f"{array_specs.dtype_of(leaf)}{got}")
 
 
 def _layout(policy: dict, path: str) -> dict:
@@ -84,12 +182,68 @@ def _layout(policy: dict, path: str) -> dict:
                           tuple(int(i) for i in signature["output_indices"]),
         "fixed_batch_size": signature["fixed_batch_size"],
         "stochastic": bool(policy["stochastic"]),
+        "path": path,
     }
   except ValueError as e:
     raise ValueError(f"{path}: {e}") from None
-  except (KeyError, TypeError) as e:
+  except (KeyError, TypeError, AttributeError, IndexError, OverflowError, RecursionError) as e:
     raise ValueError(f"{path}: malformed ({type(e).__name__}: {e})") from None
+  _check_signature_matches_specs(layout, path)
   return layout
+
+
+def _is_tf_tensor(value) -> bool:
+  """An eager tensor (TF's own types; TF is never imported here, only recognized)."""
+  return (type(value).__module__.startswith("tensorflow.") and
+          callable(getattr(value, "numpy", None)) and hasattr(value, "dtype"))
+
+
+def _tensors_as_arrays(nest, depth: int = 0):
+  """`nest` with its eager tensors as numpy arrays (as the SavedModel policy accepts
+  them); None if it holds none. The slow path of a call the native plan refused."""
+  if _is_tf_tensor(nest):
+    return nest.numpy()
+  if depth > 64 or not isinstance(nest, (tuple, list, dict)):
+    return None
+  items = list(nest.items()) if isinstance(nest, dict) else list(enumerate(nest))
+  converted = [(k, _tensors_as_arrays(v, depth + 1)) for k, v in items]
+  if all(c is None for _, c in converted):
+    return None
+  values = [v if c is None else c for (_, v), (_, c) in zip(items, converted)]
+  if isinstance(nest, dict):
+    return type(nest)(zip(nest.keys(), values)) if type(nest) is not dict else \
+        dict(zip(nest.keys(), values))
+  if array_specs.is_namedtuple(nest):
+    return type(nest)(*values)
+  return type(nest)(values)
+
+
+def _spec_sample(spec, outer: tuple) -> np.ndarray:
+  """A value that conforms to `spec` (its minimum where it is bounded), with `outer` dims."""
+  shape = outer + tuple(1 if d is None else d for d in spec.shape)
+  minimum = getattr(spec, "minimum", None)
+  if minimum is None:
+    return np.zeros(shape, spec.dtype)
+  return np.array(np.broadcast_to(np.asarray(minimum, spec.dtype), shape))
+
+
+def _check_outputs(step, layout: dict, outer: tuple, path: str) -> None:
+  """`step` (a PolicyStep) has the action, state and info specs' dtypes and shapes."""
+  for field, spec_nest, batch in (("action", layout["action_spec"], outer),
+                                  ("state", layout["policy_state_spec"], outer or (1,)),
+                                  ("info", layout["info_spec"], outer)):
+    specs = array_specs.flatten(spec_nest)
+    got = array_specs.flatten(getattr(step, field))
+    if len(got) != len(specs):
+      raise ValueError(f"{path}: a checked call returned {len(got)} {field} leaves, "
+                       f"expected {len(specs)}")
+    for i, (spec, value) in enumerate(zip(specs, got)):
+      want = batch + tuple(spec.shape)
+      value = np.asarray(value)
+      if value.dtype != spec.dtype or len(value.shape) != len(want) or any(
+          w is not None and w != g for w, g in zip(want, value.shape)):
+        raise ValueError(f"{path}: a checked call's {field} leaf {i}: expected "
+                         f"{spec.dtype}{list(want)}, got {value.dtype}{list(value.shape)}")
 
 
 def _plan(layout: dict, batch_time_steps: bool, fixed, path: str):
@@ -159,8 +313,32 @@ class CompiledPolicy:
     self._policy_json = files.policy
     self._plan = _plan(layout, batch_time_steps, fixed, os.path.join(path, compiled_format.POLICY))
     self._call = self._plan.call_buffers
-    self._switch = marshal.CopySwitch(_Model(files, fixed or 1))
+    self._copies = (_Copy(self._checked_model(files)), _Copy(None))
+    self._switch = marshal.CopySwitch(self._copies[0])
     self._update_lock = threading.Lock()
+
+  def _checked_model(self, files: compiled_format.CompiledFiles) -> _Model:
+    """The loaded model of `files`, after one call on a spec-conforming input whose
+    outputs have the specs' dtypes and shapes."""
+    model = _Model(files, self._layout)
+    path = os.path.join(files.directory, compiled_format.FLATBUFFER)
+    layout = self._layout
+    outer = () if self._batch_time_steps else (layout["fixed_batch_size"] or 1,)
+    batch = outer[0] if outer else 1
+    time_step = array_specs.map_structure(lambda s: _spec_sample(s, outer),
+                                          layout["time_step_spec"])
+    state = array_specs.pack_sequence_as(
+        layout["policy_state_spec"],
+        [np.array(np.broadcast_to(leaf[:1], (batch,) + leaf.shape[1:]))
+         for leaf in model.initial_state])
+    try:
+      step = self._call(time_step, state, *model.call_args)
+    except Exception as e:  # pylint: disable=broad-except  (the model's fault: refused)
+      lines = str(e).strip().splitlines()
+      raise ValueError(f"{path}: a checked call on a spec-conforming input failed: "
+                       f"{lines[0] if lines else type(e).__name__}") from None
+    _check_outputs(step, layout, outer, path)
+    return model
 
   # -- Specs ---------------------------------------------------------------------
 
@@ -203,11 +381,17 @@ class CompiledPolicy:
     """
     if seed is not None:
       self._check_seed(seed)
-    return self._switch.call(self._call, time_step, policy_state)
+    try:
+      return self._switch.call(self._call, time_step, policy_state)
+    except TypeError:
+      converted = _tensors_as_arrays((time_step, policy_state))
+      if converted is None:
+        raise
+    return self._switch.call(self._call, *converted)
 
   def get_initial_state(self, batch_size: Optional[int] = None):
     """The initial policy state for `batch_size` environments (numpy arrays)."""
-    model = self._switch.active
+    model = self._switch.active.model
     if not model.initial_state:
       return ()
     batch = plan_layout.initial_state_batch(batch_size, self._batch_time_steps,
@@ -221,32 +405,32 @@ class CompiledPolicy:
 
   def get_train_step(self) -> np.ndarray:
     """The training step of the weights that act now (numpy scalar)."""
-    return self._switch.active.train_step.copy()
+    return self._switch.active.model.train_step.copy()
 
   def get_metadata(self) -> dict:
     """The metadata saved with the policy, as a dict of numpy values."""
-    return {name: value.copy() for name, value in self._switch.active.metadata.items()}
+    return {name: value.copy() for name, value in self._switch.active.model.metadata.items()}
 
   @property
   def report(self) -> dict:
     """report.json of the active directory: source fingerprint, versions, validation."""
-    return self._switch.active.files.report
+    return self._switch.active.model.files.report
 
   @property
   def lite_runtime(self) -> str:
     """How LiteRT runs the active model: "native" (LiteRT's C API, the usual way), or
     "interpreter (why not native)" (ai-edge-litert's Python interpreter)."""
-    return self._switch.active.model.runtime
+    return self._switch.active.model.model.runtime
 
   @property
   def path(self) -> str:
     """The compiled directory that acts now."""
-    return self._switch.active.files.directory
+    return self._switch.active.model.files.directory
 
   @property
   def manifest_sha256(self) -> str:
     """SHA-256 of the active directory's manifest (names its exact files)."""
-    return self._switch.active.files.manifest_sha256
+    return self._switch.active.model.files.manifest_sha256
 
   # -- Updates -------------------------------------------------------------------------
 
@@ -269,7 +453,17 @@ class CompiledPolicy:
         if files.policy.get(key) != self._policy_json.get(key):
           raise ValueError(f"{policy_json}: its {key} differ from this policy's "
                            f"({self.path}); compile the same export's checkpoints to update")
-      self._switch.activate(_Model(files, self._layout["fixed_batch_size"] or 1))
+      model = self._checked_model(files)
+      # The standby slot is whichever is not active now (asked of the switch, so
+      # an interrupt anywhere here cannot leave the two confused).
+      standby = self._copies[1] if self._switch.active is self._copies[0] else self._copies[0]
+      if not self._switch.wait_idle(standby, UPDATE_IDLE_TIMEOUT_S):
+        raise TimeoutError(f"cannot update to {path}: calls still running on the model "
+                           f"before {self.path} after {UPDATE_IDLE_TIMEOUT_S:.0f} s")
+      replaced, standby.model = standby.model, model
+      self._switch.activate(standby)
+      if replaced is not None:   # no call can run on it: activate dropped its call_args
+        replaced.model.close()
 
   def _check_seed(self, seed) -> None:
     if self._layout["stochastic"]:

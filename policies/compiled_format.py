@@ -24,9 +24,12 @@ import hashlib
 import io
 import json
 import os
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import numpy as np
+
+from policies import compiled_checks
+from policies import safe_files
 
 FORMAT = "policy_runtime.compiled_policy"
 VERSION = 1
@@ -68,43 +71,50 @@ def values_bytes(arrays: Dict[str, np.ndarray]) -> bytes:
   return buffer.getvalue()
 
 
-def _read(path: str) -> bytes:
+class MissingFileError(FileNotFoundError, ValueError):
+  """A file the manifest lists is not there (a `FileNotFoundError` and a `ValueError`)."""
+
+
+# manifest.json, policy.json and report.json are small; the others are read
+# with the size the manifest declares, within `safe_files.MAX_FILE_BYTES`.
+MAX_JSON_BYTES = 16 * 2**20
+
+
+def _read(path: str, limit: int, expected_size: Optional[int] = None) -> bytes:
   try:
-    with open(path, "rb") as f:
-      return f.read()
+    return safe_files.read_local(path, limit, expected_size, declared_by="manifest")
   except FileNotFoundError:
-    raise ValueError(f"{path}: missing from the compiled policy") from None
-  except OSError as e:
-    raise ValueError(f"{path}: cannot be read: {e.strerror or e}") from None
-
-
-def _json(path: str, data: bytes):
-  try:
-    return json.loads(data.decode())
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from None
+    raise MissingFileError(f"{path}: missing from the compiled policy") from None
 
 
 class CompiledFiles:
   """The checked contents of a compiled policy directory."""
 
   def __init__(self, directory: str, flatbuffer: bytes, policy: dict, values: dict,
-               report: dict, manifest_sha256: str):
+               report: dict, manifest_sha256: str, flatbuffer_sha256: str = ""):
     self.directory = directory
     self.flatbuffer = flatbuffer
     self.policy = policy
     self.values = values
     self.report = report
     self.manifest_sha256 = manifest_sha256   # names this exact compiled policy
+    self.flatbuffer_sha256 = flatbuffer_sha256   # checked against the manifest
 
 
 def read(directory: str) -> CompiledFiles:
   """Reads and checks a compiled policy directory (a local path).
 
+  Every file is read whole by `safe_files.read_local` (regular files only,
+  never blocking, the manifest's size checked before reading), JSON within a
+  nesting limit, values.npz checked member by member before decompression
+  (`compiled_checks`).
+
   Raises:
-    FileNotFoundError: `directory` does not exist.
+    FileNotFoundError: `directory` does not exist; `MissingFileError` (also a
+      ValueError) for a file the manifest lists that is not there.
     ValueError: no manifest, another format or a newer version, or a file
-      that is missing or does not match the manifest, naming the file.
+      that is not a regular file, does not match the manifest, or does not
+      parse, naming the file (and the field or member).
   """
   directory = os.fspath(directory)
   if not os.path.isdir(directory):
@@ -113,8 +123,8 @@ def read(directory: str) -> CompiledFiles:
   if not os.path.exists(manifest_path):
     raise ValueError(f"{manifest_path}: missing; not a compiled policy, or one still being "
                      f"written (the manifest is written last)")
-  manifest_data = _read(manifest_path)
-  manifest = _json(manifest_path, manifest_data)
+  manifest_data = _read(manifest_path, MAX_JSON_BYTES)
+  manifest = compiled_checks.load_json(manifest_path, manifest_data)
   if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
     found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
     raise ValueError(f"{manifest_path}: expected format {FORMAT!r}, got {found!r}")
@@ -133,24 +143,27 @@ def read(directory: str) -> CompiledFiles:
     entry = entries.get(name)
     if not isinstance(entry, dict):
       raise ValueError(f"{manifest_path}: does not list {name}")
-    data = _read(path)
-    if len(data) != entry.get("bytes"):
-      raise ValueError(f"{path}: expected {entry.get('bytes')} bytes (manifest), got "
-                       f"{len(data)}: truncated or replaced")
-    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+    size, digest = entry.get("bytes"), entry.get("sha256")
+    limit = safe_files.MAX_FILE_BYTES if name in (FLATBUFFER, VALUES) else MAX_JSON_BYTES
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= limit:
+      raise ValueError(f"{manifest_path}: files.{name}.bytes: expected a size in [0, {limit}], "
+                       f"got {size!r:.80}")
+    if not isinstance(digest, str):
+      raise ValueError(f"{manifest_path}: files.{name}.sha256: expected a hex string, got "
+                       f"{type(digest).__name__}")
+    data = _read(path, limit, size)
+    if hashlib.sha256(data).hexdigest() != digest:
       raise ValueError(f"{path}: SHA-256 does not match the manifest: corrupt or replaced")
     contents[name] = data
-  values_path = os.path.join(directory, VALUES)
-  try:
-    with np.load(io.BytesIO(contents[VALUES]), allow_pickle=False) as archive:
-      values = {key: archive[key] for key in archive.files}
-  except (ValueError, OSError) as e:
-    raise ValueError(f"{values_path}: not a numpy archive of plain arrays ({e})") from None
+  policy_path = os.path.join(directory, POLICY)
+  policy = compiled_checks.load_json(policy_path, contents[POLICY])
+  compiled_checks.check_policy_fields(policy, policy_path)
   return CompiledFiles(
       directory=directory,
       flatbuffer=contents[FLATBUFFER],
-      policy=_json(os.path.join(directory, POLICY), contents[POLICY]),
-      values=values,
-      report=_json(os.path.join(directory, REPORT), contents[REPORT]),
+      policy=policy,
+      values=compiled_checks.load_npz(os.path.join(directory, VALUES), contents[VALUES]),
+      report=compiled_checks.load_json(os.path.join(directory, REPORT), contents[REPORT]),
       manifest_sha256=hashlib.sha256(manifest_data).hexdigest(),
+      flatbuffer_sha256=entries[FLATBUFFER]["sha256"],
   )

@@ -7,12 +7,12 @@ Every read of the library goes through here or through TF's own readers.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import stat
 
 import tensorflow as tf
+
+from policies import safe_files
 
 
 def first_line(error: BaseException) -> str:
@@ -50,9 +50,7 @@ def is_file(path: str) -> bool:
   return exists(path) and not is_dir(path)
 
 
-# The largest file the library reads whole (saved_model.pb, checkpoint files,
-# assets): a limit, so a hostile directory cannot make a load take all memory.
-MAX_FILE_BYTES = 2 * 2**30
+MAX_FILE_BYTES = safe_files.MAX_FILE_BYTES
 
 
 def is_local(path: str) -> bool:
@@ -74,7 +72,7 @@ def read_bytes(path: str, limit: int = None) -> bytes:
   """
   limit = MAX_FILE_BYTES if limit is None else limit
   if is_local(path):
-    return _read_local(path, limit)
+    return safe_files.read_local(path, limit)
   try:
     if tf.io.gfile.isdir(path):
       raise ValueError(f"cannot read {path}: it is a directory, not a regular file")
@@ -90,51 +88,6 @@ def read_bytes(path: str, limit: int = None) -> bytes:
   if len(data) > limit:
     raise ValueError(f"cannot read {path}: more than the limit of {limit} bytes")
   return data
-
-
-def _read_local(path: str, limit: int) -> bytes:
-  try:
-    before = os.stat(path)
-  except FileNotFoundError:
-    raise FileNotFoundError(f"file not found: {path}") from None
-  except OSError as e:
-    raise ValueError(f"cannot read {path}: {e.strerror}") from None
-  _check_regular(path, before, limit)
-  try:
-    # O_NONBLOCK: a FIFO swapped in after the stat cannot block the open.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-  except OSError as e:
-    if e.errno == errno.ENOENT:
-      raise FileNotFoundError(f"file not found: {path}") from None
-    raise ValueError(f"cannot read {path}: {e.strerror}") from None
-  try:
-    _check_regular(path, os.fstat(fd), limit)   # what was opened, not what was stat'ed
-    chunks, total = [], 0
-    while True:
-      chunk = os.read(fd, min(1 << 24, limit + 1 - total))
-      if not chunk:
-        break
-      chunks.append(chunk)
-      total += len(chunk)
-      if total > limit:
-        raise ValueError(f"cannot read {path}: more than the limit of {limit} bytes")
-    return b"".join(chunks)
-  except OSError as e:
-    raise ValueError(f"cannot read {path}: {e.strerror}") from None
-  finally:
-    os.close(fd)
-
-
-def _check_regular(path: str, info: os.stat_result, limit: int) -> None:
-  if not stat.S_ISREG(info.st_mode):
-    kind = ("a directory" if stat.S_ISDIR(info.st_mode) else
-            "a FIFO" if stat.S_ISFIFO(info.st_mode) else
-            "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else
-            "a socket" if stat.S_ISSOCK(info.st_mode) else "not a file")
-    raise ValueError(f"cannot read {path}: it is {kind}, not a regular file")
-  if info.st_size > limit:
-    raise ValueError(f"cannot read {path}: {info.st_size} bytes, more than the limit of "
-                     f"{limit}")
 
 
 def write_bytes(path: str, data: bytes) -> None:

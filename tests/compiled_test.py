@@ -237,7 +237,7 @@ _DAMAGE = [
     ("policy.json edited with a matching manifest",
      lambda d: (open(os.path.join(d, "policy.json"), "w").write('{"specs": {}}'),
                 _rewrite_manifest(d)),
-     r"policy\.json: malformed \(KeyError"),
+     r"policy\.json: signature: expected an object, got None"),
 ]
 
 

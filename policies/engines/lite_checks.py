@@ -90,7 +90,7 @@ def _check_tables(model, max_tensor_bytes: int) -> None:
       name = (tensor.Name() or b"").decode(errors="replace")
       if not 0 <= tensor.Buffer() < max(buffers, 1):
         raise ValueError(f"tensor {name!r} names buffer {tensor.Buffer()} of {buffers}")
-      shape = list(tensor.ShapeAsNumpy()) if tensor.ShapeLength() else []
+      shape = [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else []
       if any(d < -1 for d in shape):
         raise ValueError(f"tensor {name!r} has shape {shape}")
       elements = 1
