@@ -181,7 +181,7 @@ def load_npz(path: str, data: bytes, limit: int = MAX_VALUES_BYTES) -> dict:
   try:
     archive = zipfile.ZipFile(io.BytesIO(data))
     members = archive.infolist()
-  except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+  except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as e:
     raise ValueError(f"{path}: not a numpy archive ({e})") from None
   total, values = 0, {}
   for member in members:
@@ -220,7 +220,9 @@ def load_npz(path: str, data: bytes, limit: int = MAX_VALUES_BYTES) -> dict:
       if str(e).startswith(where):
         raise
       raise ValueError(f"{where}: not a readable .npy ({_first(e)})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, SyntaxError, RuntimeError) as e:
+    # NotImplementedError: a zip feature (version, encryption) zipfile does not read.
+    except (OSError, EOFError, zipfile.BadZipFile, SyntaxError, RuntimeError,
+            NotImplementedError) as e:
       raise ValueError(f"{where}: not a readable .npy ({_first(e)})") from None
     if len(raw) != count * dtype.itemsize:
       raise ValueError(f"{where}: expected {count * dtype.itemsize} bytes of data, got "

@@ -485,13 +485,20 @@ def update_to_forgeries(workdir):
 
 
 def _interrupt_at(n: int, files: tuple):
-  """A tracer raising KeyboardInterrupt at the n-th line run in `files` (this thread only)."""
-  count = [0]
+  """A tracer raising KeyboardInterrupt at the n-th line run in `files` (this thread only).
+
+  Only a line's first run in each frame counts: the line event CPython emits again at the
+  end of a `with` block comes before `__exit__`, so raising there would leak the lock, which
+  no signal-delivered interrupt can do (races_test.py does the same).
+  """
+  count, seen, frames = [0], set(), []
 
   def tracer(frame, event, arg):
     if not frame.f_code.co_filename.endswith(files):
       return None
-    if event == "line":
+    if event == "line" and (id(frame), frame.f_lineno) not in seen:
+      seen.add((id(frame), frame.f_lineno))
+      frames.append(frame)   # alive until the tracer goes, so ids are not reused
       count[0] += 1
       if count[0] == n:
         raise KeyboardInterrupt
