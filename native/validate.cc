@@ -41,13 +41,24 @@ std::string ExtraKey(const Node& node, PyObject* dict) {
   return "?";
 }
 
-// A mapping's error (not an interrupt) becomes a ValueError naming the field.
-[[noreturn]] void RaiseFromMapping(const std::string& path, const std::string& what) {
+// The caller's object's error (not an interrupt) becomes a ValueError naming the field.
+[[noreturn]] void RaiseFromObject(const std::string& path, const std::string& what) {
   if (!PyErr_ExceptionMatches(PyExc_Exception)) throw py::error_already_set();
   py::error_already_set error;
-  Raise(PyExc_ValueError, path + ": the mapping raised " + what + ": " +
+  Raise(PyExc_ValueError, path + ": " + what + ": " +
                               std::string(error.type().attr("__name__").cast<std::string>()) +
                               ": " + py::str(error.value()).cast<std::string>());
+}
+
+[[noreturn]] void RaiseFromMapping(const std::string& path, const std::string& what) {
+  RaiseFromObject(path, "the mapping raised " + what);
+}
+
+// numpy's array protocols: the object converts itself (np.asarray does the same).
+bool HasArrayProtocol(PyObject* value) {
+  return PyObject_HasAttrString(value, "__array__") ||
+         PyObject_HasAttrString(value, "__array_interface__") ||
+         PyObject_HasAttrString(value, "__array_struct__");
 }
 
 py::object CopyMapping(const Node& node, PyObject* mapping) {
@@ -143,6 +154,7 @@ class KeepArrays : public LeafSink {
 
 Validator::Validator(PyTypeObject* eager_tensor_type) : eager_tensor_type_(eager_tensor_type) {
   numpy_method_ = py::str("_numpy_internal");
+  from_dlpack_ = py::module_::import("numpy").attr("from_dlpack");
   mapping_type_ = py::module_::import("collections.abc").attr("Mapping");
   sequence_type_ = py::module_::import("collections.abc").attr("Sequence");
 }
@@ -311,6 +323,18 @@ py::object Validator::AsArray(const Node& node, PyObject* value, npy_intp batch_
   bool python_data = PyBool_Check(value) || PyLong_Check(value) || PyFloat_Check(value) ||
                      PyList_Check(value) || PyTuple_Check(value);
   if (!python_data) {
+    // Other array types (JAX, PyTorch, CuPy on the host, ...): the array they give through
+    // numpy's protocols or DLPack, then checked exactly like a numpy array.
+    if (HasArrayProtocol(value)) {
+      PyObject* converted = PyArray_FromAny(value, nullptr, 0, 0, 0, nullptr);
+      if (converted == nullptr) RaiseFromObject(node.path, "its __array__ raised");
+      return Steal(converted);
+    }
+    if (PyObject_HasAttrString(value, "__dlpack__")) {
+      PyObject* converted = PyObject_CallOneArg(from_dlpack_.ptr(), value);
+      if (converted == nullptr) RaiseFromObject(node.path, "its __dlpack__ export failed");
+      return Steal(converted);
+    }
     Raise(PyExc_TypeError, node.path + ": expected " + ExpectedLeaf(spec, batch_hint) +
                                ", got " + TypeName(value));
   }

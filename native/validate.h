@@ -54,7 +54,7 @@ class Validator {
   py::object AsArray(const Node& node, PyObject* value, npy_intp batch_hint) const;
 
   PyTypeObject* eager_tensor_type_;  // Borrowed from the plan's runtime, or nullptr.
-  py::object numpy_method_, mapping_type_, sequence_type_;
+  py::object numpy_method_, from_dlpack_, mapping_type_, sequence_type_;
 };
 
 }  // namespace policy_runtime

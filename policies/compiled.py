@@ -192,32 +192,6 @@ def _layout(policy: dict, path: str) -> dict:
   return layout
 
 
-def _is_tf_tensor(value) -> bool:
-  """An eager tensor (TF's own types; TF is never imported here, only recognized)."""
-  return (type(value).__module__.startswith("tensorflow.") and
-          callable(getattr(value, "numpy", None)) and hasattr(value, "dtype"))
-
-
-def _tensors_as_arrays(nest, depth: int = 0):
-  """`nest` with its eager tensors as numpy arrays (as the SavedModel policy accepts
-  them); None if it holds none. The slow path of a call the native plan refused."""
-  if _is_tf_tensor(nest):
-    return nest.numpy()
-  if depth > 64 or not isinstance(nest, (tuple, list, dict)):
-    return None
-  items = list(nest.items()) if isinstance(nest, dict) else list(enumerate(nest))
-  converted = [(k, _tensors_as_arrays(v, depth + 1)) for k, v in items]
-  if all(c is None for _, c in converted):
-    return None
-  values = [v if c is None else c for (_, v), (_, c) in zip(items, converted)]
-  if isinstance(nest, dict):
-    return type(nest)(zip(nest.keys(), values)) if type(nest) is not dict else \
-        dict(zip(nest.keys(), values))
-  if array_specs.is_namedtuple(nest):
-    return type(nest)(*values)
-  return type(nest)(values)
-
-
 def _spec_sample(spec, outer: tuple) -> np.ndarray:
   """A value that conforms to `spec` (its minimum where it is bounded), with `outer` dims."""
   shape = outer + tuple(1 if d is None else d for d in spec.shape)
@@ -381,13 +355,7 @@ class CompiledPolicy:
     """
     if seed is not None:
       self._check_seed(seed)
-    try:
-      return self._switch.call(self._call, time_step, policy_state)
-    except TypeError:
-      converted = _tensors_as_arrays((time_step, policy_state))
-      if converted is None:
-        raise
-    return self._switch.call(self._call, *converted)
+    return self._switch.call(self._call, time_step, policy_state)
 
   def get_initial_state(self, batch_size: Optional[int] = None):
     """The initial policy state for `batch_size` environments (numpy arrays)."""

@@ -50,6 +50,7 @@ from policies import graph_audit
 from policies import marshaling_plan
 from policies import specs as specs_lib
 from policies import storage
+from policies import variable_restore
 
 SAVED_MODEL_FILE = "saved_model.pb"
 VARIABLES_PREFIX = f"{tf.saved_model.VARIABLES_DIRECTORY}/{tf.saved_model.VARIABLES_FILENAME}"
@@ -371,6 +372,12 @@ class ObjectGraphPolicy(LoadedPolicy):
                        "export: it has no `action` function")
     self.action = marshaling_plan.action_function_from_concrete(self._action_concrete())
     self._checkpoint = tf.train.Checkpoint(policy=saved)
+    # `PolicySaver.save_checkpoint` roots its checkpoint at a "policy" child;
+    # `PolicySaver.save` writes the SavedModel's own, rooted at the policy.
+    self._restorers = {True: variable_restore.VariableRestorer(saved, {"policy": saved}),
+                       False: variable_restore.VariableRestorer(saved)}
+    self._own_keys: Optional[dict] = None   # checkpoint_values' keys ({}: write each time)
+    self._own_graph = None
     self._initial_state_takes_batch_size = any(
         tf.nest.flatten(c.structured_input_signature)
         for c in saved.get_initial_state.concrete_functions)
@@ -402,16 +409,37 @@ class ObjectGraphPolicy(LoadedPolicy):
     return self.saved.model_variables
 
   def restore(self, checkpoint_prefix):
-    # `PolicySaver.save_checkpoint` roots its checkpoint at a "policy" child;
-    # `PolicySaver.save` writes the SavedModel's own, rooted at the policy.
     reader = py_checkpoint_reader.NewCheckpointReader(checkpoint_prefix)
     nested = any(k.startswith("policy/") for k in reader.get_variable_to_dtype_map())
+    if self._restorers[nested].restore(reader):
+      return
     checkpoint = self._checkpoint if nested else tf.train.Checkpoint(root=self.saved)
     status = checkpoint.read(checkpoint_prefix)
     status.assert_existing_objects_matched().expect_partial()
 
   def attribute(self, name):
     return getattr(self.saved, name)
+
+  def checkpoint_values(self) -> Dict[str, np.ndarray]:
+    # The SavedModel's own checkpoint layout is learnt from one write; then read
+    # from the variables (no checkpoint written per update).
+    if self._own_keys is None:
+      scratch = f"ram://policy_runtime/values-{uuid.uuid4().hex}"
+      try:
+        prefix = storage.join(scratch, "variables")
+        self.write_variables(prefix)
+        reader = py_checkpoint_reader.NewCheckpointReader(prefix)
+        self._own_keys = self._restorers[False].variables_by_key(reader) or {}
+        self._own_graph = reader.get_tensor(variable_restore.OBJECT_GRAPH_KEY)
+        if not self._own_keys:
+          return read_checkpoint(prefix)
+      finally:
+        storage.remove_tree(scratch)
+    if not self._own_keys:
+      return super().checkpoint_values()
+    values = {key: variable.numpy() for key, variable in self._own_keys.items()}
+    values[variable_restore.OBJECT_GRAPH_KEY] = self._own_graph
+    return values
 
   def write_variables(self, prefix):
     tf.train.Checkpoint(root=self.saved).write(prefix)

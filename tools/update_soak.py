@@ -1,20 +1,27 @@
-"""Update soak: RSS growth per `update_from_checkpoint`, ours (tf, lite) beside TF-Agents.
+"""Update soak: live memory growth per update, ours (tf, lite, compiled) beside TF-Agents.
 
     bazel run //tools:update_soak -- [--updates N] [--warmup N]
 
 Exports the MLP Q policy with PolicySaver and two checkpoints of it (weights
-times 1 and times -1.5), then on each engine alternates between them:
-`--warmup` updates, then `--updates` more, sampling RSS, and prints the
-growth per update after warm-up. One action() follows each update, so a
-policy that defers work to the first call pays it inside the soak.
+times 1 and times -1.5), and compiles each; then, each engine in a fresh child
+process, alternates between the two: `--warmup` updates, then `--updates`
+more (`update_from_checkpoint`, or `CompiledPolicy.update` between the
+compiled directories), and prints the growth per update after warm-up. One
+action() follows each update, so a policy that defers work to the first call
+pays it inside the soak. RSS is read after `malloc_trim`, so memory glibc
+keeps mapped but nothing uses does not count.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
+import json
 import os
 import resource
+import subprocess
+import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -31,6 +38,8 @@ from tools import policy_zoo  # noqa: E402
 
 
 def rss_kb() -> float:
+  """RSS after glibc returns free memory to the system: what is live."""
+  ctypes.CDLL("libc.so.6").malloc_trim(0)
   with open("/proc/self/statm") as f:
     return int(f.read().split()[1]) * resource.getpagesize() / 1024
 
@@ -48,44 +57,71 @@ def _checkpoints(policy, saver, root: str) -> list:
   return paths
 
 
-def soak(make_policy, checkpoints: list, updates: int, warmup: int) -> dict:
-  policy = make_policy()
+def soak(policy, update, sources: list, updates: int, warmup: int) -> dict:
   step = ts.TimeStep(np.int32(1), np.float32(0), np.float32(1), np.ones(4, np.float32))
   for i in range(warmup):
-    policy.update_from_checkpoint(checkpoints[i % 2])
+    update(sources[i % 2])
     policy.action(step)
   gc.collect()
   start = rss_kb()
   for i in range(updates):
-    policy.update_from_checkpoint(checkpoints[i % 2])
+    update(sources[i % 2])
     policy.action(step)
   gc.collect()
   return {"kb_per_update": (rss_kb() - start) / updates, "rss_start_mb": start / 1024}
+
+
+ENGINES = ("tf-agents", "ours tf", "ours lite", "ours compiled")
+
+
+def run_engine(engine: str, root: str, updates: int, warmup: int) -> dict:
+  """Soaks one engine on the files `prepare` wrote under `root` (in this process)."""
+  path, checkpoints = os.path.join(root, "mlp_q"), [os.path.join(root, "checkpoints", f"ckpt-{i}")
+                                                   for i in range(2)]
+  if engine == "ours compiled":
+    from policies import compiled  # pylint: disable=import-outside-toplevel
+    directories = [os.path.join(root, "compiled", str(i)) for i in range(2)]
+    policy = compiled.CompiledPolicy(directories[0])
+    return soak(policy, policy.update, directories, updates, warmup)
+  if engine == "tf-agents":
+    policy = py_tf_eager_policy.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True)
+  else:
+    policy = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True,
+                                       backend=engine.split()[1])
+  return soak(policy, policy.update_from_checkpoint, checkpoints, updates, warmup)
+
+
+def prepare(root: str) -> None:
+  """The export, two checkpoints of it and each compiled, under `root`."""
+  from policies import compile_policy  # pylint: disable=import-outside-toplevel
+  path = os.path.join(root, "mlp_q")
+  tf_policy = policy_zoo.q_mlp_policy()
+  saver = policy_zoo.save(tf_policy, path)
+  for i, checkpoint in enumerate(_checkpoints(tf_policy, saver, root)):
+    compile_policy(path, os.path.join(root, "compiled", str(i)), checkpoint=checkpoint)
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--updates", type=int, default=2000)
   parser.add_argument("--warmup", type=int, default=200)
+  parser.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)   # the child
+  parser.add_argument("--root", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.engine:
+    print(json.dumps(run_engine(args.engine, args.root, args.updates, args.warmup)))
+    return
   with tempfile.TemporaryDirectory() as root:
-    path = os.path.join(root, "mlp_q")
-    tf_policy = policy_zoo.q_mlp_policy()
-    saver = policy_zoo.save(tf_policy, path)
-    checkpoints = _checkpoints(tf_policy, saver, root)
-    engines = {
-        "tf-agents": lambda: py_tf_eager_policy.SavedModelPyTFEagerPolicy(
-            path, load_specs_from_pbtxt=True),
-        "ours tf": lambda: SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True,
-                                                     backend="tf"),
-        "ours lite": lambda: SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True,
-                                                       backend="lite"),
-    }
-    for name, make in engines.items():
-      result = soak(make, checkpoints, args.updates, args.warmup)
-      print(f"{name:10s} {args.updates:,} updates after {args.warmup:,}: "
-            f"{result['kb_per_update']:.2f} KB/update (RSS {result['rss_start_mb']:.0f} MB at start)",
-            flush=True)
+    prepare(root)
+    for engine in ENGINES:
+      child = subprocess.run(
+          [sys.executable, os.path.abspath(__file__), "--engine", engine, "--root", root,
+           "--updates", str(args.updates), "--warmup", str(args.warmup)],
+          check=True, stdout=subprocess.PIPE, text=True)
+      result = json.loads(child.stdout.strip().splitlines()[-1])
+      print(f"{engine:14s} {args.updates:,} updates after {args.warmup:,}: "
+            f"{result['kb_per_update']:.2f} KB/update (RSS {result['rss_start_mb']:.0f} MB "
+            f"at start)", flush=True)
 
 
 if __name__ == "__main__":
