@@ -23,7 +23,15 @@ SOURCE = policy_cli.DEFAULT_POLICY
 SHARD = "variables/variables.data-00000-of-00001"
 
 
+# Set by the `tf_agents__<case>` names: load with TF-Agents' own class instead (the
+# comparison in docs/untrusted_inputs.md, //tests:hostile_saved_model_tf_agents).
+_WITH_TF_AGENTS = []
+
+
 def _policy(path, backend="tf", workdir=None):
+  if _WITH_TF_AGENTS:
+    from tf_agents.policies import py_tf_eager_policy  # pylint: disable=import-outside-toplevel
+    return py_tf_eager_policy.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True)
   from policies import SavedModelPyTFEagerPolicy  # pylint: disable=import-outside-toplevel
   cache = os.path.join(workdir or path, "cache")
   return SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, backend=backend,
@@ -40,7 +48,8 @@ def _result(policy) -> dict:
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   time_step = tf.nest.map_structure(lambda s: np.zeros(s.shape, s.dtype), policy.time_step_spec)
   step = policy.action(time_step, policy.get_initial_state())
-  return {"backend": policy.backend, "action": np.asarray(step.action).tolist(),
+  return {"backend": getattr(policy, "backend", "tf-agents"),
+          "action": np.asarray(step.action).tolist(),
           "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -272,9 +281,19 @@ def fuzz(seed: int, workdir: str):
   return result
 
 
+def _with_tf_agents(case, workdir):
+  _WITH_TF_AGENTS.append(True)
+  try:
+    return case(workdir)
+  finally:
+    _WITH_TF_AGENTS.clear()
+
+
 def __getattr__(name: str):
   if name.startswith("fuzz_"):
     return functools.partial(fuzz, int(name[len("fuzz_"):]))
+  if name.startswith("tf_agents__"):
+    return functools.partial(_with_tf_agents, globals()[name[len("tf_agents__"):]])
   raise AttributeError(name)
 
 

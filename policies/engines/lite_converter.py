@@ -10,13 +10,15 @@ the child is then replaced on the next conversion. (Forking the caller is not
 an option: TF's thread pools do not survive a fork, and the converter hangs.)
 
 Protocol on the child's stdin/stdout: length-prefixed pickles of
-`(files, what)` (the SavedModel's files by relative path) answered by
+`(files, what, modules)` (the SavedModel's files by relative path, and the
+modules to import first: see `_type_spec_modules`) answered by
 `("ok", flatbuffer)` or `("error", message)`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import pickle
@@ -126,7 +128,7 @@ def convert_files(files: Dict[str, bytes], what: str, timeout: Optional[float] =
   global _child  # pylint: disable=global-statement
   timeout = timeout or float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
   memory_gb = memory_gb or float(os.environ.get(MEMORY_ENV, DEFAULT_MEMORY_GB))
-  request = pickle.dumps((files, what), protocol=pickle.HIGHEST_PROTOCOL)
+  request = pickle.dumps((files, what, _type_spec_modules()), protocol=pickle.HIGHEST_PROTOCOL)
   with _lock:
     if _child is None or _child.process.poll() is not None:
       _child = _Child(memory_gb)
@@ -143,6 +145,32 @@ def convert_files(files: Dict[str, bytes], what: str, timeout: Optional[float] =
   if kind == "ok":
     return value
   raise ValueError(value)
+
+
+def _type_spec_modules() -> list:
+  """The modules, imported here, that registered the TypeSpecs TF knows here.
+
+  An export names the TypeSpecs of its outputs (TF-Agents' `SquashToSpecNormal`,
+  TFP's distributions), and TF's loader decodes only registered ones. They are
+  registered by importing the module that defines them, which this process did
+  and the child has not; the child imports the same modules (ours, already
+  trusted here: never a name taken from the model).
+  """
+  try:
+    from tensorflow.python.framework import type_spec_registry  # pylint: disable=import-outside-toplevel
+    names = list(type_spec_registry._NAME_TO_TYPE_SPEC)  # pylint: disable=protected-access
+  except (ImportError, AttributeError):
+    return []
+  modules = set()
+  for name in names:
+    parts = name.split(".")[:-1]
+    while parts and ".".join(parts) not in sys.modules:
+      parts.pop()
+    module = ".".join(parts)
+    if module and not module.startswith(("tensorflow.", "tensorflow_probability.")) \
+        and module not in ("tensorflow", "tensorflow_probability"):
+      modules.add(module)
+  return sorted(modules)
 
 
 def shutdown() -> None:
@@ -196,7 +224,11 @@ def _serve() -> None:
     header = stdin.read(_HEADER.size)
     if len(header) < _HEADER.size:
       return
-    files, what = pickle.loads(stdin.read(_HEADER.unpack(header)[0]))  # from our parent only
+    files, what, modules = pickle.loads(stdin.read(_HEADER.unpack(header)[0]))  # our parent's
+    for module in modules:
+      if module not in sys.modules:
+        with contextlib.suppress(Exception):
+          importlib.import_module(module)
     answer = pickle.dumps(_convert_in_child(files, what), protocol=pickle.HIGHEST_PROTOCOL)
     stdout.write(_HEADER.pack(len(answer)) + answer)
     stdout.flush()
