@@ -46,11 +46,13 @@ for stack in "${stacks[@]}"; do
     LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)" \
     ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:allocator_may_return_null=1:log_path=$work/asan" \
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$work/ubsan" \
+    POLICY_RUNTIME_CONVERT_MEMORY_GB=0 \
     FUZZ_EXAMPLES="$examples" PYTHONPATH="$work:$work/tests" TF_CPP_MIN_LOG_LEVEL=2 \
     "$py" -c "$pytest_keras_2" tests/marshal_test.py tests/marshal_fuzz_test.py tests/action_fuzz_test.py \
       tests/lite_backend_test.py tests/litert_native_test.py tests/lite_sampling_test.py \
       tests/dynamic_batching_test.py tests/async_batching_test.py \
       tests/rows_fuzz_test.py tests/compiled_test.py tests/pushed_weights_test.py \
+      tests/input_contract_test.py \
       -q -p no:cacheprovider \
       -W ignore::DeprecationWarning) || status=$?
 done

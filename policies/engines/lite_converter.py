@@ -49,14 +49,17 @@ class _Child:
   """The converter process and its pipes."""
 
   def __init__(self, memory_gb: float):
-    limit = int(memory_gb * 2**30)
+    # memory_gb <= 0: no address-space limit (AddressSanitizer, as tools/sanitize.sh runs
+    # it, reserves terabytes of address space and aborts under any limit).
+    limit = int(memory_gb * 2**30) if memory_gb > 0 else None
     hard = resource.getrlimit(resource.RLIMIT_AS)[1]
-    if hard != resource.RLIM_INFINITY:
+    if limit is not None and hard != resource.RLIM_INFINITY:
       limit = min(limit, hard)   # a limit cannot be raised, only kept or lowered
 
     def limits():
-      resource.setrlimit(resource.RLIMIT_AS, (limit, hard if hard != resource.RLIM_INFINITY
-                                              else limit))
+      if limit is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard if hard != resource.RLIM_INFINITY
+                                                else limit))
       resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
@@ -127,7 +130,8 @@ def convert_files(files: Dict[str, bytes], what: str, timeout: Optional[float] =
   """
   global _child  # pylint: disable=global-statement
   timeout = timeout or float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
-  memory_gb = memory_gb or float(os.environ.get(MEMORY_ENV, DEFAULT_MEMORY_GB))
+  if memory_gb is None:
+    memory_gb = float(os.environ.get(MEMORY_ENV, DEFAULT_MEMORY_GB))
   request = pickle.dumps((files, what, _type_spec_modules()), protocol=pickle.HIGHEST_PROTOCOL)
   with _lock:
     if _child is None or _child.process.poll() is not None:
