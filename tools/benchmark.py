@@ -20,6 +20,7 @@ Writes benchmark.json and benchmark.png into --output.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import gc
 import os
@@ -221,18 +222,26 @@ def plot(rows):
   series = (("tf_agents_us", "TF-Agents"), ("ours_us", "ours"),
             ("ours_st_us", "ours, single-threaded executor"), ("floor_us", "floor"),
             ("lite_us", "ours, backend='lite'"))
-  for key, label in series:
-    left.plot(xs, [getattr(r, key) for r in leaf_rows], "o-", label=label)
-  left.set(yscale="log", xlabel="observation leaves (Q policy, batch 1)", ylabel="us per action()",
-           title="latency vs number of leaves")
-  left.legend()
-  batch_rows = sorted((r for r in rows if r.policy == "mlp_q_1leaf"), key=lambda r: r.batch)
-  bs = [r.batch for r in batch_rows]
-  for key, label in series:
-    right.plot(bs, [getattr(r, key) for r in batch_rows], "o-", label=label)
-  right.set(xscale="log", yscale="log", xlabel="batch size (MLP Q policy)", ylabel="us per action()",
-            title="latency vs batch size")
-  right.legend()
+  if leaf_rows:
+    for key, label in series:
+      left.plot(xs, [getattr(r, key) for r in leaf_rows], "o-", label=label)
+    left.set(yscale="log", xlabel="observation leaves (Q policy, batch 1)",
+             ylabel="us per action()", title="latency vs number of leaves")
+    left.legend()
+  # Batch sizes: the MLP Q policy, else the first policy measured at several.
+  by_policy = collections.defaultdict(list)
+  for r in rows:
+    by_policy[r.policy].append(r)
+  name = "mlp_q_1leaf" if "mlp_q_1leaf" in by_policy else next(
+      (p for p, rs in by_policy.items() if len(rs) > 1), None)
+  if name is not None:
+    batch_rows = sorted(by_policy[name], key=lambda r: r.batch)
+    bs = [r.batch for r in batch_rows]
+    for key, label in series:
+      right.plot(bs, [getattr(r, key) for r in batch_rows], "o-", label=label)
+    right.set(xscale="log", yscale="log", xlabel=f"batch size ({name})",
+              ylabel="us per action()", title="latency vs batch size")
+    right.legend()
   return fig
 
 
