@@ -3,7 +3,7 @@
 Produces `<name><EXT_SUFFIX>` per stack in tools/stacks.bzl (e.g.
 `_marshal.cpython-311-x86_64-linux-gnu.so` beside
 `_marshal.cpython-313-x86_64-linux-gnu.so`; each interpreter imports its own),
-with hidden visibility and -O2, and a py_library `<name>_lib` carrying them
+with C++17, hidden visibility and -O2 (the flags are the rule's, not a .bazelrc's), and a py_library `<name>_lib` carrying them
 all as data, so the Python wrapper next to it can import it.
 """
 
@@ -23,6 +23,7 @@ def pybind_extension(name, srcs, deps = [], copts = [], numpy = False, visibilit
             name = name + stack.ext_suffix,
             srcs = srcs,
             copts = copts + [
+                "-std=c++17",
                 "-fvisibility=hidden",
                 "-O2",
                 "-fexceptions",
