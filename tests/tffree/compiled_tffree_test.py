@@ -145,6 +145,18 @@ def test_sampled_outputs_pass_the_distribution_check(fixtures, name):
       assert check.figure < check.threshold
 
 
+def test_time_steps_built_without_tensorflow_act(fixtures):
+  """//policies:compiled carries policies.time_steps: a TF-free loop builds its own steps."""
+  from policies import time_steps  # pylint: disable=import-outside-toplevel
+  path, _ = fixtures("q_mlp")
+  policy = compiled.CompiledPolicy(path)
+  observation = np.linspace(-1, 1, 4).astype(np.float32)
+  first = policy.action(time_steps.restart(observation))
+  later = policy.action(time_steps.transition(observation, reward=1.0))
+  assert first.action.dtype == later.action.dtype == policy.action_spec.dtype
+  assert first.action == later.action   # a greedy policy: the step type does not matter
+
+
 def test_dynamic_batching_without_tensorflow(fixtures):
   path, reference = fixtures("q_mlp")
   serial = compiled.CompiledPolicy(path)
