@@ -16,13 +16,13 @@ import os
 import random
 import resource
 import shutil
-import sys
 import tarfile
 import tempfile
 import zipfile
 
 import numpy as np
 
+import interrupts
 from policies import array_specs, compiled, compiled_format
 
 _FIXTURES = {}
@@ -484,29 +484,6 @@ def update_to_forgeries(workdir):
 # -- Updates: atomic under interrupts, and nothing kept -----------------------------
 
 
-def _interrupt_at(n: int, files: tuple):
-  """A tracer raising KeyboardInterrupt at the n-th line run in `files` (this thread only).
-
-  Only a line's first run in each frame counts: the line event CPython emits again at the
-  end of a `with` block comes before `__exit__`, so raising there would leak the lock, which
-  no signal-delivered interrupt can do (races_test.py does the same).
-  """
-  count, seen, frames = [0], set(), []
-
-  def tracer(frame, event, arg):
-    if not frame.f_code.co_filename.endswith(files):
-      return None
-    if event == "line" and (id(frame), frame.f_lineno) not in seen:
-      seen.add((id(frame), frame.f_lineno))
-      frames.append(frame)   # alive until the tracer goes, so ids are not reused
-      count[0] += 1
-      if count[0] == n:
-        raise KeyboardInterrupt
-    return tracer
-
-  return tracer
-
-
 # The update's own steps. The checkers it calls (compiled_checks, lite_checks,
 # array_specs) are pure functions: an interrupt in them propagates like any
 # error raised there, and tracing their loops line by line would take minutes.
@@ -572,14 +549,8 @@ def update_interrupted_at_every_line(workdir):
     current = 1
     for n in range(1, 100_000):
       target = 1 - current
-      sys.settrace(_interrupt_at(n, _UPDATE_FILES))
-      try:
-        policy.update(dirs[target])
-        finished = True
-      except KeyboardInterrupt:
-        finished = False
-      finally:
-        sys.settrace(None)
+      finished = interrupts.finishes_unless_interrupted(n, _UPDATE_FILES, policy.update,
+                                                        dirs[target])
       active = policy._switch.active  # pylint: disable=protected-access
       copies = policy._copies  # pylint: disable=protected-access
       if active not in copies or copies[0] is copies[1]:

@@ -15,6 +15,7 @@ from tf_agents.trajectories import time_step as ts
 
 from policies import CheckpointFollower, SavedModelPyTFEagerPolicy
 from conftest import scaled_checkpoint
+import interrupts
 from tools import policy_zoo
 
 
@@ -176,29 +177,6 @@ def test_outputs_stay_as_returned_when_later_calls_run(bias_policy):
   np.testing.assert_array_equal(first.info["bias"], kept)
 
 
-def _interrupt_at(n: int, files: tuple):
-  """A tracer raising KeyboardInterrupt at the n-th line run in `files` (this thread only).
-
-  Only a line's first run in each frame counts: the line event CPython emits again at the
-  end of a `with` block comes before `__exit__`, so raising there would leak the lock, which
-  no signal-delivered interrupt can do (those arrive at calls and backward jumps).
-  """
-  count, seen, frames = [0], set(), []
-
-  def tracer(frame, event, arg):
-    if not frame.f_code.co_filename.endswith(files):
-      return None
-    if event == "line" and (id(frame), frame.f_lineno) not in seen:
-      seen.add((id(frame), frame.f_lineno))
-      frames.append(frame)   # alive until the tracer goes, so ids are not reused
-      count[0] += 1
-      if count[0] == n:
-        raise KeyboardInterrupt
-    return tracer
-
-  return tracer
-
-
 _UPDATE_FILES = ("saved_model_policy.py", "loading.py", "lite.py", "lite_weights.py",
                  "lite_model.py", "pushed_variables.py", "storage.py", "checkpoint_errors.py")
 
@@ -245,14 +223,8 @@ def test_an_interrupt_at_any_line_of_an_update_keeps_it_atomic(saved, tmp_path, 
     current = 1
     for n in range(1, 100_000):
       target = 1 - current
-      sys.settrace(_interrupt_at(n, _UPDATE_FILES))
-      try:
-        policy.update_from_checkpoint(checkpoints[target])
-        finished = True
-      except KeyboardInterrupt:
-        finished = False
-      finally:
-        sys.settrace(None)
+      finished = interrupts.finishes_unless_interrupted(
+          n, _UPDATE_FILES, policy.update_from_checkpoint, checkpoints[target])
       assert policy._standby is not policy._switch.active, f"aliased at line {n}"  # pylint: disable=protected-access
       current = 1 - current
       policy.update_from_checkpoint(checkpoints[current])   # the next good update works
@@ -291,14 +263,7 @@ def test_an_interrupt_at_any_line_of_following_a_push_loses_no_push(saved, backe
     current = 1 - current
     for v, value in zip(variables, originals):
       v.assign(value * scales[current])
-    sys.settrace(_interrupt_at(n, _UPDATE_FILES))
-    try:
-      policy.action(steps)
-      finished = True
-    except KeyboardInterrupt:
-      finished = False
-    finally:
-      sys.settrace(None)
+    finished = interrupts.finishes_unless_interrupted(n, _UPDATE_FILES, policy.action, steps)
     assert policy._standby is not policy._switch.active, f"aliased at line {n}"  # pylint: disable=protected-access
     np.testing.assert_array_equal(_actions_on(policy, steps), expected[current],
                                   err_msg=f"after an interrupt at line {n}")
