@@ -1,6 +1,9 @@
-"""`pytest_test`: a py_test per stack that runs one pytest file with the shared fixtures."""
+"""`pytest_test`: a py_test per stack that runs one pytest file with the shared fixtures.
 
-load("//tools:stacks.bzl", "PRIMARY", "STACKS")
+`tffree_test`: one that runs a pytest file in the environment without TensorFlow.
+"""
+
+load("//tools:stacks.bzl", "PRIMARY", "STACKS", "TFFREE")
 
 def pytest_test(name, srcs = None, deps = [], data = [], args = [], tags = [],
                 primary_only = False, **kwargs):
@@ -34,3 +37,25 @@ def pytest_test(name, srcs = None, deps = [], data = [], args = [], tags = [],
             data = data,
             **kwargs
         )
+
+
+def tffree_test(name, srcs, deps = [], tags = [], **kwargs):
+    """Runs `srcs[0]` under pytest in the TF-free environment (tagged "tffree").
+
+    No conftest.py (it imports TensorFlow): the test's closure is `deps`, which
+    must hold nothing that imports TensorFlow either.
+    """
+    native.py_test(
+        name = name,
+        srcs = srcs + ["pytest_main.py"],
+        args = [
+            "--python=" + TFFREE.python,
+            "%s/%s" % (native.package_name(), srcs[0]),
+        ],
+        main = "pytest_main.py",
+        python_version = "PY3",
+        srcs_version = "PY3",
+        tags = tags + ["tffree"],
+        deps = deps + ["//tools:tf_agents_keras"],
+        **kwargs
+    )
