@@ -47,7 +47,7 @@ Output nodes:
   ("list", children) | ("tuple", children)
 """
 
-from native._marshal import (ALIGNMENT, ANY_BATCH, NO_CALLER_BATCH, ZERO_COPY_MIN_BYTES,
+from ._marshal import (ALIGNMENT, ANY_BATCH, NO_CALLER_BATCH, ZERO_COPY_MIN_BYTES,
                              CopySwitch, LiteRtEngine, Plan, live_exported_leaves)
 
 __all__ = ["ALIGNMENT", "ANY_BATCH", "NO_CALLER_BATCH", "ZERO_COPY_MIN_BYTES", "CopySwitch",

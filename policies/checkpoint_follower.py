@@ -21,9 +21,9 @@ from typing import List, Tuple
 
 import tensorflow as tf
 
-from policies import following
-from policies import loading
-from policies import storage
+from . import following
+from . import loading
+from . import storage
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Compiles a PolicySaver export into a compiled policy directory (needs TensorFlow).
 
-    from policies import compile_policy
+    from policy_runtime.policies import compile_policy
     compile_policy("/models/policy", "/models/compiled/step_1000",
                    checkpoint="/models/checkpoints/policy_checkpoint_0000001000")
 
@@ -21,16 +21,16 @@ import shutil
 import tempfile
 from typing import Optional
 
-from policies import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
+from . import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
 
 import numpy as np
 import tensorflow as tf
 
-from policies import array_specs
-from policies import compiled_format
-from policies import saved_model_policy
-from policies import storage
-from policies.engines import lite_model
+from . import array_specs
+from . import compiled_format
+from . import saved_model_policy
+from . import storage
+from .engines import lite_model
 
 
 @dataclasses.dataclass(frozen=True)

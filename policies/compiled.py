@@ -1,6 +1,6 @@
 """Compiled policies: act on a policy compiled by `policies.compile`, without TensorFlow.
 
-    from policies import compiled
+    from policy_runtime.policies import compiled
     policy = compiled.CompiledPolicy("/models/compiled/step_1000")
     step = policy.action(time_step, policy.get_initial_state())
 
@@ -23,14 +23,14 @@ from typing import Any, Optional
 
 import numpy as np
 
-from native import marshal
-from policies import array_specs
-from policies import batching
-from policies import compiled_checks
-from policies import compiled_format
-from policies import plan_layout
-from policies.engines import lite_checks
-from policies.engines import lite_model
+from ..native import marshal
+from . import array_specs
+from . import batching
+from . import compiled_checks
+from . import compiled_format
+from . import plan_layout
+from .engines import lite_checks
+from .engines import lite_model
 
 PolicyStep = collections.namedtuple("PolicyStep", ["action", "state", "info"])
 PolicyStep.__new__.__defaults__ = ((), ())

@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 from typing import List, Tuple
 
-from policies import compiled_format
-from policies import following
+from . import compiled_format
+from . import following
 
 
 class CompiledFollower(following.DirectoryFollower):

@@ -28,8 +28,8 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
-from policies import compiled_checks
-from policies import safe_files
+from . import compiled_checks
+from . import safe_files
 
 FORMAT = "policy_runtime.compiled_policy"
 VERSION = 1

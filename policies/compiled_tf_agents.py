@@ -1,6 +1,6 @@
 """A compiled policy as a TF-Agents `PyPolicy`, for TF-Agents' drivers and metrics.
 
-    from policies import compiled, compiled_tf_agents
+    from policy_runtime.policies import compiled, compiled_tf_agents
     policy = compiled_tf_agents.as_py_policy(compiled.CompiledPolicy(path))
 
 Needs TF-Agents (so TensorFlow); `policies.compiled` alone does not.
@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from policies import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
+from . import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
 
 from tf_agents.policies import py_policy
 from tf_agents.specs import array_spec
 from tf_agents.trajectories import policy_step
 from tf_agents.trajectories import time_step as ts
 
-from policies import array_specs
-from policies import compiled
+from . import array_specs
+from . import compiled
 
 
 def _tf_agents_spec(spec):

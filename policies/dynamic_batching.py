@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from policies import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
+from . import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
 
 from tf_agents.policies import py_policy
 
-from policies import batching
-from policies import compiled
-from policies import compiled_tf_agents
+from . import batching
+from . import compiled
+from . import compiled_tf_agents
 
 BatcherClosedError = batching.BatcherClosedError
 

@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from policies import time_steps
+from . import time_steps
 
 DEFAULT_ENV = "CartPole-v0"
 GYM_PREFIX = "gym:"
@@ -78,7 +78,7 @@ class GymEnvironment:
   """A gym 0.23 environment through TF-Agents' `suite_gym` (its own conversions)."""
 
   def __init__(self, env_id: str):
-    from policies import quiet_gym  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    from . import quiet_gym  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     import gym  # pylint: disable=import-outside-toplevel
     from tf_agents.environments import suite_gym  # pylint: disable=import-outside-toplevel
     try:

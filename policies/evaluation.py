@@ -1,6 +1,6 @@
 """Evaluates a saved policy over many episodes on Ray workers.
 
-    from policies import evaluation
+    from policy_runtime.policies import evaluation
     result = evaluation.evaluate("gs://bucket/policy", episodes=1000, workers=16)
     print(result.summary())
 
@@ -34,9 +34,9 @@ import sys
 import numpy as np
 import ray
 
-from policies import compiled_format
-from policies import episodes as episodes_lib
-from policies import local_ray
+from . import compiled_format
+from . import episodes as episodes_lib
+from . import local_ray
 
 ENGINE = "ray"
 
@@ -199,16 +199,16 @@ class _EpisodeWorker:
 def _load_policy(model_path: str, policy_kwargs: dict):
   """A CompiledPolicy for a compiled directory (no TensorFlow), else the SavedModel's."""
   if compiled_format.is_compiled(model_path):
-    from policies import compiled  # pylint: disable=import-outside-toplevel
+    from . import compiled  # pylint: disable=import-outside-toplevel
     return compiled.CompiledPolicy(model_path, batch_time_steps=True)
-  from policies import saved_model_policy  # pylint: disable=import-outside-toplevel
+  from . import saved_model_policy  # pylint: disable=import-outside-toplevel
   return saved_model_policy.SavedModelPyTFEagerPolicy(model_path, **policy_kwargs)
 
 
 def _raise_worker_error(error: Sequence[str]):
   name, message = error
   if name == "UnsafeGraphError":
-    from policies import graph_audit  # pylint: disable=import-outside-toplevel
+    from . import graph_audit  # pylint: disable=import-outside-toplevel
     raise graph_audit.UnsafeGraphError(message)
   cls = _WORKER_ERRORS.get(name)
   if cls is None:

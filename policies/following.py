@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 _STEP_SUFFIX = re.compile(r"_(\d+)$")
 
-log = logging.getLogger("policies")
+log = logging.getLogger("policy_runtime")
 
 
 class DirectoryFollower:

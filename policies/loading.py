@@ -33,7 +33,7 @@ import uuid
 import weakref
 from typing import Dict, List, Optional
 
-from policies import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
+from . import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
 
 import numpy as np
 import tensorflow as tf
@@ -46,11 +46,11 @@ from tensorflow.python.training import py_checkpoint_reader
 from tensorflow.python.util import nest
 from tf_agents.trajectories import policy_step
 
-from policies import graph_audit
-from policies import marshaling_plan
-from policies import specs as specs_lib
-from policies import storage
-from policies import variable_restore
+from . import graph_audit
+from . import marshaling_plan
+from . import specs as specs_lib
+from . import storage
+from . import variable_restore
 
 SAVED_MODEL_FILE = "saved_model.pb"
 VARIABLES_PREFIX = f"{tf.saved_model.VARIABLES_DIRECTORY}/{tf.saved_model.VARIABLES_FILENAME}"

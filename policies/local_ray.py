@@ -1,6 +1,6 @@
 """Starts the local Ray instance that evaluation runs on when no cluster is given.
 
-    from policies import local_ray
+    from policy_runtime.policies import local_ray
     with local_ray.instance(num_cpus=2):
       ...   # evaluation.evaluate(...) calls here share this instance
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-from policies import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
+from . import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
 
 import tensorflow as tf
 from tensorflow.python import pywrap_tfe
 from tensorflow.python.eager import context
 from tensorflow.python.framework import ops
 
-from policies import plan_layout
+from . import plan_layout
 from tf_agents.trajectories import policy_step
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from native import marshal
-from policies import array_specs
+from ..native import marshal
+from . import array_specs
 
 
 def _tf_dtype_enum(spec) -> int:

@@ -4,6 +4,6 @@ TF-Agents imports gym unconditionally, and gym 0.23 prints "Gym has been
 unmaintained since 2022 ..." when imported (`compat.import_gym_without_banner`).
 """
 
-from policies import compat
+from . import compat
 
 compat.import_gym_without_banner()

@@ -16,27 +16,27 @@ import uuid
 import weakref
 from typing import Any, Optional, Tuple
 
-from policies import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
+from . import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import core
 from tf_agents.policies import py_policy
 
-from native import marshal
-from policies import batching
-from policies import checkpoint_errors
-from policies import engines
-from policies import graph_audit
-from policies import loading
-from policies import marshaling_plan
-from policies import plan_layout
-from policies import pushed_variables
-from policies import specs as specs_lib
-from policies import storage
-from policies.engines import lite
-from policies.engines import lite_model
-from policies.engines import tf_eager
+from ..native import marshal
+from . import batching
+from . import checkpoint_errors
+from . import engines
+from . import graph_audit
+from . import loading
+from . import marshaling_plan
+from . import plan_layout
+from . import pushed_variables
+from . import specs as specs_lib
+from . import storage
+from .engines import lite
+from .engines import lite_model
+from .engines import tf_eager
 
 
 def _to_numpy(nest):
@@ -163,7 +163,7 @@ class _PolicyCopy:
 
 BACKENDS = ("tf", "lite", "auto")
 
-log = logging.getLogger("policies")
+log = logging.getLogger("policy_runtime")
 
 # How long an update waits for calls still running on the standby copy.
 _IDLE_TIMEOUT_S = 60.0

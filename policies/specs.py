@@ -6,14 +6,14 @@ import dataclasses
 import os
 from typing import Any, Optional
 
-from policies import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
+from . import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
 
 import numpy as np
 import tensorflow as tf
 from tf_agents.policies import policy_saver
 from tf_agents.specs import tensor_spec
 
-from policies import storage
+from . import storage
 
 
 @dataclasses.dataclass

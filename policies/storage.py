@@ -12,7 +12,7 @@ import re
 
 import tensorflow as tf
 
-from policies import safe_files
+from . import safe_files
 
 
 def first_line(error: BaseException) -> str:

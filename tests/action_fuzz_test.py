@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from tf_agents.trajectories import time_step as ts
 
-from policies import SavedModelPyTFEagerPolicy
+from policy_runtime.policies import SavedModelPyTFEagerPolicy
 import spec_strategies
 
 _SETTINGS = spec_strategies.fuzz_settings(200)

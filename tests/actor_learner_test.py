@@ -37,8 +37,8 @@ from tf_agents.train import triggers
 from tf_agents.train.utils import train_utils
 from tf_agents.trajectories import time_step as ts
 
-from policies import SavedModelPyTFEagerPolicy
-from policies.engines import lite_validation
+from policy_runtime.policies import SavedModelPyTFEagerPolicy
+from policy_runtime.policies.engines import lite_validation
 
 POLICY_KEY = reverb_variable_container.POLICY_KEY
 TRAIN_STEP_KEY = reverb_variable_container.TRAIN_STEP_KEY

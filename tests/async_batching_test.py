@@ -6,8 +6,8 @@ import threading
 import numpy as np
 import pytest
 
-from policies import BatcherClosedError, DynamicBatchingPolicy
-from policies import batching, compile_policy, compiled
+from policy_runtime.policies import BatcherClosedError, DynamicBatchingPolicy
+from policy_runtime.policies import batching, compile_policy, compiled
 from conftest import load_saved, lstm_episodes, lstm_trace, q_steps, scaled_checkpoint
 
 

@@ -9,8 +9,8 @@ import tensorflow as tf
 
 import hostile_models
 
-from policies import SavedModelPyTFEagerPolicy, UnsafeGraphError
-from policies import graph_audit
+from policy_runtime.policies import SavedModelPyTFEagerPolicy, UnsafeGraphError
+from policy_runtime.policies import graph_audit
 from tools import policy_cli
 from tools import policy_zoo
 

@@ -23,7 +23,7 @@ import zipfile
 import numpy as np
 
 import interrupts
-from policies import array_specs, compiled, compiled_format
+from policy_runtime.policies import array_specs, compiled, compiled_format
 
 _FIXTURES = {}
 

@@ -18,9 +18,9 @@ from tf_agents.specs import array_spec
 import reference_exports
 from bad_inputs import BAD_CALLS, lstm_step
 from conftest import run_threads, scaled_checkpoint
-from policies import DynamicBatchingPolicy, SavedModelPyTFEagerPolicy, compile_policy
-from policies import CompiledFollower, compiled, compiled_format, compiled_tf_agents
-from policies.engines import lite_validation
+from policy_runtime.policies import DynamicBatchingPolicy, SavedModelPyTFEagerPolicy, compile_policy
+from policy_runtime.policies import CompiledFollower, compiled, compiled_format, compiled_tf_agents
+from policy_runtime.policies.engines import lite_validation
 from tools import policy_cli
 
 DEFAULT_POLICY = policy_cli.DEFAULT_POLICY
@@ -392,7 +392,7 @@ def test_dynamic_batching_over_a_compiled_policy(saved, compiled_dir):
 _TF_FREE = """
 import sys
 import numpy as np
-from policies import compiled
+from policy_runtime.policies import compiled
 policy = compiled.CompiledPolicy({path!r})
 spec = policy.time_step_spec
 step = type(spec)(*[np.zeros(s.shape, s.dtype) for s in spec])

@@ -18,9 +18,9 @@ import tensorflow as tf  # noqa: E402
 from tools import policy_zoo  # noqa: E402
 from tf_agents.trajectories import time_step as ts  # noqa: E402
 
-from policies import SavedModelPyTFEagerPolicy  # noqa: E402
-from policies.engines import lite_model  # noqa: E402
-from policies.engines import lite_validation  # noqa: E402
+from policy_runtime.policies import SavedModelPyTFEagerPolicy  # noqa: E402
+from policy_runtime.policies.engines import lite_model  # noqa: E402
+from policy_runtime.policies.engines import lite_validation  # noqa: E402
 
 
 @dataclasses.dataclass

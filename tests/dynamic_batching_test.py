@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from tf_agents.trajectories import time_step as ts
 
-from policies import BatcherClosedError, DynamicBatchingPolicy, SavedModelPyTFEagerPolicy
+from policy_runtime.policies import BatcherClosedError, DynamicBatchingPolicy, SavedModelPyTFEagerPolicy
 from conftest import (act_during_swaps, load_saved, lstm_episodes, lstm_trace, q_steps,
                       run_threads, scaled_checkpoint)
 from tools import policy_zoo

@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from policies import SavedModelPyTFEagerPolicy
-from policies import episodes
+from policy_runtime.policies import SavedModelPyTFEagerPolicy
+from policy_runtime.policies import episodes
 from tools import policy_cli
 
 REPO = os.path.dirname(os.path.dirname(policy_cli.__file__))

@@ -15,11 +15,11 @@ import ray
 import tensorflow as tf
 
 from conftest import scaled_checkpoint
-from policies import CheckpointFollower
-from policies import SavedModelPyTFEagerPolicy, compile_policy
-from policies import episodes as episodes_lib
-from policies import evaluation
-from policies import local_ray
+from policy_runtime.policies import CheckpointFollower
+from policy_runtime.policies import SavedModelPyTFEagerPolicy, compile_policy
+from policy_runtime.policies import episodes as episodes_lib
+from policy_runtime.policies import evaluation
+from policy_runtime.policies import local_ray
 from tools import policy_cli
 
 DEFAULT_POLICY = policy_cli.DEFAULT_POLICY
@@ -44,7 +44,7 @@ def reference_returns():
 _EVALUATE_IN_A_FRESH_PROCESS = """
 import json, os, stat, sys
 import ray
-from policies import evaluation
+from policy_runtime.policies import evaluation
 from tools import policy_cli
 assert not ray.is_initialized()
 result = evaluation.evaluate(policy_cli.DEFAULT_POLICY, episodes=2, workers=1)

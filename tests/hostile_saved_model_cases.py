@@ -32,7 +32,7 @@ def _policy(path, backend="tf", workdir=None):
   if _WITH_TF_AGENTS:
     from tf_agents.policies import py_tf_eager_policy  # pylint: disable=import-outside-toplevel
     return py_tf_eager_policy.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True)
-  from policies import SavedModelPyTFEagerPolicy  # pylint: disable=import-outside-toplevel
+  from policy_runtime.policies import SavedModelPyTFEagerPolicy  # pylint: disable=import-outside-toplevel
   cache = os.path.join(workdir or path, "cache")
   return SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, backend=backend,
                                    lite_cache_dir=cache)
@@ -308,13 +308,13 @@ def _engine_and_flatbuffer(workdir):
 
 
 def lite_model_of(policy):
-  from policies.engines import lite_model  # pylint: disable=import-outside-toplevel
+  from policy_runtime.policies.engines import lite_model  # pylint: disable=import-outside-toplevel
   return lite_model.model_of(policy._switch.active.call_args)  # pylint: disable=protected-access
 
 
 def flatbuffer_wrong_dtype_expected(workdir):
   """check_model_io names the tensor when the model's dtype is not the spec's."""
-  from policies.engines import lite_checks  # pylint: disable=import-outside-toplevel
+  from policy_runtime.policies.engines import lite_checks  # pylint: disable=import-outside-toplevel
   engine, flatbuffer = _engine_and_flatbuffer(workdir)
   inputs, outputs = engine._expected_io  # pylint: disable=protected-access
   name, _, shape = inputs[-1]
@@ -376,7 +376,7 @@ def object_graph_self_loops(workdir):
 
 
 def _with_convert_timeout(workdir, backend):
-  from policies.engines import lite_converter  # pylint: disable=import-outside-toplevel
+  from policy_runtime.policies.engines import lite_converter  # pylint: disable=import-outside-toplevel
   os.environ[lite_converter.TIMEOUT_ENV] = "0.05"
   try:
     return _result(_policy(_copy(workdir), backend, workdir))
@@ -396,7 +396,7 @@ def converter_crash_lite(workdir):
   """The converter child dies mid-conversion (killed as a crash would): our ValueError."""
   import signal  # pylint: disable=import-outside-toplevel
   import threading  # pylint: disable=import-outside-toplevel
-  from policies.engines import lite_converter  # pylint: disable=import-outside-toplevel
+  from policy_runtime.policies.engines import lite_converter  # pylint: disable=import-outside-toplevel
 
   def kill_soon():
     for _ in range(200):

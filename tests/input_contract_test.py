@@ -17,8 +17,8 @@ import pytest
 import tensorflow as tf
 from tf_agents.trajectories import time_step as ts
 
-from policies import SavedModelPyTFEagerPolicy, compile_policy
-from policies import compiled
+from policy_runtime.policies import SavedModelPyTFEagerPolicy, compile_policy
+from policy_runtime.policies import compiled
 from tools import policy_zoo
 
 

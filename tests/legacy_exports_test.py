@@ -8,7 +8,7 @@ import pytest
 from tf_agents.policies import py_tf_eager_policy
 
 import reference_exports
-from policies import SavedModelPyTFEagerPolicy
+from policy_runtime.policies import SavedModelPyTFEagerPolicy
 
 KINDS = [("q_mlp", True), ("lstm_actor", False)]   # (name, exact): greedy Q ints, LSTM floats
 

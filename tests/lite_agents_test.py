@@ -19,9 +19,9 @@ from tf_agents.policies import py_tf_eager_policy
 from tf_agents.trajectories import time_step as ts
 
 from conftest import SavedPolicy, scaled_checkpoint, spec_inputs
-from policies import SavedModelPyTFEagerPolicy
-from policies.engines import lite_model
-from policies.engines import lite_validation
+from policy_runtime.policies import SavedModelPyTFEagerPolicy
+from policy_runtime.policies.engines import lite_model
+from policy_runtime.policies.engines import lite_validation
 from tools import policy_zoo
 
 FAMILIES = {
@@ -206,8 +206,8 @@ def test_every_agent_family_runs_on_lite(exports, tmp_path, name, batch_time_ste
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_the_family_compiles_and_acts_without_the_saved_model(exports, tmp_path, family):
   """compile_policy shares the validation: what loads on lite compiles."""
-  from policies import compile_policy  # pylint: disable=import-outside-toplevel
-  from policies import compiled  # pylint: disable=import-outside-toplevel
+  from policy_runtime.policies import compile_policy  # pylint: disable=import-outside-toplevel
+  from policy_runtime.policies import compiled  # pylint: disable=import-outside-toplevel
   out = str(tmp_path / "compiled")
   result = compile_policy(exports(family), out, load_specs_from_pbtxt=True)
   assert any(o["kind"] == "sampled" for o in result.report["validation"]["outputs"])

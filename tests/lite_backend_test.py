@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import act_during_swaps, run_threads, scaled_checkpoint, spec_inputs
-from policies import SavedModelPyTFEagerPolicy
-from policies.engines import lite
+from policy_runtime.policies import SavedModelPyTFEagerPolicy
+from policy_runtime.policies.engines import lite
 
 
 def _load(fixture, **kwargs):
@@ -157,10 +157,10 @@ def test_random_policy_samples_uniformly_within_bounds(saved, batch_time_steps):
 
 
 def test_auto_falls_back_to_tf_with_one_warning(saved, caplog):
-  with caplog.at_level(logging.WARNING, logger="policies"):
+  with caplog.at_level(logging.WARNING, logger="policy_runtime"):
     policy = _load(saved("cumprod"), backend="auto")
   assert policy.backend == "tf"
-  warnings = [r for r in caplog.records if r.name == "policies"]
+  warnings = [r for r in caplog.records if r.name == "policy_runtime"]
   assert len(warnings) == 1 and "Cumprod" in warnings[0].getMessage()
   time_step, state = _inputs(policy, 1)[0]
   assert policy.action(time_step, state).action.shape == ()

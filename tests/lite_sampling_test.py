@@ -9,10 +9,10 @@ import tensorflow as tf
 from tf_agents.trajectories import time_step as ts
 
 from conftest import lite_twin, scaled_checkpoint
-from policies import DynamicBatchingPolicy
-from policies import SavedModelPyTFEagerPolicy
-from policies import graph_audit
-from policies.engines import lite_validation
+from policy_runtime.policies import DynamicBatchingPolicy
+from policy_runtime.policies import SavedModelPyTFEagerPolicy
+from policy_runtime.policies import graph_audit
+from policy_runtime.policies.engines import lite_validation
 from tools import policy_zoo
 
 SAMPLING = ("q_sampling", "epsilon_greedy", "ppo_categorical", "ppo_collect", "gaussian_actor",
@@ -48,10 +48,10 @@ def test_sampled_outputs_are_found_in_the_graph(saved, name, sampled):
 def test_sampling_kinds_run_on_lite_and_pass_the_distribution_check(saved, name,
                                                                     batch_time_steps, caplog):
   path = saved(name).path
-  with caplog.at_level(logging.WARNING, logger="policies"):
+  with caplog.at_level(logging.WARNING, logger="policy_runtime"):
     policy = _load(path, backend="auto", batch_time_steps=batch_time_steps)
   assert policy.backend == "lite" and policy.backend_reason is None, policy.backend_reason
-  assert not [r for r in caplog.records if r.name == "policies"]
+  assert not [r for r in caplog.records if r.name == "policy_runtime"]
   report = policy.lite_validation
   assert report.draws == lite_validation.DRAWS
   action = next(o for o in report.outputs if o.path == "action")
@@ -194,7 +194,7 @@ def test_an_update_that_fails_validation(saved, tmp_path, caplog):
 
   auto = _load(fixture.path, backend="auto")
   assert auto.backend == "lite"
-  with caplog.at_level(logging.WARNING, logger="policies"):
+  with caplog.at_level(logging.WARNING, logger="policy_runtime"):
     auto.update_from_checkpoint(checkpoint)
   assert auto.backend == "tf" and "disagrees with the TF function" in auto.backend_reason
   assert len([r for r in caplog.records if "these weights run on TF" in r.getMessage()]) == 1

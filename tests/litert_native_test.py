@@ -11,11 +11,11 @@ import pytest
 import tensorflow as tf
 
 from conftest import lite_twin, spec_inputs
-from policies import SavedModelPyTFEagerPolicy
-from policies.engines import lite_model
-from policies.engines import lite_validation
-from policies.engines import litert_library
-from policies.engines import sample_statistics
+from policy_runtime.policies import SavedModelPyTFEagerPolicy
+from policy_runtime.policies.engines import lite_model
+from policy_runtime.policies.engines import lite_validation
+from policy_runtime.policies.engines import litert_library
+from policy_runtime.policies.engines import sample_statistics
 
 LITE_FIXTURES = ("q_mlp", "q_8_leaves", "lstm_actor", "ppo_collect", "random", "q_fixed_batch",
                  "q_sampling", "epsilon_greedy", "ppo_categorical", "gaussian_actor",
@@ -122,7 +122,7 @@ def test_the_interpreter_takes_over_when_the_library_cannot_be_used(saved, monke
                                                                     setting, reason):
   monkeypatch.setenv(litert_library.LIBRARY_ENV, setting)
   fixture = saved("lstm_actor")
-  with caplog.at_level(logging.INFO, logger="policies"):
+  with caplog.at_level(logging.INFO, logger="policy_runtime"):
     on_interpreter = _load(fixture)
   model = _model(on_interpreter)
   assert model.engine is None and reason in model.native_reason
@@ -148,7 +148,7 @@ def test_only_checked_versions_of_the_wheel_are_loaded():
 def test_a_model_the_engine_refuses_names_why(saved):
   native = _model(_load(saved("q_mlp")))
   with pytest.raises(ValueError, match="has no nope signature"):
-    from native import marshal  # pylint: disable=import-outside-toplevel
+    from policy_runtime.native import marshal  # pylint: disable=import-outside-toplevel
     marshal.LiteRtEngine(litert_library.find().path, native.flatbuffer, "nope",
                          native.input_names, native.output_names, [[-1]], 1,
                          lite_model.MAX_BATCH_SIZES, 1)

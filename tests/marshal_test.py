@@ -9,9 +9,9 @@ import tensorflow as tf
 from tf_agents.trajectories import policy_step
 from tf_agents.trajectories import time_step as ts
 
-from native import marshal
-from policies import PyTFEagerPolicyBase
-from policies import marshaling_plan
+from policy_runtime.native import marshal
+from policy_runtime.policies import PyTFEagerPolicyBase
+from policy_runtime.policies import marshaling_plan
 import spec_strategies
 
 def _values_for(spec_nest, outer, rng):

@@ -22,9 +22,9 @@ from tf_agents.utils import common
 from tf_agents.utils import nest_utils
 
 from conftest import load_saved, lstm_episodes, q_steps, run_threads, scaled_checkpoint
-from policies import DynamicBatchingPolicy
-from policies import SavedModelPyTFEagerPolicy
-from policies.engines import lite_validation
+from policy_runtime.policies import DynamicBatchingPolicy
+from policy_runtime.policies import SavedModelPyTFEagerPolicy
+from policy_runtime.policies.engines import lite_validation
 from tools import policy_zoo
 
 BACKENDS = ("tf", "lite", "auto")

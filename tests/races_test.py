@@ -13,7 +13,7 @@ import tensorflow as tf
 from tf_agents.policies import py_tf_eager_policy as tfa_eager
 from tf_agents.trajectories import time_step as ts
 
-from policies import CheckpointFollower, SavedModelPyTFEagerPolicy
+from policy_runtime.policies import CheckpointFollower, SavedModelPyTFEagerPolicy
 from conftest import scaled_checkpoint
 import interrupts
 from tools import policy_zoo

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from policies import plan_layout
+from policy_runtime.policies import plan_layout
 
 import spec_strategies
 

@@ -13,7 +13,7 @@ from tf_agents.trajectories import policy_step
 from tf_agents.trajectories import time_step as ts
 
 import conftest
-from policies import PyTFEagerPolicyBase, SavedModelPyTFEagerPolicy
+from policy_runtime.policies import PyTFEagerPolicyBase, SavedModelPyTFEagerPolicy
 from tools import policy_zoo
 
 
@@ -299,7 +299,7 @@ def test_loads_in_a_fresh_process(saved):
   import subprocess
   import sys
   code = (
-      "import sys; from policies import SavedModelPyTFEagerPolicy\n"
+      "import sys; from policy_runtime.policies import SavedModelPyTFEagerPolicy\n"
       f"p = SavedModelPyTFEagerPolicy({saved('ppo_collect').path!r}, load_specs_from_pbtxt=True)\n"
       "print(p.action(p.time_step_spec.__class__(*[__import__('numpy').zeros(s.shape, s.dtype) "
       "for s in p.time_step_spec])).action.shape)\n")
@@ -311,11 +311,11 @@ def test_loads_in_a_fresh_process(saved):
 
 _PACKAGE_FACE = """
 import sys
-import policies
-from policies import compat, episodes
+from policy_runtime import policies
+from policy_runtime.policies import compat, episodes
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf_agents", "gym"))
 print("before:", heavy)
-from policies import SavedModelPyTFEagerPolicy, DynamicBatchingPolicy, CheckpointFollower
+from policy_runtime.policies import SavedModelPyTFEagerPolicy, DynamicBatchingPolicy, CheckpointFollower
 print("after:", "tensorflow" in sys.modules, "tf_agents" in sys.modules)
 print("all:", sorted(policies.__all__) == sorted(n for n in dir(policies) if n in policies.__all__))
 """
@@ -331,5 +331,5 @@ def test_the_package_face_imports_tensorflow_only_when_asked():
   assert lines[-3:] == ["before: []", "after: True True", "all: True"]
   assert "Gym has been unmaintained" not in result.stderr
   with pytest.raises(AttributeError, match="has no attribute 'NoSuchName'"):
-    import policies  # pylint: disable=import-outside-toplevel
+    from policy_runtime import policies  # pylint: disable=import-outside-toplevel
     getattr(policies, "NoSuchName")

@@ -18,8 +18,8 @@ from tf_agents.policies import py_tf_eager_policy
 from tf_agents.trajectories import time_step as ts
 
 import reference_exports
-from policies import SavedModelPyTFEagerPolicy
-from policies import compat
+from policy_runtime.policies import SavedModelPyTFEagerPolicy
+from policy_runtime.policies import compat
 from tools import policy_cli
 
 REPO = os.path.dirname(os.path.dirname(policy_cli.__file__))
@@ -75,7 +75,7 @@ import json, os
 import numpy as np
 import keras
 model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-from policies import SavedModelPyTFEagerPolicy
+from policy_runtime.policies import SavedModelPyTFEagerPolicy
 from tf_agents.trajectories import time_step as ts
 from tools import policy_cli
 policy = SavedModelPyTFEagerPolicy(policy_cli.DEFAULT_POLICY, load_specs_from_pbtxt=True)

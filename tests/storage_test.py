@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from tf_agents.trajectories import time_step as ts
 
-from policies import CheckpointFollower, SavedModelPyTFEagerPolicy
+from policy_runtime.policies import CheckpointFollower, SavedModelPyTFEagerPolicy
 from conftest import scaled_checkpoint
 from tools import policy_cli
 from tools import policy_zoo

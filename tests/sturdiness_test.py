@@ -13,8 +13,8 @@ import tensorflow as tf
 from tf_agents.policies import py_tf_eager_policy as tfa_eager
 from tf_agents.trajectories import time_step as ts
 
-from policies import CheckpointFollower, SavedModelPyTFEagerPolicy, UnsafeGraphError
-from policies.engines import lite
+from policy_runtime.policies import CheckpointFollower, SavedModelPyTFEagerPolicy, UnsafeGraphError
+from policy_runtime.policies.engines import lite
 from bad_inputs import BAD_CALLS, lstm_step as _lstm_step
 from conftest import act_during_swaps, run_threads, scaled_checkpoint
 from tools import policy_zoo

@@ -11,7 +11,7 @@ import types
 from tf_agents.policies import py_tf_eager_policy
 from tf_agents.policies import py_tf_eager_policy_test as upstream
 
-from policies import SavedModelPyTFEagerPolicy
+from policy_runtime.policies import SavedModelPyTFEagerPolicy
 
 upstream.py_tf_eager_policy = types.SimpleNamespace(
     PyTFEagerPolicy=py_tf_eager_policy.PyTFEagerPolicy,

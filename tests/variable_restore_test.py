@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.training import py_checkpoint_reader
 
-from policies import SavedModelPyTFEagerPolicy, variable_restore
+from policy_runtime.policies import SavedModelPyTFEagerPolicy, variable_restore
 from tools import policy_zoo
 
 

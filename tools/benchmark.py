@@ -41,8 +41,8 @@ from tf_agents.specs import array_spec  # noqa: E402
 from tf_agents.trajectories import time_step as ts  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from policies import SavedModelPyTFEagerPolicy  # noqa: E402
-from policies.engines import litert_library  # noqa: E402
+from policy_runtime.policies import SavedModelPyTFEagerPolicy  # noqa: E402
+from policy_runtime.policies.engines import litert_library  # noqa: E402
 from tools import benchmark_output  # noqa: E402
 from tools import policy_zoo  # noqa: E402
 

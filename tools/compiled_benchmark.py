@@ -27,7 +27,7 @@ import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", message="Encoding a StructuredValue")   # PolicySaver's note
-from policies import quiet_gym  # noqa: E402,F401  before TF-Agents, which imports gym
+from policy_runtime.policies import quiet_gym  # noqa: E402,F401  before TF-Agents, which imports gym
 from tools import tf_agents_keras  # noqa: E402
 
 tf_agents_keras.select_keras_2()
@@ -35,7 +35,7 @@ tf_agents_keras.select_keras_2()
 import numpy as np  # noqa: E402
 from tf_agents.specs import array_spec  # noqa: E402
 
-from policies import SavedModelPyTFEagerPolicy, compile_policy, compiled  # noqa: E402
+from policy_runtime.policies import SavedModelPyTFEagerPolicy, compile_policy, compiled  # noqa: E402
 from tools import benchmark_output  # noqa: E402
 from tools import policy_zoo  # noqa: E402
 
@@ -50,14 +50,14 @@ print(json.dumps({{"seconds": time.time() - start, "rss_mb": rss,
 """
 
 CONTENDERS = {
-    "tf_agents": ("from policies import quiet_gym\n"
+    "tf_agents": ("from policy_runtime.policies import quiet_gym\n"
                   "from tf_agents.policies import py_tf_eager_policy as p\n"
                   "p.SavedModelPyTFEagerPolicy({export!r}, load_specs_from_pbtxt=True)"),
-    "ours_tf": ("from policies import SavedModelPyTFEagerPolicy as P\n"
+    "ours_tf": ("from policy_runtime.policies import SavedModelPyTFEagerPolicy as P\n"
                 "P({export!r}, load_specs_from_pbtxt=True)"),
-    "ours_lite": ("from policies import SavedModelPyTFEagerPolicy as P\n"
+    "ours_lite": ("from policy_runtime.policies import SavedModelPyTFEagerPolicy as P\n"
                   "P({export!r}, load_specs_from_pbtxt=True, backend='lite')"),
-    "compiled": "from policies import compiled\ncompiled.CompiledPolicy({out!r})",
+    "compiled": "from policy_runtime.policies import compiled\ncompiled.CompiledPolicy({out!r})",
 }
 
 
@@ -105,8 +105,8 @@ def action_times(export: str, out: str, rounds: int, calls: int) -> list:
 
 
 def ray_runs(export: str, out: str) -> dict:
-  from policies import evaluation  # pylint: disable=import-outside-toplevel
-  from policies import local_ray  # pylint: disable=import-outside-toplevel
+  from policy_runtime.policies import evaluation  # pylint: disable=import-outside-toplevel
+  from policy_runtime.policies import local_ray  # pylint: disable=import-outside-toplevel
   result = {}
   with local_ray.instance(num_cpus=2):
     for name, path in (("saved_model", export), ("compiled", out)):

@@ -47,7 +47,7 @@ import tensorflow as tf  # noqa: E402
 from tf_agents.policies import py_tf_eager_policy as tfa_eager  # noqa: E402
 from tf_agents.trajectories import time_step as ts  # noqa: E402
 
-from policies import DynamicBatchingPolicy, SavedModelPyTFEagerPolicy  # noqa: E402
+from policy_runtime.policies import DynamicBatchingPolicy, SavedModelPyTFEagerPolicy  # noqa: E402
 from tools import benchmark_output  # noqa: E402
 from tools import policy_zoo  # noqa: E402
 

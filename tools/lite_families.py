@@ -24,8 +24,8 @@ from tools import tf_agents_keras  # noqa: E402
 
 tf_agents_keras.select_keras_2()   # before TF-Agents resolves tf.keras
 
-from policies import SavedModelPyTFEagerPolicy  # noqa: E402
-from policies import storage  # noqa: E402
+from policy_runtime.policies import SavedModelPyTFEagerPolicy  # noqa: E402
+from policy_runtime.policies import storage  # noqa: E402
 from tools import benchmark_output  # noqa: E402
 from tools import policy_zoo  # noqa: E402
 

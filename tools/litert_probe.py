@@ -26,8 +26,8 @@ from tools import tf_agents_keras
 
 tf_agents_keras.select_keras_2()   # before TF-Agents resolves tf.keras
 
-from policies import compile_policy, compiled_format  # noqa: E402
-from policies.engines import lite_model, litert_library  # noqa: E402
+from policy_runtime.policies import compile_policy, compiled_format  # noqa: E402
+from policy_runtime.policies.engines import lite_model, litert_library  # noqa: E402
 from tools import policy_cli, policy_zoo  # noqa: E402
 
 PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "litert_probe_cc")

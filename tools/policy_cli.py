@@ -28,10 +28,10 @@ import tensorflow as tf  # noqa: E402
 from tensorflow.python.util import nest  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from policies import SavedModelPyTFEagerPolicy  # noqa: E402
-from policies import compiled, compiled_format, compiled_tf_agents  # noqa: E402
-from policies import episodes as episodes_lib  # noqa: E402
-from policies import graph_audit  # noqa: E402
+from policy_runtime.policies import SavedModelPyTFEagerPolicy  # noqa: E402
+from policy_runtime.policies import compiled, compiled_format, compiled_tf_agents  # noqa: E402
+from policy_runtime.policies import episodes as episodes_lib  # noqa: E402
+from policy_runtime.policies import graph_audit  # noqa: E402
 
 DEFAULT_POLICY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_policy")
 
@@ -126,7 +126,7 @@ def run(model_dir: str, env_name: str | None, episodes: int, seed: int,
 def evaluate(model_dir: str, env_name: str | None, episodes: int, workers: int,
              address: str | None, backend: str, seed: int, as_json: bool,
              plot: str | None, allow_unsafe_ops: bool = False) -> dict:
-  from policies import evaluation  # pylint: disable=import-outside-toplevel
+  from policy_runtime.policies import evaluation  # pylint: disable=import-outside-toplevel
 
   with tqdm(total=episodes, desc="episodes", unit="episode", leave=False) as bar:
     result = evaluation.evaluate(model_dir, env_name, episodes=episodes, workers=workers,
@@ -146,7 +146,7 @@ def evaluate(model_dir: str, env_name: str | None, episodes: int, workers: int,
 
 def compile_command(model_dir: str, out_dir: str, checkpoint: str | None,
                     allow_unsafe_ops: bool) -> dict:
-  from policies import compile as compile_lib  # pylint: disable=import-outside-toplevel
+  from policy_runtime.policies import compile as compile_lib  # pylint: disable=import-outside-toplevel
 
   start = time.perf_counter()
   result = compile_lib.compile_policy(model_dir, out_dir, checkpoint=checkpoint,

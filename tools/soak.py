@@ -23,7 +23,7 @@ tf_agents_keras.select_keras_2()   # before TF-Agents resolves tf.keras
 import numpy as np  # noqa: E402
 from tf_agents.trajectories import time_step as ts  # noqa: E402
 
-from policies import SavedModelPyTFEagerPolicy  # noqa: E402
+from policy_runtime.policies import SavedModelPyTFEagerPolicy  # noqa: E402
 from tools import policy_zoo  # noqa: E402
 
 

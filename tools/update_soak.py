@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 from tf_agents.policies import py_tf_eager_policy  # noqa: E402
 from tf_agents.trajectories import time_step as ts  # noqa: E402
 
-from policies import SavedModelPyTFEagerPolicy  # noqa: E402
+from policy_runtime.policies import SavedModelPyTFEagerPolicy  # noqa: E402
 from tools import policy_zoo  # noqa: E402
 
 
@@ -79,7 +79,7 @@ def run_engine(engine: str, root: str, updates: int, warmup: int) -> dict:
   path, checkpoints = os.path.join(root, "mlp_q"), [os.path.join(root, "checkpoints", f"ckpt-{i}")
                                                    for i in range(2)]
   if engine == "ours compiled":
-    from policies import compiled  # pylint: disable=import-outside-toplevel
+    from policy_runtime.policies import compiled  # pylint: disable=import-outside-toplevel
     directories = [os.path.join(root, "compiled", str(i)) for i in range(2)]
     policy = compiled.CompiledPolicy(directories[0])
     return soak(policy, policy.update, directories, updates, warmup)
@@ -93,7 +93,7 @@ def run_engine(engine: str, root: str, updates: int, warmup: int) -> dict:
 
 def prepare(root: str) -> None:
   """The export, two checkpoints of it and each compiled, under `root`."""
-  from policies import compile_policy  # pylint: disable=import-outside-toplevel
+  from policy_runtime.policies import compile_policy  # pylint: disable=import-outside-toplevel
   path = os.path.join(root, "mlp_q")
   tf_policy = policy_zoo.q_mlp_policy()
   saver = policy_zoo.save(tf_policy, path)

@@ -34,17 +34,17 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from policies import batching
-from policies import graph_audit
-from policies import loading
-from policies import marshaling_plan
-from policies import storage
-from policies.engines import lite_checks
-from policies.engines import lite_converter
-from policies.engines import lite_model
-from policies.engines import lite_rewrites
-from policies.engines import lite_validation
-from policies.engines import lite_weights
+from .. import batching
+from .. import graph_audit
+from .. import loading
+from .. import marshaling_plan
+from .. import storage
+from . import lite_checks
+from . import lite_converter
+from . import lite_model
+from . import lite_rewrites
+from . import lite_validation
+from . import lite_weights
 
 # What validation allows deterministic float outputs (lite_validation has the rest).
 FLOAT_RTOL = lite_validation.FLOAT_RTOL
@@ -56,7 +56,7 @@ MAX_TENSOR_BYTES = 2**30
 _CACHE_MAGIC = b"policy_runtime.lite.v3\n"
 _BLOCKING_OP = re.compile(r"'tf\.(\w+)' op is neither a custom op nor a flex op")
 
-log = logging.getLogger("policies")
+log = logging.getLogger("policy_runtime")
 
 
 def default_cache_dir() -> str:

@@ -42,7 +42,7 @@ DEFAULT_MEMORY_GB = 16.0     # address space: TF reserves GBs it never touches
 _BLOCKING_OP = re.compile(r"'tf\.(\w+)' op is neither a custom op nor a flex op")
 _HEADER = struct.Struct("<Q")
 
-log = logging.getLogger("policies")
+log = logging.getLogger("policy_runtime")
 
 
 class _Child:

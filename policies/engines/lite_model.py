@@ -25,10 +25,10 @@ from typing import Optional
 import numpy as np
 from ai_edge_litert import interpreter as litert
 
-from native import marshal
-from policies.engines import litert_library
+from ...native import marshal
+from . import litert_library
 
-log = logging.getLogger("policies")
+log = logging.getLogger("policy_runtime")
 
 SIGNATURE = "action"
 MAX_BATCH_SIZES = 12

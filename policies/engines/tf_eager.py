@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from policies import engines
-from policies import loading
-from policies import marshaling_plan
+from .. import engines
+from .. import loading
+from .. import marshaling_plan
 
 
 def call_args(loaded: loading.LoadedPolicy) -> tuple:

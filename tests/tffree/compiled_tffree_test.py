@@ -13,8 +13,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from policies import array_specs, batching, compiled
-from policies.engines import sample_statistics
+from policy_runtime.policies import array_specs, batching, compiled
+from policy_runtime.policies.engines import sample_statistics
 
 FLOAT_TOLERANCE = 1e-5   # lite_validation.FLOAT_RTOL / FLOAT_ATOL
 _NAMES = ("q_mlp", "lstm_actor", "q_fixed_batch", "q_sampling", "gaussian_actor",
@@ -147,7 +147,7 @@ def test_sampled_outputs_pass_the_distribution_check(fixtures, name):
 
 def test_time_steps_built_without_tensorflow_act(fixtures):
   """//policies:compiled carries policies.time_steps: a TF-free loop builds its own steps."""
-  from policies import time_steps  # pylint: disable=import-outside-toplevel
+  from policy_runtime.policies import time_steps  # pylint: disable=import-outside-toplevel
   path, _ = fixtures("q_mlp")
   policy = compiled.CompiledPolicy(path)
   observation = np.linspace(-1, 1, 4).astype(np.float32)

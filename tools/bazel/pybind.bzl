@@ -7,7 +7,7 @@ with C++17, hidden visibility and -O2 (the flags are the rule's, not a .bazelrc'
 all as data, so the Python wrapper next to it can import it.
 """
 
-load("//tools:stacks.bzl", "STACKS")
+load(":stacks.bzl", "STACKS")
 
 def pybind_extension(name, srcs, deps = [], copts = [], numpy = False, visibility = None, **kwargs):
     """One extension per stack; `numpy = True` adds that stack's numpy headers."""

@@ -3,7 +3,7 @@
 `tffree_test`: one that runs a pytest file in the environment without TensorFlow.
 """
 
-load("//tools:stacks.bzl", "PRIMARY", "STACKS", "TFFREE")
+load(":stacks.bzl", "PRIMARY", "STACKS", "TFFREE")
 
 def pytest_test(name, srcs = None, deps = [], data = [], args = [], tags = [],
                 primary_only = False, **kwargs):
@@ -34,12 +34,12 @@ def pytest_test(name, srcs = None, deps = [], data = [], args = [], tags = [],
                 "//policies",
                 "//tools:policy_zoo",
             ],
-            data = data,
+            data = data + [stack.repository + "//:interpreter"],
             **kwargs
         )
 
 
-def tffree_test(name, srcs, deps = [], tags = [], **kwargs):
+def tffree_test(name, srcs, deps = [], data = [], tags = [], **kwargs):
     """Runs `srcs[0]` under pytest in the TF-free environment (tagged "tffree").
 
     No conftest.py (it imports TensorFlow): the test's closure is `deps`, which
@@ -56,6 +56,7 @@ def tffree_test(name, srcs, deps = [], tags = [], **kwargs):
         python_version = "PY3",
         srcs_version = "PY3",
         tags = tags + ["tffree"],
+        data = data + [TFFREE.repository + "//:interpreter"],
         deps = deps + ["//tools:tf_agents_keras"],
         **kwargs
     )
