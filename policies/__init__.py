@@ -18,6 +18,8 @@ or a module of it that needs no TensorFlow (`local_ray`, `episodes`,
 
 import importlib
 
+from .version import __version__
+
 _EXPORTS = {
     "BatcherClosedError": ".dynamic_batching",
     "CheckpointFollower": ".checkpoint_follower",
@@ -30,7 +32,7 @@ _EXPORTS = {
     "compile_policy": ".compile",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str):

@@ -104,3 +104,22 @@ def test_cli_run_prints_no_gym_banner(env_id):
   assert "average return" in process.stdout
   assert "Gym has been unmaintained" not in process.stderr
   assert "Gym has been unmaintained" not in process.stdout
+
+
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_time_steps_are_tf_agents_numpy_time_steps(batch_size):
+  from tf_agents.trajectories import time_step as ts  # pylint: disable=import-outside-toplevel
+  from policy_runtime.policies import time_steps  # pylint: disable=import-outside-toplevel
+  observation = np.zeros((batch_size or 1, 4), np.float32)
+  reward = np.ones(batch_size, np.float32) if batch_size else 1.0
+  pairs = [(time_steps.restart(observation, batch_size=batch_size),
+            ts.restart(observation, batch_size=batch_size)),
+           (time_steps.transition(observation, reward), ts.transition(observation, reward)),
+           (time_steps.termination(observation, reward), ts.termination(observation, reward)),
+           (time_steps.truncation(observation, reward), ts.truncation(observation, reward))]
+  for ours, theirs in pairs:
+    for field in ("step_type", "reward", "discount"):
+      expected = np.asarray(getattr(theirs, field))
+      got = getattr(ours, field)
+      assert got.dtype == expected.dtype and got.shape == expected.shape, (field, got, expected)
+      np.testing.assert_array_equal(got, expected)

@@ -21,8 +21,11 @@ examples="${1:-5000}"
 shift || true
 stacks=("$@")
 [ ${#stacks[@]} -gt 0 ] || stacks=(py311 py313)
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+# The library imports itself as policy_runtime.*: the copy is $tmp/policy_runtime.
+work="$tmp/policy_runtime"
+mkdir "$work"
 cp -r "$root/policies" "$root/native" "$root/tools" "$root/tests" "$work/"
 # pytest with Keras 2 selected for TF-Agents' networks, as tests/pytest_main.py does.
 pytest_keras_2="import sys, pytest
@@ -47,7 +50,7 @@ for stack in "${stacks[@]}"; do
     ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:allocator_may_return_null=1:log_path=$work/asan" \
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$work/ubsan" \
     POLICY_RUNTIME_CONVERT_MEMORY_GB=0 \
-    FUZZ_EXAMPLES="$examples" PYTHONPATH="$work:$work/tests" TF_CPP_MIN_LOG_LEVEL=2 \
+    FUZZ_EXAMPLES="$examples" PYTHONPATH="$tmp:$work:$work/tests" TF_CPP_MIN_LOG_LEVEL=2 \
     "$py" -c "$pytest_keras_2" tests/marshal_test.py tests/marshal_fuzz_test.py tests/action_fuzz_test.py \
       tests/lite_backend_test.py tests/litert_native_test.py tests/lite_sampling_test.py \
       tests/dynamic_batching_test.py tests/async_batching_test.py \

@@ -1,6 +1,6 @@
 """`pybind_extension`: builds a pybind11 Python extension module for every stack.
 
-Produces `<name><EXT_SUFFIX>` per stack in tools/stacks.bzl (e.g.
+Produces `<name><EXT_SUFFIX>` per stack in stacks.bzl (e.g.
 `_marshal.cpython-311-x86_64-linux-gnu.so` beside
 `_marshal.cpython-313-x86_64-linux-gnu.so`; each interpreter imports its own),
 with C++17, hidden visibility and -O2 (the flags are the rule's, not a .bazelrc's), and a py_library `<name>_lib` carrying them
