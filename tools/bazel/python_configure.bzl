@@ -35,6 +35,8 @@ _EXT_SUFFIX = "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))"
 
 # Every target fails to build, with this message, where no interpreter was found.
 _MISSING_BUILD = """
+load("@bazel_tools//tools/python:toolchain.bzl", "py_runtime_pair")
+
 package(default_visibility = ["//visibility:public"])
 
 exports_files(["defs.bzl"])
@@ -53,6 +55,23 @@ genrule(
 filegroup(
     name = "interpreter",
     srcs = [":missing_interpreter"],
+)
+
+py_runtime(
+    name = "py3_runtime",
+    interpreter = ":missing_interpreter",
+    python_version = "PY3",
+)
+
+py_runtime_pair(
+    name = "runtime_pair",
+    py3_runtime = ":py3_runtime",
+)
+
+toolchain(
+    name = "python_toolchain",
+    toolchain = ":runtime_pair",
+    toolchain_type = "@bazel_tools//tools/python:toolchain_type",
 )
 """
 
@@ -147,7 +166,7 @@ def _find_interpreter(rctx, query):
     for candidate in rctx.attr.candidates:
         interpreter = _candidate_interpreter(rctx, candidate)
         if not interpreter:
-            tried.append(candidate + " (not set)")
+            tried.append(candidate + (" (no such venv)" if candidate.startswith("venv:") else " (not set)"))
             continue
         result = rctx.execute([interpreter, "-c", query])
         if result.return_code == 0:
