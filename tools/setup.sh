@@ -64,9 +64,20 @@ make_venv() {
   fi
   rm -f "$log"
   echo "$want" > "$stamp"
+  made_venv=1
 }
+
+made_venv=""
 
 # TF 2.15 supports Python 3.9-3.11 only: never a bare python3 that could be newer.
 make_venv .venv 3.11 PYTHON_FOR_VENV requirements.txt
 make_venv .venv-py313 3.13 PYTHON313_FOR_VENV requirements-py313.txt requirements-py313-no-deps.txt
 make_venv .venv-tffree 3.13 PYTHON313_FOR_VENV requirements-tffree.txt
+
+# A Bazel server that ran before a venv existed (e.g. `bazel query //...` on a
+# fresh checkout) keeps that Python slot as missing until it restarts, which
+# re-runs the interpreter rules (tools/bazel/python_configure.bzl). Stopping no
+# server is instant.
+if [ -n "$made_venv" ]; then
+  bazel shutdown >/dev/null 2>&1 || true
+fi
