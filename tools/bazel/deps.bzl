@@ -18,7 +18,9 @@ PYTHON_TFFREE_ENV = "PYTHON313_TFFREE_BIN_PATH"
 def _copy_of_directory_impl(rctx):
     source = rctx.path(rctx.attr.marker).dirname if rctx.attr.marker else rctx.path(rctx.attr.path)
     if not source.exists:
-        fail("{}: {} does not exist".format(rctx.name, source))
+        fail(("{}: {} does not exist (Debian's bazel-rules-java provides it). Install it, or " +
+              "call policy_runtime_dependencies(offline_stand_ins = False) where Bazel can " +
+              "download its own.").format(rctx.name, source))
     for child in source.readdir():
         rctx.symlink(child, child.basename)
 
