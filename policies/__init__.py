@@ -39,7 +39,15 @@ def __getattr__(name: str):
   module = _EXPORTS.get(name)
   if module is None:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-  value = getattr(importlib.import_module(module, __name__), name)
+  try:
+    imported = importlib.import_module(module, __name__)
+  except AttributeError as e:
+    # `from package import name` would report an AttributeError raised while
+    # importing as "cannot import name", hiding what failed (e.g. a TFP
+    # that does not match the installed TF and Keras).
+    raise ImportError(f"{name}: importing {module.lstrip('.')} failed: "
+                      f"{type(e).__name__}: {e}") from e
+  value = getattr(imported, name)
   globals()[name] = value
   return value
 

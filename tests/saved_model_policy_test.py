@@ -333,3 +333,16 @@ def test_the_package_face_imports_tensorflow_only_when_asked():
   with pytest.raises(AttributeError, match="has no attribute 'NoSuchName'"):
     from policy_runtime import policies  # pylint: disable=import-outside-toplevel
     getattr(policies, "NoSuchName")
+
+
+def test_a_public_name_whose_module_fails_to_import_says_why(tmp_path, monkeypatch):
+  # An AttributeError while importing (TFP against a TF it does not match raises
+  # one) must not become Python's bare "cannot import name".
+  from policy_runtime import policies  # pylint: disable=import-outside-toplevel
+  (tmp_path / "mismatched_stack_module.py").write_text(
+      "raise AttributeError(\"module 'keras' has no attribute '__internal__'\")\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.setitem(policies._EXPORTS, "Mismatched", "mismatched_stack_module")
+  with pytest.raises(ImportError, match=r"Mismatched: importing mismatched_stack_module failed: "
+                                        r"AttributeError: .*'__internal__'"):
+    from policy_runtime.policies import Mismatched  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import

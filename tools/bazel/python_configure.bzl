@@ -173,9 +173,10 @@ def _find_interpreter(rctx, query):
             return interpreter, result.stdout.strip()
         tried.append("{} = {} ({})".format(candidate, interpreter,
                                            "".join(result.stderr.strip().splitlines()[-1:])))
-    return None, ("{}: no Python environment for the {} slot. Run tools/setup.sh " +
-                  "(in the policy_runtime checkout) or pass its interpreter to " +
-                  "policy_runtime_dependencies(). Tried: {}").format(
+    return None, ("{}: no Python environment for the {} slot. Pass its interpreter to " +
+                  "policy_runtime_dependencies(python = ...) or set PYTHON_BIN_PATH (with " +
+                  "requirements.txt installed); in a checkout of policy_runtime, run " +
+                  "tools/setup.sh. Tried: {}").format(
         rctx.name,
         rctx.attr.slot,
         "; ".join(tried) or "nothing",

@@ -6,8 +6,8 @@
 #   3.13, policy-runtime (numpy + LiteRT, no TensorFlow): a CompiledPolicy of
 #       that compiled policy, with the same actions (smoke_tffree.py).
 #   bash tools/packaging/wheel_smoke.sh        (tools/test.sh runs it)
-# Packages come from the index (pip's cache after tools/setup.sh), pinned by
-# requirements.txt / requirements-tffree.txt.
+# Packages come from the index (pip's cache after tools/setup.sh), resolved as
+# the README's `pip install` would: the wheel's own requirements and extras.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 work="$(mktemp -d)"
@@ -50,11 +50,9 @@ wheel313="$(wheel_for "$py313")"
 echo "wheel_smoke: $(basename "$wheel311") $(basename "$wheel313")" >&2
 
 "$py311" -m venv "$work/venv-tf"
-quietly "$work/venv-tf/bin/python" -m pip install "${pip_quiet[@]}" -c "$root/requirements.txt" \
-  "${wheel311}[tensorflow]" pytest
+quietly "$work/venv-tf/bin/python" -m pip install "${pip_quiet[@]}" "${wheel311}[tensorflow]" pytest
 "$py313" -m venv "$work/venv-tffree"
-quietly "$work/venv-tffree/bin/python" -m pip install "${pip_quiet[@]}" -c "$root/requirements-tffree.txt" \
-  "$wheel313" pytest
+quietly "$work/venv-tffree/bin/python" -m pip install "${pip_quiet[@]}" "$wheel313" pytest
 
 # Outside the checkout: only the installed wheels can be imported.
 mkdir "$work/smoke"
