@@ -33,33 +33,19 @@ print("%d.%d" % sys.version_info[:2])
 
 _EXT_SUFFIX = "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))"
 
-# Every target fails to build, with this message, where no interpreter was found.
-_MISSING_BUILD = """
+_HEAD = """
 load("@bazel_tools//tools/python:toolchain.bzl", "py_runtime_pair")
 
 package(default_visibility = ["//visibility:public"])
 
 exports_files(["defs.bzl"])
+"""
 
-genrule(
-    name = "missing_interpreter",
-    outs = ["missing_interpreter.h"],
-    cmd = "echo {message} >&2; exit 1",
-)
-
-[cc_library(
-    name = name,
-    hdrs = [":missing_interpreter"],
-) for name in ["python_headers", "pybind11_headers", "numpy_headers"]]
-
-filegroup(
-    name = "interpreter",
-    srcs = [":missing_interpreter"],
-)
-
+# `runtime` is the py_runtime's interpreter attribute.
+_TOOLCHAIN = """
 py_runtime(
     name = "py3_runtime",
-    interpreter = ":missing_interpreter",
+    {runtime},
     python_version = "PY3",
 )
 
@@ -75,13 +61,26 @@ toolchain(
 )
 """
 
-_BUILD = """
-load("@bazel_tools//tools/python:toolchain.bzl", "py_runtime_pair")
+# Every target fails to build, with this message, where no interpreter was found.
+_MISSING_BUILD = _HEAD + """
+genrule(
+    name = "missing_interpreter",
+    outs = ["missing_interpreter.h"],
+    cmd = "echo {message} >&2; exit 1",
+)
 
-package(default_visibility = ["//visibility:public"])
+[cc_library(
+    name = name,
+    hdrs = [":missing_interpreter"],
+) for name in ["python_headers", "pybind11_headers", "numpy_headers"]]
 
-exports_files(["defs.bzl"])
+filegroup(
+    name = "interpreter",
+    srcs = [":missing_interpreter"],
+)
+""" + _TOOLCHAIN.format(runtime = 'interpreter = ":missing_interpreter"')
 
+_BUILD = _HEAD + """
 # Nothing to build: a target that tests and extensions depend on, so that a
 # missing interpreter fails at build time (see _MISSING_BUILD).
 filegroup(name = "interpreter")
@@ -105,24 +104,7 @@ cc_library(
     includes = ["numpy_include"],
     deps = [":python_headers"],
 )
-
-py_runtime(
-    name = "py3_runtime",
-    interpreter_path = "{interpreter}",
-    python_version = "PY3",
-)
-
-py_runtime_pair(
-    name = "runtime_pair",
-    py3_runtime = ":py3_runtime",
-)
-
-toolchain(
-    name = "python_toolchain",
-    toolchain = ":runtime_pair",
-    toolchain_type = "@bazel_tools//tools/python:toolchain_type",
-)
-"""
+""" + _TOOLCHAIN.format(runtime = 'interpreter_path = "{interpreter}"')
 
 _STACK_DEFS = """\"\"\"The `{name}` stack, as found by python_configure.\"\"\"
 

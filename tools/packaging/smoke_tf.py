@@ -4,25 +4,19 @@ Run by wheel_smoke.sh from outside the checkout, in a fresh venv.
 """
 
 import importlib.metadata
+
 import numpy as np
-import pytest
 
 from policy_runtime import policies
 from policy_runtime.policies import SavedModelPyTFEagerPolicy
 from policy_runtime.policies import compile_policy
 from policy_runtime.policies import time_steps
 
-OBSERVATIONS = np.random.default_rng(0).uniform(-0.2, 0.2, (16, 4)).astype(np.float32)
 
-
-@pytest.fixture(scope="module")
-def options(request):
-  return {name: request.config.getoption(name) for name in ("policy", "compiled", "actions")}
-
-
-def _actions(policy):
-  state = policy.get_initial_state(len(OBSERVATIONS))
-  return policy.action(time_steps.restart(OBSERVATIONS, batch_size=len(OBSERVATIONS)), state).action
+def _actions(policy, observations):
+  state = policy.get_initial_state(len(observations))
+  return policy.action(time_steps.restart(observations, batch_size=len(observations)),
+                       state).action
 
 
 def test_imported_from_the_wheel_not_the_checkout():
@@ -32,12 +26,12 @@ def test_imported_from_the_wheel_not_the_checkout():
   assert "site-packages" in marshal.__file__, marshal.__file__
 
 
-def test_drop_in_on_both_backends_then_compiled(options):
+def test_drop_in_on_both_backends_then_compiled(options, observations):
   on_tf = _actions(SavedModelPyTFEagerPolicy(options["policy"], load_specs_from_pbtxt=True,
-                                                batch_time_steps=False))
+                                             batch_time_steps=False), observations)
   lite = SavedModelPyTFEagerPolicy(options["policy"], load_specs_from_pbtxt=True,
                                    batch_time_steps=False, backend="lite")
   assert lite.backend == "lite"
-  np.testing.assert_array_equal(_actions(lite), on_tf)
+  np.testing.assert_array_equal(_actions(lite, observations), on_tf)
   compile_policy(options["policy"], options["compiled"])
   np.save(options["actions"], on_tf)

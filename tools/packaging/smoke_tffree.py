@@ -13,13 +13,6 @@ import pytest
 from policy_runtime.policies import compiled
 from policy_runtime.policies import time_steps
 
-OBSERVATIONS = np.random.default_rng(0).uniform(-0.2, 0.2, (16, 4)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def options(request):
-  return {name: request.config.getoption(name) for name in ("compiled", "actions")}
-
 
 def test_no_tensorflow_here():
   with pytest.raises(ImportError):
@@ -27,9 +20,9 @@ def test_no_tensorflow_here():
   assert importlib.metadata.version("policy-runtime")
 
 
-def test_compiled_policy_acts_as_the_drop_in_did(options):
+def test_compiled_policy_acts_as_the_drop_in_did(options, observations):
   policy = compiled.CompiledPolicy(options["compiled"], batch_time_steps=False)
-  step = policy.action(time_steps.restart(OBSERVATIONS, batch_size=len(OBSERVATIONS)),
-                       policy.get_initial_state(len(OBSERVATIONS)))
+  step = policy.action(time_steps.restart(observations, batch_size=len(observations)),
+                       policy.get_initial_state(len(observations)))
   np.testing.assert_array_equal(step.action, np.load(options["actions"]))
   assert "tensorflow" not in sys.modules
