@@ -6,6 +6,7 @@ from the project root; LiteRT is loaded at run time (-ldl).
 """
 
 import glob
+import os
 
 import numpy
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
@@ -18,10 +19,9 @@ setup(
         "policy_runtime.policies": "policies",
         "policy_runtime.native": "native",
     },
-    packages=[
-        "policy_runtime.policies",
-        "policy_runtime.policies.engines",
-        "policy_runtime.native",
+    packages=["policy_runtime.native"] + [
+        "policy_runtime." + os.path.dirname(init).replace(os.sep, ".")
+        for init in sorted(glob.glob("policies/**/__init__.py", recursive=True))
     ],
     ext_modules=[
         Pybind11Extension(

@@ -1,5 +1,5 @@
 // The LiteRT feed: engines that compute on fixed buffers (LiteRT
-// interpreters, policies/engines/lite_model.py). Each validated leaf is copied
+// interpreters, policies/runtime/lite_model.py). Each validated leaf is copied
 // into the engine's input buffer, the engine runs, and its output buffers are
 // copied out and packed. No TensorFlow: compiled policies use this half.
 //

@@ -4,7 +4,7 @@
 // public litert/c headers (litert_common.h, litert_layout.h,
 // litert_model_types.h, litert_environment_options.h); no LiteRT header is
 // needed to build. The Python side loads only library versions it was
-// checked against (policies/engines/litert_library.py). tools/litert_probe.cc
+// checked against (policies/runtime/litert_library.py). tools/benchmarks/litert_probe.cc
 // uses them too.
 #ifndef POLICY_RUNTIME_NATIVE_LITERT_API_H_
 #define POLICY_RUNTIME_NATIVE_LITERT_API_H_

@@ -4,7 +4,7 @@ This module is the only importer of the extension. A `Plan` turns a nested
 numpy `(time_step, policy_state)` into the flat eager-tensor argument list of a
 saved `action` function and packs the function's flat outputs back into a
 nest, validating every leaf on the way. Plans are compiled by
-`policies.marshaling_plan`; the node encoding is:
+`policies.saved_model.marshaling_plan`; the node encoding is:
 
 Input nodes (one tree for the time step, one for the policy state):
   ("leaf", path, slot, numpy_dtype, inner_dims, batch, tf_dtype_enum)
@@ -38,7 +38,7 @@ LiteRT model through LiteRT's C API in `library` (a libLiteRt.so, loaded at
 run time): its `handle`, passed to `call_buffers`/`call_rows_buffers` in place
 of `lease`, lends the call a runner prepared for its batch (a compiled model with
 host-memory buffers), with no Python in between. It raises ValueError when
-the model cannot run that way here (policies/engines/lite_model.py then
+the model cannot run that way here (policies/runtime/lite_model.py then
 uses the interpreter).
 
 Output nodes:

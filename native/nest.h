@@ -1,6 +1,6 @@
 // The plan's layout: the input trees (time step and policy state) with a
 // LeafSpec per leaf, and the output tree, parsed once from the node encoding
-// that policies/marshaling_plan.py and policies/plan_layout.py build (see
+// that policies/saved_model/marshaling_plan.py and policies/runtime/plan_layout.py build (see
 // native/marshal.py).
 #ifndef POLICY_RUNTIME_NATIVE_NEST_H_
 #define POLICY_RUNTIME_NATIVE_NEST_H_

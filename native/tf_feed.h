@@ -3,7 +3,7 @@
 // function runs through TF's eager execute, and its outputs are packed.
 //
 // TensorFlow is reached only through the Python callables of the runtime dict
-// that policies/marshaling_plan.py passes; a plan without one (the LiteRT
+// that policies/saved_model/marshaling_plan.py passes; a plan without one (the LiteRT
 // feeds, compiled policies) never touches this file's code.
 #ifndef POLICY_RUNTIME_NATIVE_TF_FEED_H_
 #define POLICY_RUNTIME_NATIVE_TF_FEED_H_

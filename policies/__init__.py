@@ -11,9 +11,21 @@ Compiled once where TensorFlow is, a policy acts without it:
     from policy_runtime.policies import compiled         # does not
     policy = compiled.CompiledPolicy(compiled_dir)
 
-The names below are imported on first use (PEP 562), so importing the package,
-or a module of it that needs no TensorFlow (`local_ray`, `episodes`,
-`compiled`), imports no TensorFlow.
+The package tree is the architecture:
+
+    policies/               the public classes (TensorFlow): saved_model_policy,
+                            dynamic_batching, compile, compiled_tf_agents
+    policies/runtime/       what acts without TensorFlow: compiled policies, the
+                            LiteRT runners, the batcher's core, specs, time steps
+    policies/saved_model/   loading and auditing SavedModels, the marshaling plan
+    policies/engines/       the TF and LiteRT engines
+    policies/updates/       pushed weights and CheckpointFollower
+    policies/scale_out/     Ray evaluation (the only part that needs Ray)
+
+The names below, and the modules `compiled`, `time_steps`, `episodes` and
+`evaluation` (forwarded to their packages), are imported on first use (PEP
+562), so importing the package, or a module of it that needs no TensorFlow,
+imports no TensorFlow.
 """
 
 import importlib
@@ -22,20 +34,33 @@ from .version import __version__
 
 _EXPORTS = {
     "BatcherClosedError": ".dynamic_batching",
-    "CheckpointFollower": ".checkpoint_follower",
-    "CompiledFollower": ".compiled_follower",
-    "CompiledPolicy": ".compiled",
+    "CheckpointFollower": ".updates.checkpoint_follower",
+    "CompiledFollower": ".runtime.compiled_follower",
+    "CompiledPolicy": ".runtime.compiled",
     "DynamicBatchingPolicy": ".dynamic_batching",
     "PyTFEagerPolicyBase": ".saved_model_policy",
     "SavedModelPyTFEagerPolicy": ".saved_model_policy",
-    "UnsafeGraphError": ".graph_audit",
+    "UnsafeGraphError": ".saved_model.graph_audit",
     "compile_policy": ".compile",
+}
+
+# Modules users import from the package itself (`from policy_runtime.policies
+# import compiled`), where they lived before the split into packages.
+_MODULES = {
+    "compiled": ".runtime.compiled",
+    "episodes": ".runtime.episodes",
+    "evaluation": ".scale_out.evaluation",
+    "time_steps": ".runtime.time_steps",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str):
+  if name in _MODULES:
+    value = importlib.import_module(_MODULES[name], __name__)
+    globals()[name] = value
+    return value
   module = _EXPORTS.get(name)
   if module is None:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

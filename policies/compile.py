@@ -7,7 +7,7 @@
 The export is loaded, audited, converted to LiteRT and validated exactly as
 `SavedModelPyTFEagerPolicy(..., backend="lite")` does (sampled outputs through
 the distribution check), then written in the format of
-`policies.compiled_format`, manifest last. `policies.compiled.CompiledPolicy`
+`policies.runtime.compiled_format`, manifest last. `policies.runtime.compiled.CompiledPolicy`
 acts on the result without TensorFlow.
 """
 
@@ -21,16 +21,16 @@ import shutil
 import tempfile
 from typing import Optional
 
-from . import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
+from .saved_model import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
 
 import numpy as np
 import tensorflow as tf
 
-from . import array_specs
-from . import compiled_format
 from . import saved_model_policy
-from . import storage
-from .engines import lite_model
+from .runtime import array_specs
+from .runtime import compiled_format
+from .runtime import lite_model
+from .saved_model import storage
 
 
 @dataclasses.dataclass(frozen=True)

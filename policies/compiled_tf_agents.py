@@ -3,22 +3,22 @@
     from policy_runtime.policies import compiled, compiled_tf_agents
     policy = compiled_tf_agents.as_py_policy(compiled.CompiledPolicy(path))
 
-Needs TF-Agents (so TensorFlow); `policies.compiled` alone does not.
+Needs TF-Agents (so TensorFlow); `policies.runtime.compiled` alone does not.
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from . import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
+from .saved_model import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
 
 from tf_agents.policies import py_policy
 from tf_agents.specs import array_spec
 from tf_agents.trajectories import policy_step
 from tf_agents.trajectories import time_step as ts
 
-from . import array_specs
-from . import compiled
+from .runtime import array_specs
+from .runtime import compiled
 
 
 def _tf_agents_spec(spec):

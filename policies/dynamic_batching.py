@@ -1,6 +1,6 @@
 """Dynamic batching as a TF-Agents `PyPolicy`: `DynamicBatchingPolicy`.
 
-The batcher itself (`policies.batching.DynamicBatcher`, no TensorFlow) runs
+The batcher itself (`policies.runtime.batching.DynamicBatcher`, no TensorFlow) runs
 many threads' single-step `action()` calls as one batched call; see there for
 how batches form. This module gives it TF-Agents' `PyPolicy` face, over a
 `SavedModelPyTFEagerPolicy` (either backend) or a `CompiledPolicy`, both
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from . import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
+from .saved_model import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
 
 from tf_agents.policies import py_policy
 
-from . import batching
-from . import compiled
 from . import compiled_tf_agents
+from .runtime import batching
+from .runtime import compiled
 
 BatcherClosedError = batching.BatcherClosedError
 

@@ -16,7 +16,7 @@ import uuid
 import weakref
 from typing import Any, Optional, Tuple
 
-from . import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
+from .saved_model import quiet_gym  # noqa: F401  before TF-Agents, which imports gym
 
 import numpy as np
 import tensorflow as tf
@@ -24,19 +24,19 @@ from tensorflow.python.eager import core
 from tf_agents.policies import py_policy
 
 from ..native import marshal
-from . import batching
-from . import checkpoint_errors
 from . import engines
-from . import graph_audit
-from . import loading
-from . import marshaling_plan
-from . import plan_layout
-from . import pushed_variables
-from . import specs as specs_lib
-from . import storage
 from .engines import lite
-from .engines import lite_model
 from .engines import tf_eager
+from .runtime import batching
+from .runtime import lite_model
+from .runtime import plan_layout
+from .saved_model import checkpoint_errors
+from .saved_model import graph_audit
+from .saved_model import loading
+from .saved_model import marshaling_plan
+from .saved_model import specs as specs_lib
+from .saved_model import storage
+from .updates import pushed_variables
 
 
 def _to_numpy(nest):
@@ -460,7 +460,7 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     `ReverbVariableContainer.update` does) changes what the next `action()`
     computes, on every backend; all the writes of one `tf.function` call are
     one push, and no call sees part of a push. `update_from_checkpoint` sets
-    them to the checkpoint's values. See `policies/pushed_variables.py`.
+    them to the checkpoint's values. See `policies/updates/pushed_variables.py`.
     """
     with self._update_lock:
       if self._pushed is None:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from policy_runtime.policies import BatcherClosedError, DynamicBatchingPolicy
-from policy_runtime.policies import batching, compile_policy, compiled
+from policy_runtime.policies import compile_policy, compiled
+from policy_runtime.policies.runtime import batching
 from conftest import load_saved, lstm_episodes, lstm_trace, q_steps, scaled_checkpoint
 
 

@@ -10,9 +10,9 @@ import tensorflow as tf
 import hostile_models
 
 from policy_runtime.policies import SavedModelPyTFEagerPolicy, UnsafeGraphError
-from policy_runtime.policies import graph_audit
-from tools import policy_cli
-from tools import policy_zoo
+from policy_runtime.policies.saved_model import graph_audit
+from tools.cli import policy_cli
+from tools.fixtures import policy_zoo
 
 
 class FileWritingResource(tf.saved_model.experimental.TrackableResource):

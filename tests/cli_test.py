@@ -4,8 +4,8 @@ import contextlib
 import io
 import re
 
-from tools import policy_cli
-from tools import policy_zoo
+from tools.cli import policy_cli
+from tools.fixtures import policy_zoo
 
 
 def test_run_default_policy_beats_random():

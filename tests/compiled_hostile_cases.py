@@ -23,7 +23,8 @@ import zipfile
 import numpy as np
 
 import interrupts
-from policy_runtime.policies import array_specs, compiled, compiled_format
+from policy_runtime.policies import compiled
+from policy_runtime.policies.runtime import array_specs, compiled_format
 
 _FIXTURES = {}
 

@@ -19,9 +19,10 @@ import reference_exports
 from bad_inputs import BAD_CALLS, lstm_step
 from conftest import run_threads, scaled_checkpoint
 from policy_runtime.policies import DynamicBatchingPolicy, SavedModelPyTFEagerPolicy, compile_policy
-from policy_runtime.policies import CompiledFollower, compiled, compiled_format, compiled_tf_agents
+from policy_runtime.policies import CompiledFollower, compiled, compiled_tf_agents
+from policy_runtime.policies.runtime import compiled_format
 from policy_runtime.policies.engines import lite_validation
-from tools import policy_cli
+from tools.cli import policy_cli
 
 DEFAULT_POLICY = policy_cli.DEFAULT_POLICY
 _DETERMINISTIC = ("q_mlp", "q_8_leaves", "lstm_actor", "q_fixed_batch")

@@ -15,11 +15,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tools import policy_zoo  # noqa: E402
+from tools.fixtures import policy_zoo  # noqa: E402
 from tf_agents.trajectories import time_step as ts  # noqa: E402
 
 from policy_runtime.policies import SavedModelPyTFEagerPolicy  # noqa: E402
-from policy_runtime.policies.engines import lite_model  # noqa: E402
+from policy_runtime.policies.runtime import lite_model  # noqa: E402
 from policy_runtime.policies.engines import lite_validation  # noqa: E402
 
 

@@ -11,7 +11,7 @@ from tf_agents.trajectories import time_step as ts
 from policy_runtime.policies import BatcherClosedError, DynamicBatchingPolicy, SavedModelPyTFEagerPolicy
 from conftest import (act_during_swaps, load_saved, lstm_episodes, lstm_trace, q_steps,
                       run_threads, scaled_checkpoint)
-from tools import policy_zoo
+from tools.fixtures import policy_zoo
 
 
 @pytest.fixture(params=["tf", "lite"])

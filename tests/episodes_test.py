@@ -10,7 +10,7 @@ import pytest
 
 from policy_runtime.policies import SavedModelPyTFEagerPolicy
 from policy_runtime.policies import episodes
-from tools import policy_cli
+from tools.cli import policy_cli
 
 REPO = os.path.dirname(os.path.dirname(policy_cli.__file__))
 
@@ -98,7 +98,7 @@ def test_unknown_ids_are_value_errors_naming_the_package():
 @pytest.mark.parametrize("env_id", ["CartPole-v0", "gym:CartPole-v1"])
 def test_cli_run_prints_no_gym_banner(env_id):
   process = subprocess.run(
-      [sys.executable, "-m", "tools.policy_cli", "run", "--episodes", "2", "--env", env_id],
+      [sys.executable, "-m", "tools.cli.policy_cli", "run", "--episodes", "2", "--env", env_id],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert process.returncode == 0, process.stderr[-3000:]
   assert "average return" in process.stdout

@@ -19,8 +19,8 @@ from policy_runtime.policies import CheckpointFollower
 from policy_runtime.policies import SavedModelPyTFEagerPolicy, compile_policy
 from policy_runtime.policies import episodes as episodes_lib
 from policy_runtime.policies import evaluation
-from policy_runtime.policies import local_ray
-from tools import policy_cli
+from policy_runtime.policies.scale_out import local_ray
+from tools.cli import policy_cli
 
 DEFAULT_POLICY = policy_cli.DEFAULT_POLICY
 # CartPole-v1 (500 steps at most): the embedded policy's returns differ by seed.
@@ -45,7 +45,7 @@ _EVALUATE_IN_A_FRESH_PROCESS = """
 import json, os, stat, sys
 import ray
 from policy_runtime.policies import evaluation
-from tools import policy_cli
+from tools.cli import policy_cli
 assert not ray.is_initialized()
 result = evaluation.evaluate(policy_cli.DEFAULT_POLICY, episodes=2, workers=1)
 token = os.environ["RAY_AUTH_TOKEN_PATH"]
@@ -247,7 +247,7 @@ def test_ctrl_c_stops_the_workers_and_the_local_instance(tmp_path):
   # stderr goes to a file, never a pipe: Ray's processes may inherit it, and a
   # read until EOF would then wait for them instead of failing the test.
   log = tmp_path / "stderr.txt"
-  command = [sys.executable, "-m", "tools.policy_cli", "evaluate", "--workers", "2",
+  command = [sys.executable, "-m", "tools.cli.policy_cli", "evaluate", "--workers", "2",
              "--episodes", "100000"]
   with open(log, "w") as stderr:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr,

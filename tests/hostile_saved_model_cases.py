@@ -17,7 +17,7 @@ import shutil
 
 import numpy as np
 
-from tools import policy_cli
+from tools.cli import policy_cli
 
 SOURCE = policy_cli.DEFAULT_POLICY
 SHARD = "variables/variables.data-00000-of-00001"
@@ -308,13 +308,13 @@ def _engine_and_flatbuffer(workdir):
 
 
 def lite_model_of(policy):
-  from policy_runtime.policies.engines import lite_model  # pylint: disable=import-outside-toplevel
+  from policy_runtime.policies.runtime import lite_model  # pylint: disable=import-outside-toplevel
   return lite_model.model_of(policy._switch.active.call_args)  # pylint: disable=protected-access
 
 
 def flatbuffer_wrong_dtype_expected(workdir):
   """check_model_io names the tensor when the model's dtype is not the spec's."""
-  from policy_runtime.policies.engines import lite_checks  # pylint: disable=import-outside-toplevel
+  from policy_runtime.policies.runtime import lite_checks  # pylint: disable=import-outside-toplevel
   engine, flatbuffer = _engine_and_flatbuffer(workdir)
   inputs, outputs = engine._expected_io  # pylint: disable=protected-access
   name, _, shape = inputs[-1]

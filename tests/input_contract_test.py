@@ -19,7 +19,7 @@ from tf_agents.trajectories import time_step as ts
 
 from policy_runtime.policies import SavedModelPyTFEagerPolicy, compile_policy
 from policy_runtime.policies import compiled
-from tools import policy_zoo
+from tools.fixtures import policy_zoo
 
 
 class ArrayMethod:

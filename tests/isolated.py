@@ -131,7 +131,7 @@ def _run_child(module, cases, timeout, memory_gb, env) -> Dict[str, Outcome]:
 def _child(module_name: str, workdir: str, cases: Sequence[str]) -> None:
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  from tools import tf_agents_keras  # pylint: disable=import-outside-toplevel
+  from tools.fixtures import tf_agents_keras  # pylint: disable=import-outside-toplevel
   tf_agents_keras.select_keras_2()
   module = __import__(module_name)
   out = sys.stdout

@@ -21,7 +21,7 @@ import tensorflow as tf  # noqa: E402
 from tensorflow.python.framework import type_spec_registry  # noqa: E402
 from tf_agents.trajectories import time_step as ts  # noqa: E402
 
-from tools import policy_zoo  # noqa: E402
+from tools.fixtures import policy_zoo  # noqa: E402
 
 
 @type_spec_registry.register("legacy_test.WrappedSpec")

@@ -1,7 +1,7 @@
 """TF-Agents' agent families on LiteRT: what validation once refused falsely now loads, and wrong
 models are still refused.
 
-Each policy comes from TF-Agents' own agent class (`tools/policy_zoo.py`). The
+Each policy comes from TF-Agents' own agent class (`tools/fixtures/policy_zoo.py`). The
 classes of false refusal fixed here: uint8 frames bounded [0, 255] (Atari);
 noise drawn once per call and shared across the batch (TD3); randomness
 through variable state (DDPG's Ornstein-Uhlenbeck noise); samples outside the
@@ -20,9 +20,9 @@ from tf_agents.trajectories import time_step as ts
 
 from conftest import SavedPolicy, scaled_checkpoint, spec_inputs
 from policy_runtime.policies import SavedModelPyTFEagerPolicy
-from policy_runtime.policies.engines import lite_model
+from policy_runtime.policies.runtime import lite_model
 from policy_runtime.policies.engines import lite_validation
-from tools import policy_zoo
+from tools.fixtures import policy_zoo
 
 FAMILIES = {
     "td3_collect": policy_zoo.td3_collect_policy,

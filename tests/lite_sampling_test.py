@@ -11,9 +11,9 @@ from tf_agents.trajectories import time_step as ts
 from conftest import lite_twin, scaled_checkpoint
 from policy_runtime.policies import DynamicBatchingPolicy
 from policy_runtime.policies import SavedModelPyTFEagerPolicy
-from policy_runtime.policies import graph_audit
+from policy_runtime.policies.saved_model import graph_audit
 from policy_runtime.policies.engines import lite_validation
-from tools import policy_zoo
+from tools.fixtures import policy_zoo
 
 SAMPLING = ("q_sampling", "epsilon_greedy", "ppo_categorical", "ppo_collect", "gaussian_actor",
             "lstm_stochastic", "random")

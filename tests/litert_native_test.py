@@ -12,10 +12,10 @@ import tensorflow as tf
 
 from conftest import lite_twin, spec_inputs
 from policy_runtime.policies import SavedModelPyTFEagerPolicy
-from policy_runtime.policies.engines import lite_model
+from policy_runtime.policies.runtime import lite_model
 from policy_runtime.policies.engines import lite_validation
-from policy_runtime.policies.engines import litert_library
-from policy_runtime.policies.engines import sample_statistics
+from policy_runtime.policies.runtime import litert_library
+from policy_runtime.policies.runtime import sample_statistics
 
 LITE_FIXTURES = ("q_mlp", "q_8_leaves", "lstm_actor", "ppo_collect", "random", "q_fixed_batch",
                  "q_sampling", "epsilon_greedy", "ppo_categorical", "gaussian_actor",

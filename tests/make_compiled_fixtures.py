@@ -19,8 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # PolicySaver's note on encoding TFP specs, once per fixture: noise in a build's output.
 warnings.filterwarnings("ignore", message="Encoding a StructuredValue")
 
-from policy_runtime.policies import quiet_gym  # noqa: E402,F401  before TF-Agents, which imports gym
-from tools import tf_agents_keras  # noqa: E402
+from policy_runtime.policies.saved_model import quiet_gym  # noqa: E402,F401  before TF-Agents, which imports gym
+from tools.fixtures import tf_agents_keras  # noqa: E402
 
 tf_agents_keras.select_keras_2()
 
@@ -30,7 +30,7 @@ from tf_agents.specs import array_spec  # noqa: E402
 
 from policy_runtime.policies import SavedModelPyTFEagerPolicy, compile_policy  # noqa: E402
 from policy_runtime.policies.engines import lite_validation  # noqa: E402
-from tools import policy_zoo  # noqa: E402
+from tools.fixtures import policy_zoo  # noqa: E402
 
 # name: (builder, fixed batch); the kinds that run on lite.
 FIXTURES = {

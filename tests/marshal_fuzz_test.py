@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.util import nest
 
-from policy_runtime.policies import marshaling_plan
+from policy_runtime.policies.saved_model import marshaling_plan
 from tf_agents.trajectories import policy_step
 
 import spec_strategies

@@ -11,7 +11,7 @@ from tf_agents.trajectories import time_step as ts
 
 from policy_runtime.native import marshal
 from policy_runtime.policies import PyTFEagerPolicyBase
-from policy_runtime.policies import marshaling_plan
+from policy_runtime.policies.saved_model import marshaling_plan
 import spec_strategies
 
 def _values_for(spec_nest, outer, rng):

@@ -25,7 +25,7 @@ from conftest import load_saved, lstm_episodes, q_steps, run_threads, scaled_che
 from policy_runtime.policies import DynamicBatchingPolicy
 from policy_runtime.policies import SavedModelPyTFEagerPolicy
 from policy_runtime.policies.engines import lite_validation
-from tools import policy_zoo
+from tools.fixtures import policy_zoo
 
 BACKENDS = ("tf", "lite", "auto")
 

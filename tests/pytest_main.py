@@ -13,7 +13,7 @@ def main(argv) -> int:
     python = argv[0].split("=", 1)[1]
     os.execv(python, [python, os.path.abspath(__file__)] + argv[1:])
   # TF-Agents' networks (the fixtures) need Keras 2: tf-keras on TF >= 2.16.
-  from tools import tf_agents_keras  # pylint: disable=import-outside-toplevel
+  from tools.fixtures import tf_agents_keras  # pylint: disable=import-outside-toplevel
   tf_agents_keras.select_keras_2()
   import pytest  # pylint: disable=import-outside-toplevel
 

@@ -16,7 +16,7 @@ from tf_agents.trajectories import time_step as ts
 from policy_runtime.policies import CheckpointFollower, SavedModelPyTFEagerPolicy
 from conftest import scaled_checkpoint
 import interrupts
-from tools import policy_zoo
+from tools.fixtures import policy_zoo
 
 
 def _q_step(value=1.0):

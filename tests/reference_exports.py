@@ -1,6 +1,6 @@
 """Committed exports saved by another TensorFlow (tests/fixtures/<tf>/<name>), with what
-that TensorFlow computed on them (tools/make_cross_version_exports.py,
-tools/legacy_exports/make_tf24_exports.py)."""
+that TensorFlow computed on them (tools/fixtures/make_cross_version_exports.py,
+tools/fixtures/legacy_exports/make_tf24_exports.py)."""
 
 import os
 

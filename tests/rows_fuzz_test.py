@@ -4,7 +4,7 @@ Generated layouts, callers' rows (valid, or broken the ways a caller or a
 buggy engine could break them) and leases over an identity engine whose
 outputs are its inputs. Every case must either give each caller exactly its
 own leaves back or raise ValueError / TypeError (or the engine's own error);
-anything else, or a crash, fails. `tools/sanitize.sh` runs this under
+anything else, or a crash, fails. `tools/checks/sanitize.sh` runs this under
 AddressSanitizer and UndefinedBehaviorSanitizer; FUZZ_EXAMPLES sets the
 number of cases.
 """
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from policy_runtime.policies import plan_layout
+from policy_runtime.policies.runtime import plan_layout
 
 import spec_strategies
 

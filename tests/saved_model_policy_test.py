@@ -14,7 +14,7 @@ from tf_agents.trajectories import time_step as ts
 
 import conftest
 from policy_runtime.policies import PyTFEagerPolicyBase, SavedModelPyTFEagerPolicy
-from tools import policy_zoo
+from tools.fixtures import policy_zoo
 
 
 def _sample(spec, rng, outer):
@@ -312,7 +312,10 @@ def test_loads_in_a_fresh_process(saved):
 _PACKAGE_FACE = """
 import sys
 from policy_runtime import policies
-from policy_runtime.policies import compat, episodes
+from policy_runtime.policies import compiled, episodes, time_steps
+from policy_runtime.policies.saved_model import compat
+from policy_runtime.policies.runtime import compiled as runtime_compiled
+print("forwarded:", compiled is runtime_compiled, episodes.__name__, time_steps.__name__)
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf_agents", "gym"))
 print("before:", heavy)
 from policy_runtime.policies import SavedModelPyTFEagerPolicy, DynamicBatchingPolicy, CheckpointFollower
@@ -328,7 +331,9 @@ def test_the_package_face_imports_tensorflow_only_when_asked():
                           env=dict(os.environ), timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   lines = result.stdout.strip().splitlines()
-  assert lines[-3:] == ["before: []", "after: True True", "all: True"]
+  assert lines[-4:] == ["forwarded: True policy_runtime.policies.runtime.episodes "
+                        "policy_runtime.policies.runtime.time_steps",
+                        "before: []", "after: True True", "all: True"]
   assert "Gym has been unmaintained" not in result.stderr
   with pytest.raises(AttributeError, match="has no attribute 'NoSuchName'"):
     from policy_runtime import policies  # pylint: disable=import-outside-toplevel

@@ -19,8 +19,8 @@ from tf_agents.trajectories import time_step as ts
 
 import reference_exports
 from policy_runtime.policies import SavedModelPyTFEagerPolicy
-from policy_runtime.policies import compat
-from tools import policy_cli
+from policy_runtime.policies.saved_model import compat
+from tools.cli import policy_cli
 
 REPO = os.path.dirname(os.path.dirname(policy_cli.__file__))
 
@@ -77,7 +77,7 @@ import keras
 model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
 from policy_runtime.policies import SavedModelPyTFEagerPolicy
 from tf_agents.trajectories import time_step as ts
-from tools import policy_cli
+from tools.cli import policy_cli
 policy = SavedModelPyTFEagerPolicy(policy_cli.DEFAULT_POLICY, load_specs_from_pbtxt=True)
 action = policy.action(ts.restart(np.zeros(4, np.float32))).action
 import tensorflow as tf

@@ -14,8 +14,8 @@ from tf_agents.trajectories import time_step as ts
 
 from policy_runtime.policies import CheckpointFollower, SavedModelPyTFEagerPolicy
 from conftest import scaled_checkpoint
-from tools import policy_cli
-from tools import policy_zoo
+from tools.cli import policy_cli
+from tools.fixtures import policy_zoo
 
 
 def _to_ram(local: str, name: str = "") -> str:

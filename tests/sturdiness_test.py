@@ -17,7 +17,7 @@ from policy_runtime.policies import CheckpointFollower, SavedModelPyTFEagerPolic
 from policy_runtime.policies.engines import lite
 from bad_inputs import BAD_CALLS, lstm_step as _lstm_step
 from conftest import act_during_swaps, run_threads, scaled_checkpoint
-from tools import policy_zoo
+from tools.fixtures import policy_zoo
 
 
 def _policy(saved, name="lstm_actor", **kwargs):

@@ -1,11 +1,11 @@
 """Updates hold no memory: live RSS per update on every engine, TF-Agents' class beside.
 
-The suite's short version of `bazel run //tools:update_soak` (2,000 updates):
+The suite's short version of `bazel run //tools/benchmarks:update_soak` (2,000 updates):
 each engine in its own child process, 300 updates alternating between two
 checkpoints (two compiled directories for `CompiledPolicy`) after 50 of
 warm-up, RSS read after malloc_trim. TF's object-based restore keeps about
 38 KB an update (TF-Agents' class pays it); ours restores by reading and
-assigning (policies/variable_restore.py).
+assigning (policies/saved_model/variable_restore.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from tools import update_soak
+from tools.benchmarks import update_soak
 
 UPDATES, WARMUP = 300, 50
 # KB per update. Measured here: tf 0.8, lite 4.9, compiled 0.4, TF-Agents' class 38.
@@ -32,7 +32,7 @@ def growth(tmp_path_factory):
   results = {}
   for engine in update_soak.ENGINES:
     child = subprocess.run(
-        [sys.executable, "-m", "tools.update_soak", "--engine", engine, "--root", root,
+        [sys.executable, "-m", "tools.benchmarks.update_soak", "--engine", engine, "--root", root,
          "--updates", str(UPDATES), "--warmup", str(WARMUP)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, timeout=900,
         check=False)

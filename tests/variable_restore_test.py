@@ -1,4 +1,4 @@
-"""Restores by reading and assigning (policies/variable_restore.py), with TF's semantics.
+"""Restores by reading and assigning (policies/saved_model/variable_restore.py), with TF's semantics.
 
 TF's object-based restore keeps about 38 KB an update (update_memory_test.py);
 ours matches the checkpoint's object graph once and assigns. The values must
@@ -15,8 +15,9 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.training import py_checkpoint_reader
 
-from policy_runtime.policies import SavedModelPyTFEagerPolicy, variable_restore
-from tools import policy_zoo
+from policy_runtime.policies import SavedModelPyTFEagerPolicy
+from policy_runtime.policies.saved_model import variable_restore
+from tools.fixtures import policy_zoo
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash tools/setup.sh || exit 1
-python3 tools/check_build_srcs.py || exit 1
+python3 tools/checks/check_build_srcs.py || exit 1
 output="$(mktemp)"
 trap 'rm -f "$output" "$output".*' EXIT
 

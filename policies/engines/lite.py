@@ -34,14 +34,14 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from .. import batching
-from .. import graph_audit
-from .. import loading
-from .. import marshaling_plan
-from .. import storage
-from . import lite_checks
+from ..runtime import batching
+from ..runtime import lite_checks
+from ..runtime import lite_model
+from ..saved_model import graph_audit
+from ..saved_model import loading
+from ..saved_model import marshaling_plan
+from ..saved_model import storage
 from . import lite_converter
-from . import lite_model
 from . import lite_rewrites
 from . import lite_validation
 from . import lite_weights

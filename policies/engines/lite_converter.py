@@ -49,7 +49,7 @@ class _Child:
   """The converter process and its pipes."""
 
   def __init__(self, memory_gb: float):
-    # memory_gb <= 0: no address-space limit (AddressSanitizer, as tools/sanitize.sh runs
+    # memory_gb <= 0: no address-space limit (AddressSanitizer, as tools/checks/sanitize.sh runs
     # it, reserves terabytes of address space and aborts under any limit).
     limit = int(memory_gb * 2**30) if memory_gb > 0 else None
     hard = resource.getrlimit(resource.RLIMIT_AS)[1]

@@ -32,8 +32,8 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.core.protobuf import struct_pb2
 from tensorflow.python.framework import type_spec_registry
 
-from .. import compat
-from .. import graph_audit
+from ..saved_model import compat
+from ..saved_model import graph_audit
 
 _FLOAT = types_pb2.DT_FLOAT
 

@@ -50,7 +50,7 @@ import tensorflow as tf
 from tensorflow.python.util import nest
 
 # The statistics live without TF, for checks where TF is not.
-from .sample_statistics import (  # noqa: F401
+from ..runtime.sample_statistics import (  # noqa: F401
     ALPHA, SIDE_ALPHA, TOTAL_ALPHA, OutputCheck, ValidationError, check_bounds_rate,
     compare_distributions,
     continuous_threshold,

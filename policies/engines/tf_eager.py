@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from .. import engines
-from .. import loading
-from .. import marshaling_plan
+from ..saved_model import loading
+from ..saved_model import marshaling_plan
 
 
 def call_args(loaded: loading.LoadedPolicy) -> tuple:

@@ -13,8 +13,9 @@ import tarfile
 import numpy as np
 import pytest
 
-from policy_runtime.policies import array_specs, batching, compiled
-from policy_runtime.policies.engines import sample_statistics
+from policy_runtime.policies import compiled
+from policy_runtime.policies.runtime import array_specs, batching
+from policy_runtime.policies.runtime import sample_statistics
 
 FLOAT_TOLERANCE = 1e-5   # lite_validation.FLOAT_RTOL / FLOAT_ATOL
 _NAMES = ("q_mlp", "lstm_actor", "q_fixed_batch", "q_sampling", "gaussian_actor",
@@ -146,7 +147,7 @@ def test_sampled_outputs_pass_the_distribution_check(fixtures, name):
 
 
 def test_time_steps_built_without_tensorflow_act(fixtures):
-  """//policies:compiled carries policies.time_steps: a TF-free loop builds its own steps."""
+  """//policies/runtime carries policies.runtime.time_steps: a TF-free loop builds its own steps."""
   from policy_runtime.policies import time_steps  # pylint: disable=import-outside-toplevel
   path, _ = fixtures("q_mlp")
   policy = compiled.CompiledPolicy(path)
@@ -178,9 +179,11 @@ _HEAVY = ("tensorflow", "tf_agents", "tensorflow_probability", "keras", "tf_kera
 
 
 def test_the_dependency_closure_imports_no_tensorflow():
-  """This target's runfiles are //policies:compiled's closure: no module in it imports TF.
+  """This target's runfiles are //policies/runtime's closure: no module in it imports TF.
 
-  (The equivalent of `bazel query 'deps(//policies:compiled)'` holding no TF target.)
+  (The equivalent of `bazel query 'deps(//policies/runtime)'` holding no TF target.) The
+  folder is the boundary: of the library, only policies/runtime/ and the package's
+  `__init__` and version are shipped.
   """
   root = _runfiles_root()
   sources = []
@@ -189,8 +192,11 @@ def test_the_dependency_closure_imports_no_tensorflow():
     if relative.split(os.sep)[0] in ("tests", "external"):
       continue
     sources += [os.path.join(relative, n) for n in names if n.endswith(".py")]
-  assert "policies/compiled.py" in sources and "native/marshal.py" in sources
+  assert "policies/runtime/compiled.py" in sources and "native/marshal.py" in sources
   assert "policies/saved_model_policy.py" not in sources   # not even shipped
+  library = [s for s in sources if s.startswith("policies" + os.sep)]
+  assert sorted(s for s in library if not s.startswith(os.path.join("policies", "runtime", ""))) == [
+      os.path.join("policies", "__init__.py"), os.path.join("policies", "version.py")]
   offenders = []
   for source in sources:
     tree = ast.parse(open(os.path.join(root, source)).read())

@@ -32,7 +32,7 @@ def pytest_test(name, srcs = None, deps = [], data = [], args = [], tags = [],
             tags = tags + ([] if primary else [stack.name]),
             deps = deps + [
                 "//policies",
-                "//tools:policy_zoo",
+                "//tools/fixtures:policy_zoo",
             ],
             data = data + [stack.repository + "//:interpreter"],
             **kwargs
@@ -57,6 +57,6 @@ def tffree_test(name, srcs, deps = [], data = [], tags = [], **kwargs):
         srcs_version = "PY3",
         tags = tags + ["tffree"],
         data = data + [TFFREE.repository + "//:interpreter"],
-        deps = deps + ["//tools:tf_agents_keras"],
+        deps = deps + ["//tools/fixtures:tf_agents_keras"],
         **kwargs
     )

@@ -59,6 +59,6 @@ mkdir "$work/smoke"
 cp "$root"/tools/packaging/{conftest.py,smoke_tf.py,smoke_tffree.py} "$work/smoke/"
 cd "$work/smoke"
 "$work/venv-tf/bin/python" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning smoke_tf.py \
-  --policy="$root/tools/default_policy" --compiled="$work/compiled" --actions="$work/actions.npy"
+  --policy="$root/tools/cli/default_policy" --compiled="$work/compiled" --actions="$work/actions.npy"
 "$work/venv-tffree/bin/python" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning smoke_tffree.py \
   --compiled="$work/compiled" --actions="$work/actions.npy"

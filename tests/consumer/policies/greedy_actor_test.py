@@ -15,7 +15,7 @@ def test_our_policies_package_is_ours():
 
 
 def test_the_embedded_policy_acts_alike_on_both_backends():
-  policy_dir = os.path.join(os.environ["TEST_SRCDIR"], "policy_runtime", "tools", "default_policy")
+  policy_dir = os.path.join(os.environ["TEST_SRCDIR"], "policy_runtime", "tools", "cli", "default_policy")
   observations = np.random.default_rng(0).uniform(-0.2, 0.2, (8, 4)).astype(np.float32)
   on_tf = greedy_actor.first_actions(policy_dir, "tf", observations)
   on_lite = greedy_actor.first_actions(policy_dir, "lite", observations)

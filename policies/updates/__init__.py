@@ -1,0 +1,3 @@
+"""Weights that change under a running policy: pushed into `variables()`
+(`pushed_variables`, TF-Agents' actor-learner loop) or followed from a
+checkpoint directory (`checkpoint_follower.CheckpointFollower`)."""

@@ -1,0 +1,32 @@
+"""Where the benchmark binaries write their results: a JSON file and a plot each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def add_output_argument(parser: argparse.ArgumentParser) -> None:
+  """--output, by default tools/benchmarks/results/ of the workspace `bazel run` started in."""
+  workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY", os.getcwd())
+  parser.add_argument("--output", default=os.path.join(workspace, "tools", "benchmarks", "results"))
+
+
+def figure(columns: int, width: float, height: float = 4):
+  """A matplotlib figure (headless) and its row of `columns` axes."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, columns, figsize=(width, height), squeeze=False)
+  return fig, list(axes[0])
+
+
+def write(output: str, stem: str, result: dict, fig) -> None:
+  """Writes `stem`.json and `stem`.png into `output` and says so."""
+  os.makedirs(output, exist_ok=True)
+  with open(os.path.join(output, f"{stem}.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  fig.tight_layout()
+  fig.savefig(os.path.join(output, f"{stem}.png"), dpi=100)
+  print(f"\nwrote {output}/{stem}.json and {stem}.png")
