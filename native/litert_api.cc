@@ -2,7 +2,10 @@
 
 #include <dlfcn.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <map>
+#include <new>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -42,6 +45,9 @@ std::unique_ptr<LiteRtApi> Resolve(const std::string& path) {
     resolve("LiteRtCreateOptions", &api->CreateOptions);
     resolve("LiteRtDestroyOptions", &api->DestroyOptions);
     resolve("LiteRtSetOptionsHardwareAccelerators", &api->SetOptionsHardwareAccelerators);
+    resolve("LiteRtCreateOpaqueOptions", &api->CreateOpaqueOptions);
+    resolve("LiteRtDestroyOpaqueOptions", &api->DestroyOpaqueOptions);
+    resolve("LiteRtAddOpaqueOptions", &api->AddOpaqueOptions);
     resolve("LiteRtCreateCompiledModel", &api->CreateCompiledModel);
     resolve("LiteRtDestroyCompiledModel", &api->DestroyCompiledModel);
     resolve("LiteRtGetNumModelSignatures", &api->GetNumModelSignatures);
@@ -81,6 +87,22 @@ LiteRtStatus CreateQuietEnvironment(const LiteRtApi& api, LiteRtEnvironment* env
   options[1].value.type = kAnyTypeBool;
   options[1].value.bool_value = false;
   return api.CreateEnvironment(2, options, environment);
+}
+
+LiteRtStatus AddCpuThreads(const LiteRtApi& api, LiteRtOptions options, int num_threads) {
+  std::string toml = "num_threads = " + std::to_string(num_threads) + "\n";
+  char* payload = static_cast<char*>(std::malloc(toml.size() + 1));
+  if (payload == nullptr) throw std::bad_alloc();
+  std::memcpy(payload, toml.c_str(), toml.size() + 1);
+  LiteRtOpaqueOptions cpu = nullptr;
+  LiteRtStatus status = api.CreateOpaqueOptions("xnnpack", payload, std::free, &cpu);
+  if (status != 0) {
+    std::free(payload);
+    return status;
+  }
+  status = api.AddOpaqueOptions(options, cpu);
+  if (status != 0) api.DestroyOpaqueOptions(cpu);  // frees the payload
+  return status;
 }
 
 const LiteRtApi& LoadLiteRtApi(const std::string& path) {

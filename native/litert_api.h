@@ -18,6 +18,7 @@ typedef int LiteRtStatus;  // kLiteRtStatusOk = 0
 typedef struct LiteRtEnvironmentT* LiteRtEnvironment;
 typedef struct LiteRtModelT* LiteRtModel;
 typedef struct LiteRtOptionsT* LiteRtOptions;
+typedef struct LiteRtOpaqueOptionsT* LiteRtOpaqueOptions;
 typedef struct LiteRtCompiledModelT* LiteRtCompiledModel;
 typedef struct LiteRtSignatureT* LiteRtSignature;
 typedef struct LiteRtTensorT* LiteRtTensor;
@@ -61,6 +62,12 @@ struct LiteRtApi {
   LiteRtStatus (*CreateOptions)(LiteRtOptions*);
   void (*DestroyOptions)(LiteRtOptions);
   LiteRtStatus (*SetOptionsHardwareAccelerators)(LiteRtOptions, int);
+  // Accelerator options (litert_opaque_options.h): `options` takes ownership of
+  // an opaque options object added to it. The CPU accelerator's are identified
+  // by "xnnpack", their payload a TOML string ("num_threads = 2\n").
+  LiteRtStatus (*CreateOpaqueOptions)(const char*, void*, void (*)(void*), LiteRtOpaqueOptions*);
+  void (*DestroyOpaqueOptions)(LiteRtOpaqueOptions);
+  LiteRtStatus (*AddOpaqueOptions)(LiteRtOptions, LiteRtOpaqueOptions);
   LiteRtStatus (*CreateCompiledModel)(LiteRtEnvironment, LiteRtModel, LiteRtOptions,
                                       LiteRtCompiledModel*);
   void (*DestroyCompiledModel)(LiteRtCompiledModel);
@@ -91,6 +98,10 @@ const LiteRtApi& LoadLiteRtApi(const std::string& path);
 // Creates an environment that logs errors only and registers no accelerator
 // plugins (no GPU/NPU/OpenVINO probing, and none of its warnings).
 LiteRtStatus CreateQuietEnvironment(const LiteRtApi& api, LiteRtEnvironment* environment);
+
+// Adds CPU accelerator options running XNNPACK on `num_threads` threads (its
+// thread pool has num_threads - 1 workers); `options` owns them on success.
+LiteRtStatus AddCpuThreads(const LiteRtApi& api, LiteRtOptions options, int num_threads);
 
 }  // namespace policy_runtime
 

@@ -169,7 +169,7 @@ LiteRtEngine::LiteRtEngine(const std::string& library, py::bytes flatbuffer,
                            const std::vector<std::string>& output_names,
                            const std::vector<std::vector<npy_intp>>& output_dims,
                            npy_intp first_batch, int max_batch_sizes,
-                           npy_intp release_gil_from_batch)
+                           npy_intp release_gil_from_batch, int num_threads)
     : api_([&]() -> const LiteRtApi& {
         try {
           return LoadLiteRtApi(library);
@@ -191,6 +191,8 @@ LiteRtEngine::LiteRtEngine(const std::string& library, py::bytes flatbuffer,
     Check(api_.CreateOptions(&options_), "creating compilation options");
     Check(api_.SetOptionsHardwareAccelerators(options_, kLiteRtHwAcceleratorCpu),
           "selecting the CPU");
+    if (num_threads < 1) Refuse("num_threads must be at least 1");
+    if (num_threads > 1) Check(AddCpuThreads(api_, options_, num_threads), "setting the CPU threads");
 
     LiteRtParamIndex count = 0;
     LiteRtSignature found = nullptr;

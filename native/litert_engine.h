@@ -88,12 +88,13 @@ class LiteRtEngine {
   // `input_names`: the signature's inputs by argument slot; `output_names`
   // and `output_dims` (-1 for the batch): its outputs by output index. Makes
   // and runs a runner for `first_batch`, so a model that does not run here
-  // fails now. Throws ValueError saying why the model cannot run natively.
+  // fails now. `num_threads`: XNNPACK's threads per run (1: the calling
+  // thread only). Throws ValueError saying why the model cannot run natively.
   LiteRtEngine(const std::string& library, py::bytes flatbuffer, const std::string& signature,
                const std::vector<std::string>& input_names,
                const std::vector<std::string>& output_names,
                const std::vector<std::vector<npy_intp>>& output_dims, npy_intp first_batch,
-               int max_batch_sizes, npy_intp release_gil_from_batch);
+               int max_batch_sizes, npy_intp release_gil_from_batch, int num_threads);
   ~LiteRtEngine();
   LiteRtEngine(const LiteRtEngine&) = delete;
   LiteRtEngine& operator=(const LiteRtEngine&) = delete;

@@ -33,7 +33,8 @@ the callback given to `set_follow` first (it brings the weights in and
 clears the mark); until then a call pays one atomic load for it.
 
 `LiteRtEngine(library, flatbuffer, signature, input_names, output_names,
-output_dims, first_batch, max_batch_sizes, release_gil_from_batch)` runs a
+output_dims, first_batch, max_batch_sizes, release_gil_from_batch,
+num_threads=1)` runs a
 LiteRT model through LiteRT's C API in `library` (a libLiteRt.so, loaded at
 run time): its `handle`, passed to `call_buffers`/`call_rows_buffers` in place
 of `lease`, lends the call a runner prepared for its batch (a compiled model with

@@ -42,11 +42,11 @@ PYBIND11_MODULE(_marshal, m) {
   py::class_<LiteRtEngine>(m, "LiteRtEngine")
       .def(py::init<const std::string&, py::bytes, const std::string&,
                     const std::vector<std::string>&, const std::vector<std::string>&,
-                    const std::vector<std::vector<npy_intp>>&, npy_intp, int, npy_intp>(),
+                    const std::vector<std::vector<npy_intp>>&, npy_intp, int, npy_intp, int>(),
            py::arg("library"), py::arg("flatbuffer"), py::arg("signature"),
            py::arg("input_names"), py::arg("output_names"), py::arg("output_dims"),
            py::arg("first_batch"), py::arg("max_batch_sizes"),
-           py::arg("release_gil_from_batch"))
+           py::arg("release_gil_from_batch"), py::arg("num_threads") = 1)
       .def("discard", &LiteRtEngine::Discard, py::arg("batch"))
       .def("batch_sizes", &LiteRtEngine::BatchSizes)
       .def_property_readonly("release_gil_from_batch", &LiteRtEngine::release_gil_from_batch)

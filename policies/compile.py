@@ -78,7 +78,8 @@ def _initial_state(policy, fixed: Optional[int]) -> tuple:
 def compile_policy(model_path, out_dir, *, checkpoint=None, time_step_spec=None,
                    action_spec=None, policy_state_spec=(), info_spec=(),
                    load_specs_from_pbtxt: bool = True, allow_unsafe_ops: bool = False,
-                   lite_cache_dir: Optional[str] = None) -> CompileResult:
+                   lite_cache_dir: Optional[str] = None,
+                   precision: str = "fp32") -> CompileResult:
   """Compiles `model_path` (a PolicySaver export) into `out_dir`.
 
   Args:
@@ -92,6 +93,8 @@ def compile_policy(model_path, out_dir, *, checkpoint=None, time_step_spec=None,
     time_step_spec, action_spec, policy_state_spec, info_spec,
     load_specs_from_pbtxt, allow_unsafe_ops, lite_cache_dir: as for
       `SavedModelPyTFEagerPolicy`.
+    precision: "fp32" or "int8", as for `SavedModelPyTFEagerPolicy` (the
+      validation report, in the directory's report.json, gives the agreement).
 
   Raises:
     FileNotFoundError: the export or checkpoint is missing.
@@ -104,7 +107,8 @@ def compile_policy(model_path, out_dir, *, checkpoint=None, time_step_spec=None,
   policy = saved_model_policy.SavedModelPyTFEagerPolicy(
       model_path, time_step_spec, action_spec, policy_state_spec, info_spec,
       load_specs_from_pbtxt=load_specs_from_pbtxt, batch_time_steps=False,
-      allow_unsafe_ops=allow_unsafe_ops, backend="lite", lite_cache_dir=lite_cache_dir)
+      allow_unsafe_ops=allow_unsafe_ops, backend="lite", lite_cache_dir=lite_cache_dir,
+      precision=precision)
   if checkpoint is not None:
     policy.update_from_checkpoint(checkpoint)
   files = _files(policy, model_path, checkpoint)

@@ -214,7 +214,9 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
                allow_unsafe_ops: bool = False,
                single_threaded_executor: bool = False,
                backend: str = "tf",
-               lite_cache_dir: Optional[str] = None):
+               lite_cache_dir: Optional[str] = None,
+               precision: str = "fp32",
+               num_threads: int = 1):
     """Loads the policy.
 
     Args:
@@ -239,6 +241,12 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
         `policy.backend` says which one runs.
       lite_cache_dir: where LiteRT conversions are cached (default
         $POLICY_RUNTIME_CACHE_DIR, else ~/.cache/policy_runtime).
+      precision: the LiteRT model's precision (backend "lite" or "auto"):
+        "fp32" (the default), or "int8" (int8 weights, activations quantized
+        per call; validated with its own criterion, `policy.lite_validation`
+        reports the agreement; see docs/backends.md). A model that misses it
+        is refused (backend="lite"), or runs on fp32 LiteRT (backend="auto").
+      num_threads: CPU threads per LiteRT run (default 1: the calling thread).
 
     Raises:
       FileNotFoundError: `model_path`, its saved_model.pb, or (with
@@ -252,6 +260,10 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     if backend not in BACKENDS:
       raise ValueError(f"backend: expected one of {', '.join(map(repr, BACKENDS))}, "
                        f"got {backend!r}")
+    if precision not in lite.PRECISIONS:
+      raise ValueError(f"precision: expected one of {', '.join(map(repr, lite.PRECISIONS))}, "
+                       f"got {precision!r}")
+    lite_model.check_num_threads(num_threads)
     model_path = os.fspath(model_path)
     self._source = loading.SavedModelSource.read(model_path, allow_unsafe_ops)
     policy_specs = specs_lib.resolve(model_path, time_step_spec, action_spec,
@@ -295,16 +307,21 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     self._requested_backend = backend
     self._backend_reason: Optional[str] = "backend='tf' was requested"
     if backend != "tf":
-      self._use_lite(active, backend, lite_cache_dir)
+      self._use_lite(active, backend, lite_cache_dir, precision, num_threads)
 
-  def _use_lite(self, active: _PolicyCopy, backend: str, cache_dir: Optional[str]) -> None:
+  def _use_lite(self, active: _PolicyCopy, backend: str, cache_dir: Optional[str],
+                precision: str, num_threads: int) -> None:
     engine = lite.LiteEngine(self._plan, self._tf_call, self._policy_specs, self._source,
-                             cache_dir)
+                             cache_dir, precision, num_threads)
     try:
       active.call_args = engine.prepare(active.loaded)
     except ValueError as e:
       if backend == "lite":
         raise
+      if precision != "fp32":
+        log.warning("backend='auto': %s LiteRT refused, trying fp32: %s", precision, e)
+        self._use_lite(active, backend, cache_dir, "fp32", num_threads)
+        return
       self._backend_reason = storage.first_line(e)
       log.warning("backend='auto': running on TF, not LiteRT: %s", e)
       return
@@ -400,6 +417,16 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
   def lite_validation(self):
     """The last LiteRT validation report (`lite_validation.ValidationReport`), None on TF."""
     return self._engine.last_report
+
+  @property
+  def precision(self) -> Optional[str]:
+    """The LiteRT model's precision ("fp32" or "int8") on backend "lite"; None on TF."""
+    return getattr(self._engine, "precision", None)
+
+  @property
+  def num_threads(self) -> Optional[int]:
+    """CPU threads per LiteRT run on backend "lite"; None on TF."""
+    return getattr(self._engine, "num_threads", None)
 
   @property
   def lite_runtime(self) -> Optional[str]:

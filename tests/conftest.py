@@ -52,6 +52,9 @@ _BUILDERS["epsilon_greedy"] = (policy_zoo.epsilon_greedy_policy, False, None)
 _BUILDERS["ppo_categorical"] = (policy_zoo.ppo_categorical_collect_policy, False, None)
 _BUILDERS["gaussian_actor"] = (policy_zoo.gaussian_actor_policy, False, None)
 _BUILDERS["lstm_stochastic"] = (lambda: policy_zoo.lstm_actor_policy(greedy=False), False, None)
+# Compute-bound policies (reduced precision, threads).
+_BUILDERS["atari_q"] = (policy_zoo.atari_q_policy, True, None)
+_BUILDERS["sac_actor"] = (policy_zoo.sac_actor_policy, True, None)
 
 
 def load_saved(saved, name: str, backend: str = "tf", **kwargs):

@@ -119,10 +119,17 @@ class _Child:
 _lock = threading.Lock()
 _child: Optional[_Child] = None
 
+# What `convert_files` can quantize to (see its docstring).
+PRECISIONS = ("fp32", "int8")
+
 
 def convert_files(files: Dict[str, bytes], what: str, timeout: Optional[float] = None,
-                  memory_gb: Optional[float] = None) -> bytes:
+                  memory_gb: Optional[float] = None, precision: str = "fp32") -> bytes:
   """The `action` signature of the SavedModel made of `files` converted, in the child.
+
+  `precision`: "fp32", or "int8" (dynamic-range quantization: weights of
+  fully connected and convolution layers stored as int8 per channel,
+  activations quantized per call).
 
   Raises:
     ValueError: naming `what`: the converter refused the graph (naming the
@@ -132,7 +139,11 @@ def convert_files(files: Dict[str, bytes], what: str, timeout: Optional[float] =
   timeout = timeout or float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
   if memory_gb is None:
     memory_gb = float(os.environ.get(MEMORY_ENV, DEFAULT_MEMORY_GB))
-  request = pickle.dumps((files, what, _type_spec_modules()), protocol=pickle.HIGHEST_PROTOCOL)
+  if precision not in PRECISIONS:
+    raise ValueError(f"precision: expected one of {', '.join(map(repr, PRECISIONS))}, "
+                     f"got {precision!r}")
+  request = pickle.dumps((files, what, _type_spec_modules(), precision),
+                         protocol=pickle.HIGHEST_PROTOCOL)
   with _lock:
     if _child is None or _child.process.poll() is not None:
       _child = _Child(memory_gb)
@@ -189,7 +200,7 @@ def shutdown() -> None:
 # -- The child ---------------------------------------------------------------------
 
 
-def _convert_in_child(files: Dict[str, bytes], what: str):
+def _convert_in_child(files: Dict[str, bytes], what: str, precision: str):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   directory = f"ram://policy_runtime_convert/{uuid.uuid4().hex}"
   try:
@@ -200,6 +211,8 @@ def _convert_in_child(files: Dict[str, bytes], what: str):
         f.write(data)
     converter = tf.lite.TFLiteConverter.from_saved_model(directory, signature_keys=["action"])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if precision == "int8":
+      converter.optimizations = [tf.lite.Optimize.DEFAULT]
     return "ok", converter.convert()
   except Exception as e:  # pylint: disable=broad-except
     ops = sorted(set(_BLOCKING_OP.findall(str(e))))
@@ -228,12 +241,14 @@ def _serve() -> None:
     header = stdin.read(_HEADER.size)
     if len(header) < _HEADER.size:
       return
-    files, what, modules = pickle.loads(stdin.read(_HEADER.unpack(header)[0]))  # our parent's
+    files, what, modules, precision = pickle.loads(
+        stdin.read(_HEADER.unpack(header)[0]))  # our parent's
     for module in modules:
       if module not in sys.modules:
         with contextlib.suppress(Exception):
           importlib.import_module(module)
-    answer = pickle.dumps(_convert_in_child(files, what), protocol=pickle.HIGHEST_PROTOCOL)
+    answer = pickle.dumps(_convert_in_child(files, what, precision),
+                          protocol=pickle.HIGHEST_PROTOCOL)
     stdout.write(_HEADER.pack(len(answer)) + answer)
     stdout.flush()
 

@@ -36,6 +36,14 @@ two runs happen to agree.
 Two engines that sample the same way fail a load with probability at most
 TOTAL_ALPHA (1e-6) over all these checks, whatever the policy (for noise over
 consecutive calls, exactly so for AR(1) processes such as OU noise).
+
+Reduced precision (`precision="int8"`) cannot match TF to 1e-5, so its
+deterministic outputs are checked on `AGREEMENT_ROWS` sampled rows instead
+(`check_agreement`): integer and bool outputs must agree with TF on at least
+`MIN_AGREEMENT` of the rows (every element of a row equal), float outputs must
+stay within `REDUCED_FLOAT_BOUND` of the leaf's range (the action spec's for
+bounded actions, else TF's values' over the rows). Sampled outputs go through
+the distribution checks above unchanged.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import types
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -65,6 +73,11 @@ MAX_DRAW_CALLS = 256       # fixed-batch exports: at most this many calls per en
 # Noise drawn once per call (shared across the batch): drawn over this many calls of batch 1.
 SHARED_NOISE_CALLS = 10_000
 SHARED_NOISE_MIN_BATCH = 64   # a batch this large with equal rows every call shares its noise
+# Reduced precision (see the module docstring).
+AGREEMENT_ROWS = 4096
+AGREEMENT_BATCH = 512         # rows per call (exports with a fixed batch size use theirs)
+MIN_AGREEMENT = 0.999
+REDUCED_FLOAT_BOUND = 0.03
 
 
 @dataclasses.dataclass
@@ -72,9 +85,14 @@ class ValidationReport:
   """What validation found, output by output."""
   outputs: List[OutputCheck]
   draws: int                # samples per engine and input (0: nothing sampled)
+  precision: str = "fp32"
+  # Reduced precision: per integer or bool output, the fraction of sampled rows
+  # on which LiteRT agrees with TF.
+  agreement: Dict[str, float] = dataclasses.field(default_factory=dict)
 
   def to_json(self) -> dict:
-    return {"draws": self.draws, "outputs": [o.to_json() for o in self.outputs]}
+    return {"precision": self.precision, "draws": self.draws,
+            "agreement": dict(self.agreement), "outputs": [o.to_json() for o in self.outputs]}
 
 
 def _sample(spec, outer: tuple, rng: np.random.Generator, field: str) -> np.ndarray:
@@ -170,6 +188,54 @@ def check_leaf(path: str, ref, got, sampled: bool, bounds: dict) -> float:
   if not np.array_equal(got, ref):
     raise ValidationError(f"{path}: LiteRT gives {got.ravel()[:4]}..., TF {ref.ravel()[:4]}...")
   return 0.0
+
+
+def check_agreement(path: str, ref: np.ndarray, got: np.ndarray, sampled: bool, bounds: dict,
+                    precision: str) -> tuple:
+  """One output leaf of a reduced-precision model over many rows: (OutputCheck, agreement).
+
+  `agreement` is the fraction of rows equal to TF's for integer and bool
+  leaves, None for others. Raises ValidationError naming the figure when the
+  leaf misses the criterion (see the module docstring).
+  """
+  if ref.dtype != got.dtype or ref.shape != got.shape:
+    raise ValidationError(f"{path}: LiteRT gives {got.dtype}{list(got.shape)}, "
+                          f"TF {ref.dtype}{list(ref.shape)}")
+  if sampled:   # replaced by the distribution checks
+    return OutputCheck(path, "sampled", 0.0, 1.0, "checked over draws"), None
+  rows = len(ref)
+  if not np.issubdtype(ref.dtype, np.floating):
+    equal = np.all((got == ref).reshape(rows, -1), axis=1)
+    agreement = float(equal.mean()) if rows else 1.0
+    if agreement < MIN_AGREEMENT:
+      raise ValidationError(
+          f"{path}: {precision} LiteRT agrees with TF on {agreement:.2%} of {rows} sampled rows "
+          f"(at least {MIN_AGREEMENT:.1%} needed)")
+    return OutputCheck(path, "deterministic", 1.0 - agreement, 1.0 - MIN_AGREEMENT,
+                       f"fraction of rows that differ from TF ({precision})"), agreement
+  ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+  if not np.all(np.isfinite(got64) == np.isfinite(ref64)):
+    raise ValidationError(f"{path}: {precision} LiteRT gives non-finite values where TF "
+                          f"does not, or the reverse")
+  finite = np.isfinite(ref64)
+  scale = _range(path, ref64[finite], bounds)
+  worst = float(np.max(np.abs(got64[finite] - ref64[finite]))) / scale if finite.any() else 0.0
+  if worst > REDUCED_FLOAT_BOUND:
+    raise ValidationError(f"{path}: {precision} LiteRT differs from TF by up to {worst:.2%} of "
+                          f"the output's range (at most {REDUCED_FLOAT_BOUND:.0%} allowed)")
+  return OutputCheck(path, "deterministic", worst, REDUCED_FLOAT_BOUND,
+                     f"max abs difference / the output's range ({precision})"), None
+
+
+def _range(path: str, values: np.ndarray, bounds: dict) -> float:
+  """The action spec's range for a bounded action leaf, else the values' (at least 1e-6)."""
+  spec = bounds.get(path)
+  if spec is not None and hasattr(spec, "minimum"):
+    spread = np.max(np.asarray(spec.maximum, np.float64) - np.asarray(spec.minimum, np.float64))
+    if np.isfinite(spread) and spread > 0:
+      return float(spread)
+  spread = float(values.max() - values.min()) if values.size else 0.0
+  return max(spread, 1e-6)
 
 
 def compare_processes(path: str, tf_draws: np.ndarray, lite_draws: np.ndarray, spec,

@@ -50,7 +50,7 @@ class _Model:
   LiteRT reads it.
   """
 
-  def __init__(self, files: compiled_format.CompiledFiles, layout: dict):
+  def __init__(self, files: compiled_format.CompiledFiles, layout: dict, num_threads: int = 1):
     signature = files.policy["signature"]
     path = os.path.join(files.directory, compiled_format.FLATBUFFER)
     inputs, outputs = _expected_io(layout, signature)
@@ -71,7 +71,8 @@ class _Model:
                        f"policies do not run: {', '.join(sorted(set(blocked)))}")
     try:
       self.model = lite_model.LiteModel(files.flatbuffer, signature["input_names"],
-                                        signature["output_names"], first_batch)
+                                        signature["output_names"], first_batch,
+                                        num_threads=num_threads)
     except Exception as e:  # pylint: disable=broad-except  (a malformed model: never a crash)
       lines = str(e).strip().splitlines()
       raise ValueError(f"{path}: the LiteRT model does not load: "
@@ -264,9 +265,13 @@ class CompiledPolicy:
     path: a directory written by `policies.compile_policy` (a local path).
     batch_time_steps: single unbatched time steps (True) or batches (False),
       as for `SavedModelPyTFEagerPolicy`.
+    num_threads: CPU threads per `action()` (LiteRT's XNNPACK thread pool).
+      1, the default, runs on the calling thread only; more helps large
+      batches of compute-bound models when cores are free (docs/speed.md).
 
   Raises:
     FileNotFoundError: `path` does not exist.
+    TypeError, ValueError: `num_threads` is not a positive int.
     ValueError: the directory is half-written, truncated, corrupt, of another
       format or a newer version, or its model uses non-builtin operators
       (naming the file); or a batch mode its export cannot take.
@@ -274,7 +279,8 @@ class CompiledPolicy:
 
   backend = "lite"
 
-  def __init__(self, path, batch_time_steps: bool = True):
+  def __init__(self, path, batch_time_steps: bool = True, num_threads: int = 1):
+    self.num_threads = lite_model.check_num_threads(num_threads)
     path = os.fspath(path)
     files = compiled_format.read(path)
     layout = _layout(files.policy, os.path.join(path, compiled_format.POLICY))
@@ -294,7 +300,7 @@ class CompiledPolicy:
   def _checked_model(self, files: compiled_format.CompiledFiles) -> _Model:
     """The loaded model of `files`, after one call on a spec-conforming input whose
     outputs have the specs' dtypes and shapes."""
-    model = _Model(files, self._layout)
+    model = _Model(files, self._layout, self.num_threads)
     path = os.path.join(files.directory, compiled_format.FLATBUFFER)
     layout = self._layout
     outer = () if self._batch_time_steps else (layout["fixed_batch_size"] or 1,)
@@ -383,6 +389,14 @@ class CompiledPolicy:
   def report(self) -> dict:
     """report.json of the active directory: source fingerprint, versions, validation."""
     return self._switch.active.model.files.report
+
+  @property
+  def precision(self) -> str:
+    """The compiled model's precision ("fp32" or "int8"), as validated when compiled."""
+    report = self.report
+    validation = report.get("validation") if isinstance(report, dict) else None
+    precision = validation.get("precision") if isinstance(validation, dict) else None
+    return precision if precision in ("fp32", "int8") else "fp32"
 
   @property
   def lite_runtime(self) -> str:

@@ -38,6 +38,15 @@ MAX_BATCH_SIZES = 12
 RELEASE_GIL_FROM_BATCH = 1
 
 
+def check_num_threads(num_threads) -> int:
+  """`num_threads` if it is a positive int; else raises TypeError or ValueError naming it."""
+  if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
+    raise TypeError(f"num_threads: expected a positive int, got {type(num_threads).__name__}")
+  if num_threads < 1:
+    raise ValueError(f"num_threads: expected a positive int, got {num_threads}")
+  return int(num_threads)
+
+
 def signature_indices(interpreter, input_names: list, output_names: list) -> tuple:
   """Tensor indices of the `action` signature's inputs and outputs, by the given names.
 
@@ -69,13 +78,18 @@ class LiteModel:
     layout: `layout` of a model of the same graph with other weights (its
       signature's tensor indices and output shapes), which then need not be
       read again.
+    num_threads: CPU threads per run (XNNPACK's thread pool; 1: the calling
+      thread only).
 
   Raises:
-    ValueError: the signature does not have those names.
+    ValueError: the signature does not have those names, or num_threads is not
+      a positive integer.
   """
 
   def __init__(self, flatbuffer: bytes, input_names: list, output_names: list,
-               first_batch: int, native: bool = True, layout: Optional[tuple] = None):
+               first_batch: int, native: bool = True, layout: Optional[tuple] = None,
+               num_threads: int = 1):
+    self.num_threads = check_num_threads(num_threads)
     self.flatbuffer = flatbuffer
     self.input_names, self.output_names = list(input_names), list(output_names)
     self._free: dict = {}                       # batch -> [lease, ...], oldest size first
@@ -85,17 +99,17 @@ class LiteModel:
     if layout is not None:
       self._input_indices, self._output_indices, self._dims = layout
     else:
-      interpreter = litert.Interpreter(model_content=flatbuffer, num_threads=1)
+      interpreter = litert.Interpreter(model_content=flatbuffer, num_threads=self.num_threads)
       self._input_indices, self._output_indices = signature_indices(
           interpreter, input_names, output_names)
       self._dims = None
     if native and self._dims is None and interpreter is None:
-      interpreter = litert.Interpreter(model_content=flatbuffer, num_threads=1)
+      interpreter = litert.Interpreter(model_content=flatbuffer, num_threads=self.num_threads)
     if native:
       self.engine, self.native_reason = self._native(interpreter, input_names, output_names,
                                                      first_batch)
     if self.engine is None and interpreter is None:
-      interpreter = litert.Interpreter(model_content=flatbuffer, num_threads=1)
+      interpreter = litert.Interpreter(model_content=flatbuffer, num_threads=self.num_threads)
     if self.engine is not None:
       self._call_args = (self.engine.handle, self.release)
     else:
@@ -161,7 +175,7 @@ class LiteModel:
       dims = self._dims
       engine = marshal.LiteRtEngine(
           library.path, self.flatbuffer, SIGNATURE, input_names, output_names, dims,
-          first_batch, MAX_BATCH_SIZES, RELEASE_GIL_FROM_BATCH)
+          first_batch, MAX_BATCH_SIZES, RELEASE_GIL_FROM_BATCH, self.num_threads)
     except (ValueError, RuntimeError) as e:
       return None, str(e)
     return engine, None
@@ -196,7 +210,7 @@ class LiteModel:
 
   def _new_lease(self, batch: int, interpreter=None):
     if interpreter is None:
-      interpreter = litert.Interpreter(model_content=self.flatbuffer, num_threads=1)
+      interpreter = litert.Interpreter(model_content=self.flatbuffer, num_threads=self.num_threads)
     details = {d["index"]: d for d in interpreter.get_input_details()}
     for index in self._input_indices:
       signature = list(details[index]["shape_signature"])

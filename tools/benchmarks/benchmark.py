@@ -12,6 +12,14 @@ one process, interleaved over rounds:
                API), what runs where the native engine cannot,
 and reports medians (us per call) and ratios. Also measures the marginal cost
 of one more observation leaf and the steady-state memory of `action()`.
+
+For the compute-bound policies (`PRECISION_POLICIES`: the Atari conv
+Q-network, the 256x256 SAC actor) at batch 1, 32 and 256, per LiteRT
+precision (fp32, int8) and thread count (1, 2): ours on lite, LiteRT's own
+`invoke()` on the same model alone (the interpreter, inputs set once), and
+tf (ours) and TF-Agents for reference, in one process, interleaved. A model
+that int8 validation refuses is still timed (converted, not validated) and
+marked refused, with the figure.
 Writes benchmark.json and benchmark.png into --output.
 
     bazel run //tools:benchmark -- [--rounds 7] [--calls 200] [--output DIR]
@@ -41,13 +49,18 @@ from tf_agents.specs import array_spec  # noqa: E402
 from tf_agents.trajectories import time_step as ts  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from ai_edge_litert import interpreter as litert  # noqa: E402
+
 from policy_runtime.policies import SavedModelPyTFEagerPolicy  # noqa: E402
-from policy_runtime.policies.runtime import litert_library  # noqa: E402
+from policy_runtime.policies.engines import lite as lite_engine  # noqa: E402
+from policy_runtime.policies.runtime import lite_model, litert_library  # noqa: E402
 from tools.benchmarks import benchmark_output  # noqa: E402
 from tools.fixtures import policy_zoo  # noqa: E402
 
 POLICIES = policy_zoo.BENCHMARK_POLICIES
 LEAVES = {"mlp_q_1leaf": 1, "q_8leaves": 8, "q_32leaves": 32}
+PRECISION_POLICIES = ("atari_conv_q", "sac_actor_256")
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclasses.dataclass
@@ -145,6 +158,104 @@ def measure(path, name, batch, rounds, calls) -> Row:
   med = {k: float(np.median(v)) for k, v in samples.items()}
   return Row(name, batch, med["tf_agents"], med["ours"], med["floor"], med["ours_st"],
              med["lite"], med["lite_interpreter"])
+
+
+@dataclasses.dataclass
+class PrecisionRow:
+  policy: str
+  batch: int
+  precision: str
+  threads: int
+  lite_us: float
+  invoke_us: float
+  tf_us: float
+  tf_agents_us: float
+  validation: str          # "ok" plus the figure, or "refused: why"
+
+
+def _lite_call(policy, path, single, precision, threads):
+  """(ours on lite at this precision, its model, validation): refused int8 models are
+  converted without validation, and their call is timed through the same plan."""
+  try:
+    lite = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, batch_time_steps=single,
+                                     backend="lite", precision=precision, num_threads=threads)
+  except ValueError as e:
+    why = str(e).split("sampled inputs: ")[-1]
+    # pylint: disable=protected-access
+    engine = lite_engine.LiteEngine(policy._plan, policy._tf_call, policy._policy_specs,
+                                    policy._source, None, precision, threads)
+    model = engine.model_for(policy._switch.active.loaded)
+    call = policy._plan.native_call_buffers
+    return (lambda step, state: call(step, state, *model.call_args)), model, f"refused: {why}"
+  report = lite.lite_validation
+  figures = "; ".join(f"{p} {a:.2%} agree" for p, a in report.agreement.items()) or "; ".join(
+      f"{o.path} {o.figure:.2g}/{o.threshold:g}" for o in report.outputs[:1])
+  model = lite_model.model_of(lite._switch.active.call_args)  # pylint: disable=protected-access
+  return lite.action, model, f"ok ({figures})"
+
+
+def _invoke_alone(model, step_leaves, threads):
+  """LiteRT's `invoke()` on the model, inputs set once (the runtime's own floor)."""
+  interpreter = litert.Interpreter(model_content=model.flatbuffer, num_threads=threads)
+  runner = interpreter.get_signature_runner(lite_model.SIGNATURE)
+  details = runner.get_input_details()
+  del runner
+  for name, leaf in zip(model.input_names, step_leaves):
+    index = details[name]["index"]
+    interpreter.resize_tensor_input(index, list(np.shape(leaf)), strict=False)
+  interpreter.allocate_tensors()
+  for name, leaf in zip(model.input_names, step_leaves):
+    interpreter.set_tensor(details[name]["index"], np.asarray(leaf, details[name]["dtype"]))
+  return interpreter.invoke
+
+
+def measure_precision(path, name, batch, rounds, calls) -> list:
+  """PrecisionRows of one policy and batch: every precision and thread count, interleaved."""
+  single = batch == 1
+  ours = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, batch_time_steps=single)
+  theirs = tfa_eager.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True,
+                                               batch_time_steps=single)
+  step = _time_step(ours.time_step_spec, None if single else batch, np.random.default_rng(0))
+  state = ours.get_initial_state(batch)
+  contenders = {"tf": lambda: ours.action(step, state),
+                "tf_agents": lambda: theirs.action(step, theirs.get_initial_state(batch))}
+  validation = {}
+  batched_step = step if not single else tf.nest.map_structure(lambda a: a[None], step)
+  leaves = tf.nest.flatten((batched_step, state))
+  for precision in PRECISIONS:
+    for threads in (1, 2):
+      act, model, validation[precision, threads] = _lite_call(ours, path, single, precision,
+                                                              threads)
+      contenders[f"lite {precision} {threads}"] = lambda act=act: act(step, state)
+      slots = ours._plan.function.input_slots  # pylint: disable=protected-access
+      ordered = leaves if slots is None else [leaves[slots.index(i)] for i in range(len(leaves))]
+      contenders[f"invoke {precision} {threads}"] = _invoke_alone(model, ordered, threads)
+  for fn in contenders.values():
+    _per_call_us(fn, 5)
+  samples = {k: [] for k in contenders}
+  order = list(contenders)
+  for _ in range(rounds):
+    random.shuffle(order)
+    for key in order:
+      samples[key].append(_per_call_us(contenders[key], calls))
+  med = {k: float(np.median(v)) for k, v in samples.items()}
+  return [PrecisionRow(name, batch, precision, threads, med[f"lite {precision} {threads}"],
+                       med[f"invoke {precision} {threads}"], med["tf"], med["tf_agents"],
+                       validation[precision, threads])
+          for precision in PRECISIONS for threads in (1, 2)]
+
+
+def precision_table(rows) -> str:
+  fp32 = {(r.policy, r.batch, r.threads): r.lite_us for r in rows if r.precision == "fp32"}
+  lines = ["| policy | batch | precision | threads | lite us | invoke() us | lite/invoke | "
+           "tf us | TF-Agents us | fp32 lite/this | validation |",
+           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+  for r in rows:
+    lines.append(f"| {r.policy} | {r.batch} | {r.precision} | {r.threads} | {r.lite_us:.0f} | "
+                 f"{r.invoke_us:.0f} | {r.lite_us / r.invoke_us:.2f}x | {r.tf_us:.0f} | "
+                 f"{r.tf_agents_us:.0f} | {fp32[r.policy, r.batch, r.threads] / r.lite_us:.2f}x | "
+                 f"{r.validation} |")
+  return "\n".join(lines)
 
 
 def _rss_mb() -> float:
@@ -252,6 +363,8 @@ def main():
   parser.add_argument("--batches", default="1,16,256")
   parser.add_argument("--policies", default=",".join(POLICIES))
   parser.add_argument("--memory-calls", type=int, default=200_000)
+  parser.add_argument("--precision-rounds", type=int, default=7,
+                      help="rounds of the precision section (0: skip it)")
   benchmark_output.add_output_argument(parser)
   args = parser.parse_args()
 
@@ -268,11 +381,20 @@ def main():
         # Fewer calls where one takes milliseconds (large batches, conv nets).
         calls = args.calls if batch == 1 else max(5, args.calls * 4 // batch)
         rows.append(measure(paths[name], name, batch, args.rounds, calls))
+    precision_rows = []
+    for name in [n for n in names if n in PRECISION_POLICIES] if args.precision_rounds else []:
+      for batch in policy_zoo.BENCHMARK_BATCHES.get(name, batches):
+        calls = args.calls if batch == 1 else max(5, args.calls * 4 // batch)
+        precision_rows += measure_precision(paths[name], name, batch, args.precision_rounds,
+                                            calls)
     memory = steady_memory(paths[names[0]], args.memory_calls) if args.memory_calls else {}
   leaf = marginal_leaf_cost(rows)
 
   print(table(rows))
   print("\nLiteRT engine (backend='lite'):\n" + lite_table(rows))
+  if precision_rows:
+    print("\nCompute-bound policies, per LiteRT precision and threads:\n" +
+          precision_table(precision_rows))
   if leaf:
     print("\nmarginal cost of one more observation leaf (batch 1, us): " +
           ", ".join(f"{k} {v:.1f}" for k, v in leaf.items()))
@@ -286,6 +408,7 @@ def main():
                                               "tf_agents_over_lite": r.lite_speedup,
                                               "ours_over_lite": r.lite_over_tf_path}
                      for r in rows],
+            "precision": [dataclasses.asdict(r) for r in precision_rows],
             "marginal_leaf_cost": leaf, "memory": memory,
             "rounds": args.rounds, "calls_per_round": args.calls}
   benchmark_output.write(args.output, "benchmark", result, plot(rows))

@@ -1,0 +1,181 @@
+"""Reduced precision (precision="int8") and CPU threads (num_threads) on the LiteRT engine.
+
+int8 is validated with its own criterion (lite_validation.check_agreement):
+integer actions agree with TF on at least 99.9 % of sampled rows, float
+outputs stay within 3 % of their range. A model that misses is refused
+(backend="lite") naming the figure, or runs on fp32 LiteRT (backend="auto").
+"""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from ai_edge_litert import schema_py_generated as schema
+
+from conftest import load_saved, lstm_episodes, lstm_trace, spec_inputs
+from policy_runtime.policies import SavedModelPyTFEagerPolicy, compile_policy, compiled
+from policy_runtime.policies.engines import lite_validation
+from policy_runtime.policies.runtime import lite_model
+from tools.cli import policy_cli
+
+
+def _active_model(policy):
+  return lite_model.model_of(policy._switch.active.call_args)  # pylint: disable=protected-access
+
+
+def _act_rows(policy, inputs):
+  return [tf.nest.flatten(policy.action(time_step, state)) for time_step, state in inputs]
+
+
+@pytest.mark.parametrize("name", ["sac_actor", "lstm_actor"])
+def test_int8_actors_load_with_their_figures_in_range(saved, name):
+  tf_policy = load_saved(saved, name, batch_time_steps=False)
+  int8 = load_saved(saved, name, "lite", precision="int8", batch_time_steps=False)
+  assert (int8.backend, int8.precision) == ("lite", "int8")
+  report = int8.lite_validation
+  assert report.precision == "int8" and report.to_json()["precision"] == "int8"
+  assert report.outputs and all(o.figure <= o.threshold == lite_validation.REDUCED_FLOAT_BOUND
+                                for o in report.outputs)
+  assert any(o.figure > 0 for o in report.outputs)   # int8 is not fp32 in disguise
+  # Outside validation too: within the bound of each output's range.
+  inputs = spec_inputs(tf_policy, 20, outer=(16,), seed=7)
+  for ref, got in zip(_act_rows(tf_policy, inputs), _act_rows(int8, inputs)):
+    for r, g in zip(ref, got):
+      spread = max(float(np.ptp(r)), 1e-6)
+      assert np.max(np.abs(g - r)) <= lite_validation.REDUCED_FLOAT_BOUND * max(spread, 2.0)
+
+
+def test_int8_lstm_actor_carries_its_state_like_tf(saved):
+  tf_policy = load_saved(saved, "lstm_actor")
+  int8 = load_saved(saved, "lstm_actor", "lite", precision="int8")
+  for episode in lstm_episodes(3, 20):
+    ours = lstm_trace(int8.action, int8.get_initial_state(), episode)
+    theirs = lstm_trace(tf_policy.action, tf_policy.get_initial_state(), episode)
+    for (a, _), (b, _) in zip(ours, theirs):
+      np.testing.assert_allclose(a, b, atol=0.06)   # actions in [-1, 1]: 3 % of the range
+
+
+def test_int8_discrete_policy_reports_its_agreement():
+  """The embedded CartPole policy (trained): its greedy actions agree with TF's on
+  at least 99.9 % of sampled rows, and the report says how many."""
+  int8 = SavedModelPyTFEagerPolicy(policy_cli.DEFAULT_POLICY, load_specs_from_pbtxt=True,
+                                   backend="lite", precision="int8")
+  agreement = int8.lite_validation.agreement
+  assert list(agreement) == ["action"]
+  assert lite_validation.MIN_AGREEMENT <= agreement["action"] <= 1.0
+  check = int8.lite_validation.outputs[0]
+  assert check.figure == pytest.approx(1.0 - agreement["action"])
+
+
+def test_int8_that_misses_the_agreement_is_refused_naming_the_figure(saved):
+  # An untrained Atari Q-network: its six Q-values are nearly tied on random frames.
+  with pytest.raises(ValueError, match=r"action: int8 LiteRT agrees with TF on \d+\.\d+% of "
+                                       r"4096 sampled rows \(at least 99\.9% needed\)"):
+    load_saved(saved, "atari_q", "lite", precision="int8")
+  auto = load_saved(saved, "atari_q", "auto", precision="int8")
+  assert (auto.backend, auto.precision) == ("lite", "fp32")
+
+
+def _perturbed_int8_weights(flatbuffer: bytes, rng: np.random.Generator) -> bytes:
+  """The model with every int8 weight buffer shifted by up to +-40 quantization steps."""
+  model = schema.Model.GetRootAs(flatbuffer, 0)
+  data = bytearray(flatbuffer)
+  perturbed = 0
+  for s in range(model.SubgraphsLength()):
+    subgraph = model.Subgraphs(s)
+    for t in range(subgraph.TensorsLength()):
+      tensor = subgraph.Tensors(t)
+      if tensor.Type() != schema.TensorType.INT8 or tensor.Buffer() == 0:
+        continue
+      values = model.Buffers(tensor.Buffer()).DataAsNumpy()
+      if isinstance(values, int) or values.size < 64:
+        continue
+      start = bytes(data).find(values.tobytes())
+      assert start >= 0
+      shifted = values.view(np.int8).astype(np.int16) + rng.integers(-40, 41, values.size)
+      data[start:start + values.size] = np.clip(shifted, -127, 127).astype(np.int8).tobytes()
+      perturbed += 1
+  assert perturbed
+  return bytes(data)
+
+
+def test_int8_weights_perturbed_beyond_the_bound_are_refused(saved):
+  int8 = load_saved(saved, "sac_actor", "lite", precision="int8")
+  engine = int8._engine  # pylint: disable=protected-access
+  model = _active_model(int8)
+  broken = lite_model.LiteModel(_perturbed_int8_weights(model.flatbuffer,
+                                                        np.random.default_rng(0)),
+                                model.input_names, model.output_names, 1)
+  with pytest.raises(ValueError, match=r"action: int8 LiteRT differs from TF by up to "
+                                       r"\d+\.\d+% of the output's range \(at most 3% allowed\)"):
+    engine.validate(broken, int8._switch.active.loaded)  # pylint: disable=protected-access
+  engine.validate(model, int8._switch.active.loaded)   # the real one still passes
+
+
+def test_int8_follows_a_checkpoint_by_converting_it(saved, tmp_path):
+  from conftest import scaled_checkpoint  # pylint: disable=import-outside-toplevel
+  fixture = saved("sac_actor")
+  int8 = load_saved(saved, "sac_actor", "lite", precision="int8")
+  assert int8.lite_weights.startswith("converted") or "quantized" in int8.lite_weights
+  checkpoint = scaled_checkpoint(fixture, str(tmp_path / "ckpt"), 0.5)
+  reference = load_saved(saved, "sac_actor")
+  reference.update_from_checkpoint(checkpoint)
+  int8.update_from_checkpoint(checkpoint)
+  assert int8.precision == "int8"
+  inputs = spec_inputs(reference, 8, seed=3)
+  for ref, got in zip(_act_rows(reference, inputs), _act_rows(int8, inputs)):
+    np.testing.assert_allclose(got[0], ref[0], atol=0.06)
+
+
+def test_int8_compiles_and_acts_without_tensorflow_code(saved, tmp_path):
+  result = compile_policy(saved("sac_actor").path, str(tmp_path / "c"), precision="int8")
+  assert result.report["validation"]["precision"] == "int8"
+  policy = compiled.CompiledPolicy(str(tmp_path / "c"), batch_time_steps=False)
+  assert policy.precision == "int8"
+  int8 = load_saved(saved, "sac_actor", "lite", precision="int8", batch_time_steps=False)
+  for time_step, state in spec_inputs(int8, 4, outer=(8,), seed=2):
+    np.testing.assert_array_equal(policy.action(time_step, state).action,
+                                  int8.action(time_step, state).action)
+
+
+@pytest.mark.parametrize("name", ["atari_q", "sac_actor"])
+def test_threads_give_what_one_thread_gives(saved, name):
+  one = load_saved(saved, name, "lite", batch_time_steps=False)
+  two = load_saved(saved, name, "lite", batch_time_steps=False, num_threads=2)
+  assert (one.num_threads, two.num_threads) == (1, 2)
+  assert two.lite_runtime == "native"
+  for time_step, state in spec_inputs(one, 3, outer=(32,), seed=4):
+    a, b = one.action(time_step, state).action, two.action(time_step, state).action
+    np.testing.assert_allclose(b, a, rtol=lite_validation.FLOAT_RTOL,
+                               atol=lite_validation.FLOAT_ATOL)
+
+
+def test_threads_on_a_compiled_policy_and_on_the_interpreter(saved, tmp_path):
+  compile_policy(saved("atari_q").path, str(tmp_path / "c"))
+  one = compiled.CompiledPolicy(str(tmp_path / "c"), batch_time_steps=False)
+  two = compiled.CompiledPolicy(str(tmp_path / "c"), batch_time_steps=False, num_threads=2)
+  lite = load_saved(saved, "atari_q", "lite", batch_time_steps=False)
+  model = _active_model(lite)
+  interpreter = lite_model.LiteModel(model.flatbuffer, model.input_names, model.output_names, 1,
+                                     native=False, num_threads=2)
+  assert interpreter.engine is None and interpreter.num_threads == 2
+  for time_step, state in spec_inputs(lite, 2, outer=(16,), seed=5):
+    np.testing.assert_array_equal(two.action(time_step, state).action,
+                                  one.action(time_step, state).action)
+
+
+@pytest.mark.parametrize("value, error, message", [
+    (0, ValueError, "num_threads: expected a positive int, got 0"),
+    (-2, ValueError, "num_threads: expected a positive int, got -2"),
+    ("2", TypeError, "num_threads: expected a positive int, got str"),
+    (True, TypeError, "num_threads: expected a positive int, got bool"),
+])
+def test_bad_num_threads_is_named(saved, tmp_path, value, error, message):
+  with pytest.raises(error, match=message):
+    load_saved(saved, "q_mlp", "lite", num_threads=value)
+
+
+def test_an_unknown_precision_is_named(saved):
+  with pytest.raises(ValueError, match=r"precision: expected one of 'fp32', 'int8', got 'fp16'"):
+    load_saved(saved, "q_mlp", "lite", precision="fp16")
