@@ -260,9 +260,7 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     if backend not in BACKENDS:
       raise ValueError(f"backend: expected one of {', '.join(map(repr, BACKENDS))}, "
                        f"got {backend!r}")
-    if precision not in lite.PRECISIONS:
-      raise ValueError(f"precision: expected one of {', '.join(map(repr, lite.PRECISIONS))}, "
-                       f"got {precision!r}")
+    lite_model.check_precision(precision)   # both before anything loads
     lite_model.check_num_threads(num_threads)
     model_path = os.fspath(model_path)
     self._source = loading.SavedModelSource.read(model_path, allow_unsafe_ops)

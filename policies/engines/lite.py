@@ -58,7 +58,6 @@ from . import lite_weights
 FLOAT_RTOL = lite_validation.FLOAT_RTOL
 FLOAT_ATOL = lite_validation.FLOAT_ATOL
 CACHE_ENV = "POLICY_RUNTIME_CACHE_DIR"
-PRECISIONS = lite_converter.PRECISIONS
 # The largest tensor a converted model may declare (lite_checks).
 MAX_TENSOR_BYTES = 2**30
 
@@ -235,11 +234,8 @@ class LiteEngine:
 
   def __init__(self, plan, tf_call: Callable, specs, source: loading.SavedModelSource,
                cache_dir: Optional[str] = None, precision: str = "fp32", num_threads: int = 1):
-    if precision not in lite_converter.PRECISIONS:
-      raise ValueError(f"precision: expected one of "
-                       f"{', '.join(map(repr, lite_converter.PRECISIONS))}, got {precision!r}")
-    self.precision = precision
-    self.num_threads = lite_model.check_num_threads(num_threads)
+    self.precision = lite_model.check_precision(precision)
+    self.num_threads = num_threads   # checked where the models are made (LiteModel)
     self._plan = plan
     self._tf_call = tf_call
     self._specs = specs
@@ -464,21 +460,14 @@ class LiteEngine:
     """Reduced precision: `lite_validation.AGREEMENT_ROWS` sampled rows through both
     engines, batched; (paths, checks, agreement) per `lite_validation.check_agreement`."""
     specs = self._specs
-    plan = self._batched_plan()
     batch = self._plan.fixed_batch_size or lite_validation.AGREEMENT_BATCH
-    name, captures = loaded.action.name, loaded.action.captures
     reference, lite = [], []
-    try:
+    with self._batched_runs(model, loaded, batch) as run:
       for _ in range(-(-lite_validation.AGREEMENT_ROWS // batch)):
-        time_step, state = lite_validation.sample_inputs(
-            specs.time_step_spec, specs.policy_state_spec, (batch,), (batch,), rng)
-        step = plan.native_call(time_step, state, name, captures)
+        step, got = run(*lite_validation.sample_inputs(
+            specs.time_step_spec, specs.policy_state_spec, (batch,), (batch,), rng))
         reference.append(tf.nest.flatten(step))
-        lite.append(tf.nest.flatten(plan.native_call_buffers(time_step, state,
-                                                             *model.call_args)))
-    finally:
-      if batch != (self._plan.fixed_batch_size or 1):
-        model.discard(batch)
+        lite.append(got)
     paths = lite_validation.leaf_paths(step)
     checks, agreement = [], {}
     for i, path in enumerate(paths):
@@ -547,27 +536,39 @@ class LiteEngine:
   def _draw(self, model: lite_model.LiteModel, loaded: loading.LoadedPolicy, inputs: list,
             outputs: list, batch: int, calls: int) -> tuple:
     """{output: [per input: [per call: draws]]} from TF and from LiteRT."""
-    plan = self._batched_plan()
-    name, captures = loaded.action.name, loaded.action.captures
     tf_runs = {i: [] for i in outputs}
     lite_runs = {i: [] for i in outputs}
-    try:
+    with self._batched_runs(model, loaded, batch) as run:
       for time_step, state in inputs:
         time_steps, states = lite_validation.copies(time_step, state, batch)
         for i in outputs:
           tf_runs[i].append([])
           lite_runs[i].append([])
         for _ in range(calls):
-          ref = tf.nest.flatten(plan.native_call(time_steps, states, name, captures))
-          got = tf.nest.flatten(plan.native_call_buffers(time_steps, states,
-                                                         *model.call_args))
+          step, got = run(time_steps, states)
+          ref = tf.nest.flatten(step)
           for i in outputs:
             tf_runs[i][-1].append(ref[i])
             lite_runs[i][-1].append(got[i])
+    return tf_runs, lite_runs
+
+  @contextlib.contextmanager
+  def _batched_runs(self, model: lite_model.LiteModel, loaded: loading.LoadedPolicy,
+                    batch: int):
+    """`run(time_steps, states)` -> (TF's PolicyStep, LiteRT's flat outputs) on the batched
+    plan; afterwards the model drops its runners for `batch` unless that is its own."""
+    plan = self._batched_plan()
+    name, captures = loaded.action.name, loaded.action.captures
+
+    def run(time_steps, states):
+      return (plan.native_call(time_steps, states, name, captures),
+              tf.nest.flatten(plan.native_call_buffers(time_steps, states, *model.call_args)))
+
+    try:
+      yield run
     finally:
       if batch != (self._plan.fixed_batch_size or 1):
         model.discard(batch)
-    return tf_runs, lite_runs
 
   def _check_shared_noise(self, model: lite_model.LiteModel, loaded: loading.LoadedPolicy,
                           one_input: tuple, outputs: list, paths: list, bounds: dict,

@@ -119,9 +119,6 @@ class _Child:
 _lock = threading.Lock()
 _child: Optional[_Child] = None
 
-# What `convert_files` can quantize to (see its docstring).
-PRECISIONS = ("fp32", "int8")
-
 
 def convert_files(files: Dict[str, bytes], what: str, timeout: Optional[float] = None,
                   memory_gb: Optional[float] = None, precision: str = "fp32") -> bytes:
@@ -139,9 +136,6 @@ def convert_files(files: Dict[str, bytes], what: str, timeout: Optional[float] =
   timeout = timeout or float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
   if memory_gb is None:
     memory_gb = float(os.environ.get(MEMORY_ENV, DEFAULT_MEMORY_GB))
-  if precision not in PRECISIONS:
-    raise ValueError(f"precision: expected one of {', '.join(map(repr, PRECISIONS))}, "
-                     f"got {precision!r}")
   request = pickle.dumps((files, what, _type_spec_modules(), precision),
                          protocol=pickle.HIGHEST_PROTOCOL)
   with _lock:

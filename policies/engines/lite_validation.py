@@ -165,12 +165,16 @@ def check_bounds(path: str, got: np.ndarray, bounds: dict) -> None:
                             f"[{spec.minimum}, {spec.maximum}]")
 
 
-def check_leaf(path: str, ref, got, sampled: bool, bounds: dict) -> float:
-  """The leaf's worst deviation (0 for sampled leaves); raises ValidationError on a mismatch."""
-  ref, got = np.asarray(ref), np.asarray(got)
+def _check_type(path: str, ref: np.ndarray, got: np.ndarray) -> None:
   if ref.dtype != got.dtype or ref.shape != got.shape:
     raise ValidationError(f"{path}: LiteRT gives {got.dtype}{list(got.shape)}, "
                           f"TF {ref.dtype}{list(ref.shape)}")
+
+
+def check_leaf(path: str, ref, got, sampled: bool, bounds: dict) -> float:
+  """The leaf's worst deviation (0 for sampled leaves); raises ValidationError on a mismatch."""
+  ref, got = np.asarray(ref), np.asarray(got)
+  _check_type(path, ref, got)
   if sampled:   # bounds and distribution: checked over many draws (_check_distributions)
     return 0.0
   if np.issubdtype(ref.dtype, np.floating):
@@ -198,9 +202,7 @@ def check_agreement(path: str, ref: np.ndarray, got: np.ndarray, sampled: bool, 
   leaves, None for others. Raises ValidationError naming the figure when the
   leaf misses the criterion (see the module docstring).
   """
-  if ref.dtype != got.dtype or ref.shape != got.shape:
-    raise ValidationError(f"{path}: LiteRT gives {got.dtype}{list(got.shape)}, "
-                          f"TF {ref.dtype}{list(ref.shape)}")
+  _check_type(path, ref, got)
   if sampled:   # replaced by the distribution checks
     return OutputCheck(path, "sampled", 0.0, 1.0, "checked over draws"), None
   rows = len(ref)

@@ -396,7 +396,7 @@ class CompiledPolicy:
     report = self.report
     validation = report.get("validation") if isinstance(report, dict) else None
     precision = validation.get("precision") if isinstance(validation, dict) else None
-    return precision if precision in ("fp32", "int8") else "fp32"
+    return precision if precision in lite_model.PRECISIONS else "fp32"
 
   @property
   def lite_runtime(self) -> str:

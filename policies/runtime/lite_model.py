@@ -38,6 +38,19 @@ MAX_BATCH_SIZES = 12
 RELEASE_GIL_FROM_BATCH = 1
 
 
+# What a LiteRT model can be converted to: "fp32", or "int8" (dynamic-range
+# quantization; see policies/engines/lite.py).
+PRECISIONS = ("fp32", "int8")
+
+
+def check_precision(precision) -> str:
+  """`precision` if it is one of PRECISIONS; else raises ValueError naming it."""
+  if precision not in PRECISIONS:
+    raise ValueError(f"precision: expected one of {', '.join(map(repr, PRECISIONS))}, "
+                     f"got {precision!r}")
+  return precision
+
+
 def check_num_threads(num_threads) -> int:
   """`num_threads` if it is a positive int; else raises TypeError or ValueError naming it."""
   if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):

@@ -60,7 +60,8 @@ from tools.fixtures import policy_zoo  # noqa: E402
 POLICIES = policy_zoo.BENCHMARK_POLICIES
 LEAVES = {"mlp_q_1leaf": 1, "q_8leaves": 8, "q_32leaves": 32}
 PRECISION_POLICIES = ("atari_conv_q", "sac_actor_256")
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = lite_model.PRECISIONS
+THREADS = (1, 2)
 
 
 @dataclasses.dataclass
@@ -145,17 +146,26 @@ def _contenders(path, batch):
   }
 
 
-def measure(path, name, batch, rounds, calls) -> Row:
-  contenders = _contenders(path, batch)
-  for fn in contenders.values():  # warm up
-    _per_call_us(fn, 20)
+def _interleaved_medians(contenders: dict, rounds: int, calls: int, warmup: int) -> dict:
+  """{name: median us per call} over `rounds` rounds, the contenders in a new order each."""
+  for fn in contenders.values():
+    _per_call_us(fn, warmup)
   samples = {k: [] for k in contenders}
   order = list(contenders)
   for _ in range(rounds):
     random.shuffle(order)
     for key in order:
       samples[key].append(_per_call_us(contenders[key], calls))
-  med = {k: float(np.median(v)) for k, v in samples.items()}
+  return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+def _calls_per_round(batch: int, calls: int) -> int:
+  """Fewer calls where one takes milliseconds (large batches, conv nets)."""
+  return calls if batch == 1 else max(5, calls * 4 // batch)
+
+
+def measure(path, name, batch, rounds, calls) -> Row:
+  med = _interleaved_medians(_contenders(path, batch), rounds, calls, warmup=20)
   return Row(name, batch, med["tf_agents"], med["ours"], med["floor"], med["ours_st"],
              med["lite"], med["lite_interpreter"])
 
@@ -217,32 +227,25 @@ def measure_precision(path, name, batch, rounds, calls) -> list:
                                                batch_time_steps=single)
   step = _time_step(ours.time_step_spec, None if single else batch, np.random.default_rng(0))
   state = ours.get_initial_state(batch)
+  their_state = theirs.get_initial_state(batch)
   contenders = {"tf": lambda: ours.action(step, state),
-                "tf_agents": lambda: theirs.action(step, theirs.get_initial_state(batch))}
+                "tf_agents": lambda: theirs.action(step, their_state)}
   validation = {}
   batched_step = step if not single else tf.nest.map_structure(lambda a: a[None], step)
   leaves = tf.nest.flatten((batched_step, state))
+  slots = ours._plan.function.input_slots  # pylint: disable=protected-access
+  by_slot = leaves if slots is None else [leaves[slots.index(i)] for i in range(len(leaves))]
   for precision in PRECISIONS:
-    for threads in (1, 2):
+    for threads in THREADS:
       act, model, validation[precision, threads] = _lite_call(ours, path, single, precision,
                                                               threads)
       contenders[f"lite {precision} {threads}"] = lambda act=act: act(step, state)
-      slots = ours._plan.function.input_slots  # pylint: disable=protected-access
-      ordered = leaves if slots is None else [leaves[slots.index(i)] for i in range(len(leaves))]
-      contenders[f"invoke {precision} {threads}"] = _invoke_alone(model, ordered, threads)
-  for fn in contenders.values():
-    _per_call_us(fn, 5)
-  samples = {k: [] for k in contenders}
-  order = list(contenders)
-  for _ in range(rounds):
-    random.shuffle(order)
-    for key in order:
-      samples[key].append(_per_call_us(contenders[key], calls))
-  med = {k: float(np.median(v)) for k, v in samples.items()}
+      contenders[f"invoke {precision} {threads}"] = _invoke_alone(model, by_slot, threads)
+  med = _interleaved_medians(contenders, rounds, calls, warmup=5)
   return [PrecisionRow(name, batch, precision, threads, med[f"lite {precision} {threads}"],
                        med[f"invoke {precision} {threads}"], med["tf"], med["tf_agents"],
                        validation[precision, threads])
-          for precision in PRECISIONS for threads in (1, 2)]
+          for precision in PRECISIONS for threads in THREADS]
 
 
 def precision_table(rows) -> str:
@@ -378,15 +381,13 @@ def main():
       policy_zoo.save(POLICIES[name](), paths[name])
     for name in tqdm(names, desc="policies"):
       for batch in policy_zoo.BENCHMARK_BATCHES.get(name, batches):
-        # Fewer calls where one takes milliseconds (large batches, conv nets).
-        calls = args.calls if batch == 1 else max(5, args.calls * 4 // batch)
-        rows.append(measure(paths[name], name, batch, args.rounds, calls))
+        rows.append(measure(paths[name], name, batch, args.rounds,
+                            _calls_per_round(batch, args.calls)))
     precision_rows = []
     for name in [n for n in names if n in PRECISION_POLICIES] if args.precision_rounds else []:
       for batch in policy_zoo.BENCHMARK_BATCHES.get(name, batches):
-        calls = args.calls if batch == 1 else max(5, args.calls * 4 // batch)
         precision_rows += measure_precision(paths[name], name, batch, args.precision_rounds,
-                                            calls)
+                                            _calls_per_round(batch, args.calls))
     memory = steady_memory(paths[names[0]], args.memory_calls) if args.memory_calls else {}
   leaf = marginal_leaf_cost(rows)
 
