@@ -79,7 +79,7 @@ def compile_policy(model_path, out_dir, *, checkpoint=None, time_step_spec=None,
                    action_spec=None, policy_state_spec=(), info_spec=(),
                    load_specs_from_pbtxt: bool = True, allow_unsafe_ops: bool = False,
                    lite_cache_dir: Optional[str] = None,
-                   precision: str = "fp32") -> CompileResult:
+                   precision: str = "fp32", validation_observations=None) -> CompileResult:
   """Compiles `model_path` (a PolicySaver export) into `out_dir`.
 
   Args:
@@ -95,6 +95,8 @@ def compile_policy(model_path, out_dir, *, checkpoint=None, time_step_spec=None,
       `SavedModelPyTFEagerPolicy`.
     precision: "fp32" or "int8", as for `SavedModelPyTFEagerPolicy` (the
       validation report, in the directory's report.json, gives the agreement).
+    validation_observations: observations to validate on, as for
+      `SavedModelPyTFEagerPolicy`.
 
   Raises:
     FileNotFoundError: the export or checkpoint is missing.
@@ -108,7 +110,7 @@ def compile_policy(model_path, out_dir, *, checkpoint=None, time_step_spec=None,
       model_path, time_step_spec, action_spec, policy_state_spec, info_spec,
       load_specs_from_pbtxt=load_specs_from_pbtxt, batch_time_steps=False,
       allow_unsafe_ops=allow_unsafe_ops, backend="lite", lite_cache_dir=lite_cache_dir,
-      precision=precision)
+      precision=precision, validation_observations=validation_observations)
   if checkpoint is not None:
     policy.update_from_checkpoint(checkpoint)
   files = _files(policy, model_path, checkpoint)

@@ -216,7 +216,8 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
                backend: str = "tf",
                lite_cache_dir: Optional[str] = None,
                precision: str = "fp32",
-               num_threads: int = 1):
+               num_threads: int = 1,
+               validation_observations=None):
     """Loads the policy.
 
     Args:
@@ -247,6 +248,12 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
         reports the agreement; see docs/backends.md). A model that misses it
         is refused (backend="lite"), or runs on fp32 LiteRT (backend="auto").
       num_threads: CPU threads per LiteRT run (default 1: the calling thread).
+      validation_observations: real observations to validate the LiteRT model
+        on (backend "lite" or "auto"), at load and at every update: a nest like
+        the observation spec whose leaves share a leading batch dimension N
+        (e.g. frames from a replay buffer). Default: observations sampled from
+        the spec, which for images means uniform noise. The other time step
+        fields and the policy state are still sampled.
 
     Raises:
       FileNotFoundError: `model_path`, its saved_model.pb, or (with
@@ -305,12 +312,13 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     self._requested_backend = backend
     self._backend_reason: Optional[str] = "backend='tf' was requested"
     if backend != "tf":
-      self._use_lite(active, backend, lite_cache_dir, precision, num_threads)
+      self._use_lite(active, backend, lite_cache_dir, precision, num_threads,
+                     validation_observations)
 
   def _use_lite(self, active: _PolicyCopy, backend: str, cache_dir: Optional[str],
-                precision: str, num_threads: int) -> None:
+                precision: str, num_threads: int, observations) -> None:
     engine = lite.LiteEngine(self._plan, self._tf_call, self._policy_specs, self._source,
-                             cache_dir, precision, num_threads)
+                             cache_dir, precision, num_threads, observations)
     try:
       active.call_args = engine.prepare(active.loaded)
     except ValueError as e:
@@ -318,7 +326,7 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
         raise
       if precision != "fp32":
         log.warning("backend='auto': %s LiteRT refused, trying fp32: %s", precision, e)
-        self._use_lite(active, backend, cache_dir, "fp32", num_threads)
+        self._use_lite(active, backend, cache_dir, "fp32", num_threads, observations)
         return
       self._backend_reason = storage.first_line(e)
       log.warning("backend='auto': running on TF, not LiteRT: %s", e)

@@ -179,3 +179,90 @@ def test_bad_num_threads_is_named(saved, tmp_path, value, error, message):
 def test_an_unknown_precision_is_named(saved):
   with pytest.raises(ValueError, match=r"precision: expected one of 'fp32', 'int8', got 'fp16'"):
     load_saved(saved, "q_mlp", "lite", precision="fp16")
+
+
+# -- Validation on the user's observations (validation_observations) ----------------
+
+
+def _cartpole_observations(count: int = 1000) -> np.ndarray:
+  """Observations of CartPole-v1 under random actions (Gymnasium), float32[count, 4]."""
+  import gymnasium as gym  # pylint: disable=import-outside-toplevel
+  env = gym.make("CartPole-v1")
+  rng = np.random.default_rng(0)
+  observation, _ = env.reset(seed=0)
+  rows = []
+  while len(rows) < count:
+    observation, _, terminated, truncated, _ = env.step(int(rng.integers(2)))
+    rows.append(observation)
+    if terminated or truncated:
+      observation, _ = env.reset()
+  return np.asarray(rows, np.float32)
+
+
+def test_int8_validates_on_the_given_observations(saved, tmp_path):
+  """The Atari Q-network refused on sampled frames (98.97 %) loads when validated on black
+  frames (every Q-value is its zero bias on both engines), also after an update, and is
+  refused on random frames given as observations, naming them."""
+  from conftest import scaled_checkpoint  # pylint: disable=import-outside-toplevel
+  black = np.zeros((8, 84, 84, 4), np.uint8)
+  int8 = load_saved(saved, "atari_q", "lite", precision="int8", validation_observations=black)
+  assert (int8.precision, int8.lite_validation.observations) == ("int8", 8)
+  assert int8.lite_validation.agreement == {"action": 1.0}
+  assert int8.lite_validation.to_json()["observations"] == 8
+  int8.update_from_checkpoint(scaled_checkpoint(saved("atari_q"), str(tmp_path / "ckpt"), 0.5))
+  assert (int8.precision, int8.lite_validation.observations) == ("int8", 8)
+  assert int8.lite_validation.agreement == {"action": 1.0}
+  noise = np.random.default_rng(0).integers(0, 256, (256, 84, 84, 4), dtype=np.uint8)
+  with pytest.raises(ValueError, match=r"on validation_observations \(other fields sampled\): "
+                                       r"action: int8 LiteRT agrees with TF on \d+\.\d+%"):
+    load_saved(saved, "atari_q", "lite", precision="int8", validation_observations=noise)
+  auto = load_saved(saved, "atari_q", "auto", precision="int8", validation_observations=noise)
+  assert (auto.backend, auto.precision, auto.lite_validation.observations) == ("lite", "fp32",
+                                                                             256)
+
+
+def test_real_observations_validate_a_policy_and_a_compiled_one(tmp_path):
+  observations = _cartpole_observations()
+  policy = SavedModelPyTFEagerPolicy(policy_cli.DEFAULT_POLICY, load_specs_from_pbtxt=True,
+                                     backend="lite", precision="int8",
+                                     validation_observations=observations)
+  report = policy.lite_validation
+  assert report.observations == len(observations)
+  assert lite_validation.MIN_AGREEMENT <= report.agreement["action"] <= 1.0
+  fp32 = SavedModelPyTFEagerPolicy(policy_cli.DEFAULT_POLICY, load_specs_from_pbtxt=True,
+                                   backend="lite", validation_observations=observations)
+  assert fp32.lite_validation.observations == len(observations)
+  assert SavedModelPyTFEagerPolicy(policy_cli.DEFAULT_POLICY, load_specs_from_pbtxt=True,
+                                   backend="lite").lite_validation.observations is None
+  result = compile_policy(policy_cli.DEFAULT_POLICY, str(tmp_path / "c"), precision="int8",
+                          validation_observations=observations)
+  assert result.report["validation"]["observations"] == len(observations)
+
+
+@pytest.mark.parametrize("observations, error, message", [
+    (np.zeros((16, 4), np.float64), TypeError,
+     r"^validation_observations: time_step\.observation: expected float32\[16,4\], "
+     r"got float64\[16,4\]"),
+    (np.zeros((16, 3), np.float32), ValueError,
+     r"^validation_observations: time_step\.observation: expected float32\[16,4\], "
+     r"got float32\[16,3\]"),
+    ({"x": np.zeros((16, 4), np.float32)}, TypeError,
+     r"^validation_observations: time_step\.observation: expected float32\[16,4\], got dict"),
+    (np.zeros((0, 4), np.float32), ValueError,
+     r"^validation_observations: expected every leaf batched with the same N >= 1 rows, "
+     r"got shapes observation: \[0, 4\]"),
+    ((np.zeros((3, 4), np.float32), np.zeros((2, 4), np.float32)), ValueError,
+     r"^validation_observations: expected every leaf batched with the same N >= 1 rows"),
+])
+def test_bad_validation_observations_are_named(observations, error, message):
+  with pytest.raises(error, match=message):
+    SavedModelPyTFEagerPolicy(policy_cli.DEFAULT_POLICY, load_specs_from_pbtxt=True,
+                              backend="lite", validation_observations=observations)
+
+
+def test_validation_observations_are_copied():
+  frames = {"a": np.zeros((4, 2), np.float32), "b": [np.ones((4,), np.int32)]}
+  batch = lite_validation.observation_batch(frames)
+  assert not np.shares_memory(batch["a"], frames["a"])
+  assert not np.shares_memory(batch["b"][0], frames["b"][0])
+  np.testing.assert_array_equal(batch["b"][0], frames["b"][0])

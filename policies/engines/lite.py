@@ -228,12 +228,16 @@ class LiteEngine:
     cache_dir: conversion cache directory (None: `default_cache_dir()`).
     precision: "fp32" or "int8" (see the module docstring).
     num_threads: CPU threads per LiteRT run.
+    observations: observations to validate on (a nest like the observation
+      spec, each leaf with a leading batch dimension), instead of sampling
+      them from the spec; the other time step fields and the state are sampled.
   """
 
   name = "lite"
 
   def __init__(self, plan, tf_call: Callable, specs, source: loading.SavedModelSource,
-               cache_dir: Optional[str] = None, precision: str = "fp32", num_threads: int = 1):
+               cache_dir: Optional[str] = None, precision: str = "fp32", num_threads: int = 1,
+               observations=None):
     self.precision = lite_model.check_precision(precision)
     self.num_threads = num_threads   # checked where the models are made (LiteModel)
     self._plan = plan
@@ -266,6 +270,23 @@ class LiteEngine:
     self.weights_reason: Optional[str] = "not learnt yet"   # None: weights are written
     self._values = None                    # checkpoint values of the last prepared copy
     self._layout = None                    # (input indices, output indices, output dims)
+    self._observations = (None if observations is None else
+                          self._checked_observations(observations))
+
+  def _checked_observations(self, observations):
+    """The validation observations as arrays, checked against the observation spec by the
+    batched plan (errors name the field: `time_step.observation['img']: expected ...`)."""
+    arrays = lite_validation.observation_batch(observations)
+    plan = self._batched_plan()
+    batch = plan.fixed_batch_size or len(tf.nest.flatten(arrays)[0])
+    time_step, state = lite_validation.sample_inputs(
+        self._specs.time_step_spec, self._specs.policy_state_spec, (batch,), (batch,),
+        np.random.default_rng(0), arrays)
+    try:
+      plan.flatten(time_step, state)
+    except (TypeError, ValueError) as e:
+      raise type(e)(f"validation_observations: {e}") from None
+    return arrays
 
   def prepare(self, loaded: loading.LoadedPolicy) -> tuple:
     values = loaded.checkpoint_values()
@@ -409,10 +430,15 @@ class LiteEngine:
   def validate(self, model: lite_model.LiteModel, loaded: loading.LoadedPolicy) -> None:
     """Raises ValueError unless LiteRT behaves like TF (see lite_validation)."""
     try:
-      self.last_report = self._validate(model, loaded)
+      report = self._validate(model, loaded)
     except lite_validation.ValidationError as e:
+      inputs = ("sampled inputs" if self._observations is None else
+                "validation_observations (other fields sampled)")
       raise ValueError(f"{self._what}: the LiteRT model disagrees with the TF function "
-                       f"on sampled inputs: {e}") from None
+                       f"on {inputs}: {e}") from None
+    if self._observations is not None:
+      report.observations = len(tf.nest.flatten(self._observations)[0])
+    self.last_report = report
 
   def _validate(self, model: lite_model.LiteModel, loaded: loading.LoadedPolicy):
     rng = np.random.default_rng(0)
@@ -428,12 +454,12 @@ class LiteEngine:
       return lite_validation.ValidationReport(checks, draws, self.precision, agreement)
     if self._plan.batch_time_steps:
       cases = [lite_validation.sample_inputs(specs.time_step_spec, specs.policy_state_spec,
-                                             (), (1,), rng)
+                                             (), (1,), rng, self._observations)
                for _ in range(lite_validation.DETERMINISTIC_CASES)]
     else:
       batch = self._plan.fixed_batch_size or lite_validation.DETERMINISTIC_CASES
       cases = [lite_validation.sample_inputs(specs.time_step_spec, specs.policy_state_spec,
-                                             (batch,), (batch,), rng)]
+                                             (batch,), (batch,), rng, self._observations)]
     paths = None
     for time_step, state in cases:
       step = self._tf_call(time_step, state, loaded)
@@ -465,7 +491,8 @@ class LiteEngine:
     with self._batched_runs(model, loaded, batch) as run:
       for _ in range(-(-lite_validation.AGREEMENT_ROWS // batch)):
         step, got = run(*lite_validation.sample_inputs(
-            specs.time_step_spec, specs.policy_state_spec, (batch,), (batch,), rng))
+            specs.time_step_spec, specs.policy_state_spec, (batch,), (batch,), rng,
+            self._observations))
         reference.append(tf.nest.flatten(step))
         lite.append(got)
     paths = lite_validation.leaf_paths(step)
@@ -510,7 +537,7 @@ class LiteEngine:
     specs = self._specs
     batch, calls = lite_validation.draw_plan(self._plan.fixed_batch_size)
     inputs = [lite_validation.sample_inputs(specs.time_step_spec, specs.policy_state_spec,
-                                            (), (1,), rng)
+                                            (), (1,), rng, self._observations)
               for _ in range(lite_validation.DISTRIBUTION_INPUTS)]
     outputs = [i for i, s in enumerate(sampled) if s]
     tf_runs, lite_runs = self._draw(model, loaded, inputs, outputs, batch, calls)

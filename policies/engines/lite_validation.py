@@ -89,10 +89,13 @@ class ValidationReport:
   # Reduced precision: per integer or bool output, the fraction of sampled rows
   # on which LiteRT agrees with TF.
   agreement: Dict[str, float] = dataclasses.field(default_factory=dict)
+  # How many observations the user gave to validate on (None: all inputs sampled).
+  observations: Optional[int] = None
 
   def to_json(self) -> dict:
     return {"precision": self.precision, "draws": self.draws,
-            "agreement": dict(self.agreement), "outputs": [o.to_json() for o in self.outputs]}
+            "agreement": dict(self.agreement), "observations": self.observations,
+            "outputs": [o.to_json() for o in self.outputs]}
 
 
 def _sample(spec, outer: tuple, rng: np.random.Generator, field: str) -> np.ndarray:
@@ -125,15 +128,47 @@ def _sample(spec, outer: tuple, rng: np.random.Generator, field: str) -> np.ndar
 
 
 def sample_inputs(time_step_spec, policy_state_spec, time_step_outer: tuple,
-                  state_outer: tuple, rng: np.random.Generator):
-  """A (time_step, policy_state) of random values within the specs (floats within +-10)."""
+                  state_outer: tuple, rng: np.random.Generator, observations=None):
+  """A (time_step, policy_state) of random values within the specs (floats within +-10).
+
+  With `observations` (a nest of arrays sharing a leading dimension, from
+  `observation_batch`), each time step's observation is one of those rows,
+  drawn at random; the other fields and the state are sampled.
+  """
   time_step = time_step_spec._replace(**{
       field: tf.nest.map_structure(
           lambda s, f=field: _sample(s, time_step_outer, rng, f), getattr(time_step_spec, field))
       for field in time_step_spec._fields})
+  if observations is not None:
+    rows = rng.integers(0, len(tf.nest.flatten(observations)[0]), size=time_step_outer)
+    time_step = time_step._replace(
+        observation=tf.nest.map_structure(lambda x: x[rows], observations))
   state = tf.nest.map_structure(lambda s: _sample(s, state_outer, rng, "state"),
                                 policy_state_spec)
   return time_step, state
+
+
+def observation_batch(observations, name: str = "validation_observations"):
+  """`observations` copied into a nest of numpy arrays sharing a leading dimension N >= 1
+  (copies: they validate every later update, whatever the caller does with theirs).
+
+  Only the batch is checked here; dtypes, shapes and structure against the
+  observation spec are the marshaling plan's (see LiteEngine).
+  """
+  try:
+    arrays = tf.nest.map_structure(np.array, observations)
+  except (TypeError, ValueError) as e:
+    raise TypeError(f"{name}: expected a nest of arrays like the observation spec, "
+                    f"got {type(observations).__name__}: {e}") from None
+  leaves = nest.flatten_with_joined_string_paths(arrays)
+  if not leaves:
+    raise ValueError(f"{name}: expected observations, got an empty nest")
+  sizes = {path: (a.shape[0] if a.ndim else None) for path, a in leaves}
+  if None in sizes.values() or 0 in sizes.values() or len(set(sizes.values())) != 1:
+    got = ", ".join(f"{path or 'observation'}: {list(a.shape)}" for path, a in leaves)
+    raise ValueError(f"{name}: expected every leaf batched with the same N >= 1 rows, "
+                     f"got shapes {got}")
+  return arrays
 
 
 def copies(time_step, policy_state, batch: int):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import sys
+from importlib import metadata
 
 
 def add_output_argument(parser: argparse.ArgumentParser) -> None:
@@ -22,11 +25,34 @@ def figure(columns: int, width: float, height: float = 4):
   return fig, list(axes[0])
 
 
+def machine() -> dict:
+  """What a result depends on: the CPU model (figures differ by vendor), Python, TF, LiteRT."""
+  cpu = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                 cpu)
+  except OSError:
+    pass
+  return {"cpu": cpu, "cores": os.cpu_count(), "python": sys.version.split()[0],
+          "tensorflow": _version("tensorflow-cpu", "tensorflow"),
+          "ai-edge-litert": _version("ai-edge-litert")}
+
+
+def _version(*distributions: str):
+  for distribution in distributions:
+    try:
+      return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+      continue
+  return None
+
+
 def write(output: str, stem: str, result: dict, fig) -> None:
-  """Writes `stem`.json and `stem`.png into `output` and says so."""
+  """Writes `stem`.json (with `machine()`) and `stem`.png into `output` and says so."""
   os.makedirs(output, exist_ok=True)
   with open(os.path.join(output, f"{stem}.json"), "w") as f:
-    json.dump(result, f, indent=2)
+    json.dump(result | {"machine": machine()}, f, indent=2)
   fig.tight_layout()
   fig.savefig(os.path.join(output, f"{stem}.png"), dpi=100)
   print(f"\nwrote {output}/{stem}.json and {stem}.png")
