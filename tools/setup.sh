@@ -3,6 +3,8 @@
 #   .venv        Python 3.11, requirements.txt (TF-Agents' pinned stack)
 #   .venv-py313  Python 3.13, requirements-py313.txt, then requirements-py313-no-deps.txt
 #   .venv-tffree Python 3.13, requirements-tffree.txt (compiled policies, no TensorFlow)
+#   .venv-peers  with --peers only: Python 3.11, requirements.txt and
+#                tools/benchmarks/requirements-peers.txt (tools/benchmarks/peers.py)
 # Quiet when nothing is missing.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -73,6 +75,15 @@ made_venv=""
 make_venv .venv 3.11 PYTHON_FOR_VENV requirements.txt
 make_venv .venv-py313 3.13 PYTHON313_FOR_VENV requirements-py313.txt requirements-py313-no-deps.txt
 make_venv .venv-tffree 3.13 PYTHON313_FOR_VENV requirements-tffree.txt
+
+# `--peers`: also the venv of tools/benchmarks/peers.py (ONNX Runtime, OpenVINO,
+# tf2onnx beside requirements.txt), for that benchmark only.
+if [ "${1:-}" = "--peers" ]; then
+  peers_requirements="$(mktemp)"
+  cat requirements.txt tools/benchmarks/requirements-peers.txt > "$peers_requirements"
+  make_venv .venv-peers 3.11 PYTHON_FOR_VENV "$peers_requirements"
+  rm -f "$peers_requirements"
+fi
 
 # A Bazel server that ran before a venv existed (e.g. `bazel query //...` on a
 # fresh checkout) keeps that Python slot as missing until it restarts, which
