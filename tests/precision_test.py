@@ -100,15 +100,17 @@ def _perturbed_int8_weights(flatbuffer: bytes, rng: np.random.Generator) -> byte
   return bytes(data)
 
 
-def test_int8_weights_perturbed_beyond_the_bound_are_refused(saved):
-  int8 = load_saved(saved, "sac_actor", "lite", precision="int8")
+@pytest.mark.parametrize("name", ["sac_actor", "lstm_actor"])
+def test_int8_weights_perturbed_beyond_the_bound_are_refused(saved, name):
+  int8 = load_saved(saved, name, "lite", precision="int8")
   engine = int8._engine  # pylint: disable=protected-access
   model = _active_model(int8)
   broken = lite_model.LiteModel(_perturbed_int8_weights(model.flatbuffer,
                                                         np.random.default_rng(0)),
                                 model.input_names, model.output_names, 1)
-  with pytest.raises(ValueError, match=r"action: int8 LiteRT differs from TF by up to "
-                                       r"\d+\.\d+% of the output's range \(at most 3% allowed\)"):
+  with pytest.raises(ValueError, match=r"(action|state\S*): int8 LiteRT differs from TF by up "
+                                       r"to \d+\.\d+% of the output's range \(at most 3% "
+                                       r"allowed\)"):
     engine.validate(broken, int8._switch.active.loaded)  # pylint: disable=protected-access
   engine.validate(model, int8._switch.active.loaded)   # the real one still passes
 
