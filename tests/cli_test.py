@@ -53,3 +53,17 @@ def test_inspect_reports_the_distribution_check_of_a_sampling_policy(tmp_path):
   output = _inspect(policy_zoo.q_sampling_policy(), str(tmp_path / "q_sampling"))
   assert re.search(r"LiteRT: yes; action sampled \(total variation 0\.\d{3} <= 0\.054\)",
                    output)
+
+
+def test_run_and_compile_take_the_precision_and_threads(tmp_path, capsys):
+  assert policy_cli.main(["run", "--episodes", "2", "--backend", "lite", "--precision", "int8",
+                          "--num-threads", "2"]) == 0
+  assert "engine: LiteRT int8, 2 threads" in capsys.readouterr().out
+  out = str(tmp_path / "compiled")
+  assert policy_cli.main(["compile", policy_cli.DEFAULT_POLICY, out, "--precision", "int8"]) == 0
+  assert "(train step" in capsys.readouterr().out
+  assert policy_cli.main(["run", out, "--episodes", "1"]) == 0
+  assert "engine: compiled LiteRT int8, 1 thread\n" in capsys.readouterr().out
+  assert policy_cli.main(["run", "--episodes", "1", "--backend", "lite",
+                          "--precision", "fp16"]) == 1
+  assert "precision: expected one of 'fp32', 'int8', got 'fp16'" in capsys.readouterr().err

@@ -97,14 +97,19 @@ def _average_return(env, policy, episodes: int, seed: int, desc: str, latencies=
 
 
 def run(model_dir: str, env_name: str | None, episodes: int, seed: int,
-        allow_unsafe_ops: bool = False, backend: str = "tf") -> dict:
+        allow_unsafe_ops: bool = False, backend: str = "tf", precision: str = "fp32",
+        num_threads: int = 1) -> dict:
   from tf_agents.policies import random_py_policy
 
   if compiled_format.is_compiled(model_dir):
-    policy = compiled_tf_agents.as_py_policy(compiled.CompiledPolicy(model_dir))
+    loaded = compiled.CompiledPolicy(model_dir, num_threads=num_threads)
+    policy = compiled_tf_agents.as_py_policy(loaded)
+    engine = f"compiled LiteRT {loaded.precision}"
   else:
     policy = SavedModelPyTFEagerPolicy(model_dir, load_specs_from_pbtxt=True,
-                                       allow_unsafe_ops=allow_unsafe_ops, backend=backend)
+                                       allow_unsafe_ops=allow_unsafe_ops, backend=backend,
+                                       precision=precision, num_threads=num_threads)
+    engine = policy.backend if policy.backend == "tf" else f"LiteRT {policy.precision}"
   env_name = episodes_lib.env_id_for(policy, env_name)
   env = episodes_lib.load_env(env_name)
   random_policy = random_py_policy.RandomPyPolicy(policy.time_step_spec, policy.action_spec,
@@ -116,6 +121,7 @@ def run(model_dir: str, env_name: str | None, episodes: int, seed: int,
   random_return = _average_return(env, random_policy, episodes, seed, "random policy")
   us = np.array(latencies) * 1e6
   print(f"policy: {_describe(model_dir)}")
+  print(f"engine: {engine}, {num_threads} thread{'s' if num_threads > 1 else ''}")
   print(f"environment: {env_name}, {episodes} episodes, {len(us)} steps")
   print(f"average return: {policy_return:.1f} (random policy: {random_return:.1f})")
   print(f"action() latency per step: median {np.median(us):.0f} us, "
@@ -126,14 +132,16 @@ def run(model_dir: str, env_name: str | None, episodes: int, seed: int,
 
 def evaluate(model_dir: str, env_name: str | None, episodes: int, workers: int,
              address: str | None, backend: str, seed: int, as_json: bool,
-             plot: str | None, allow_unsafe_ops: bool = False) -> dict:
+             plot: str | None, allow_unsafe_ops: bool = False, precision: str = "fp32",
+             num_threads: int = 1) -> dict:
   from policy_runtime.policies import evaluation  # pylint: disable=import-outside-toplevel
 
   with tqdm(total=episodes, desc="episodes", unit="episode", leave=False) as bar:
     result = evaluation.evaluate(model_dir, env_name, episodes=episodes, workers=workers,
                                  address=address, backend=backend, seed=seed,
                                  on_episode=lambda _: bar.update(),
-                                 allow_unsafe_ops=allow_unsafe_ops)
+                                 allow_unsafe_ops=allow_unsafe_ops, precision=precision,
+                                 num_threads=num_threads)
   print(f"policy: {_describe(model_dir)}")
   print(result.summary())
   if plot:
@@ -146,16 +154,16 @@ def evaluate(model_dir: str, env_name: str | None, episodes: int, workers: int,
 
 
 def compile_command(model_dir: str, out_dir: str, checkpoint: str | None,
-                    allow_unsafe_ops: bool) -> dict:
+                    allow_unsafe_ops: bool, precision: str = "fp32") -> dict:
   from policy_runtime.policies import compile as compile_lib  # pylint: disable=import-outside-toplevel
 
   start = time.perf_counter()
   result = compile_lib.compile_policy(model_dir, out_dir, checkpoint=checkpoint,
-                                      allow_unsafe_ops=allow_unsafe_ops)
+                                      allow_unsafe_ops=allow_unsafe_ops, precision=precision)
   seconds = time.perf_counter() - start
   validation = result.report["validation"] or {}
   print(f"compiled {model_dir}{f' with {checkpoint}' if checkpoint else ''} -> {out_dir} "
-        f"in {seconds:.1f} s (train step {result.train_step})")
+        f"in {seconds:.1f} s (train step {result.train_step}, {precision})")
   for check in validation.get("outputs", []):
     print(f"  {check['path']}: {check['kind']}, {check['statistic']} {check['figure']:.3g} "
           f"(threshold {check['threshold']:.3g})")
@@ -208,6 +216,10 @@ def main(argv=None) -> int:
     p.add_argument("--episodes", type=int, default=20 if p is p_run else 100)
     p.add_argument("--seed", type=int, default=0, help="environment seed of episode 0")
     p.add_argument("--backend", default="tf", help="engine that runs action()")
+    p.add_argument("--num-threads", type=int, default=1, help="CPU threads per LiteRT run")
+  for p in (p_run, p_eval, p_compile):
+    p.add_argument("--precision", default="fp32",
+                   help="LiteRT precision: fp32, or int8 (validated against TF at load)")
   for p in (p_inspect, p_run, p_eval, p_compile):
     p.add_argument("--allow-unsafe-ops", action="store_true",
                    help="load graphs that touch files, the network or run Python")
@@ -216,12 +228,15 @@ def main(argv=None) -> int:
     if args.command == "inspect":
       inspect(args.dir, args.allow_unsafe_ops)
     elif args.command == "compile":
-      compile_command(args.dir, args.out, args.checkpoint, args.allow_unsafe_ops)
+      compile_command(args.dir, args.out, args.checkpoint, args.allow_unsafe_ops,
+                      args.precision)
     elif args.command == "run":
-      run(args.dir, args.env, args.episodes, args.seed, args.allow_unsafe_ops, args.backend)
+      run(args.dir, args.env, args.episodes, args.seed, args.allow_unsafe_ops, args.backend,
+          args.precision, args.num_threads)
     else:
       evaluate(args.dir, args.env, args.episodes, args.workers, args.address, args.backend,
-               args.seed, args.json, args.plot, args.allow_unsafe_ops)
+               args.seed, args.json, args.plot, args.allow_unsafe_ops, args.precision,
+               args.num_threads)
   except (FileNotFoundError, FileExistsError, ValueError, TypeError, graph_audit.UnsafeGraphError,
           RuntimeError) as e:   # RuntimeError: e.g. evaluation.WorkerLostError
     print(f"policy_cli: {e}", file=sys.stderr)
