@@ -26,6 +26,7 @@ from tf_agents.policies import py_policy
 from ..native import marshal
 from . import engines
 from .engines import lite
+from .engines import lite_validation
 from .engines import tf_eager
 from .runtime import batching
 from .runtime import lite_model
@@ -251,9 +252,10 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
       validation_observations: real observations to validate the LiteRT model
         on (backend "lite" or "auto"), at load and at every update: a nest like
         the observation spec whose leaves share a leading batch dimension N
-        (e.g. frames from a replay buffer). Default: observations sampled from
-        the spec, which for images means uniform noise. The other time step
-        fields and the policy state are still sampled.
+        (e.g. frames from a replay buffer; a copy of at most 4,096 of them is
+        kept). Default: observations sampled from the spec, which for images
+        means uniform noise. The other time step fields and the policy state
+        are still sampled. Checked against the spec on every backend.
 
     Raises:
       FileNotFoundError: `model_path`, its saved_model.pb, or (with
@@ -273,6 +275,10 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
     self._source = loading.SavedModelSource.read(model_path, allow_unsafe_ops)
     policy_specs = specs_lib.resolve(model_path, time_step_spec, action_spec,
                                      policy_state_spec, info_spec, load_specs_from_pbtxt)
+    if validation_observations is not None:   # checked on every backend, before loading
+      validation_observations = lite_validation.ObservationRows(
+          validation_observations, policy_specs.time_step_spec.observation,
+          np.random.default_rng(0))
     self._model_path = model_path
     self._policy_specs = policy_specs
     loaded = self._source.load(policy_specs)

@@ -61,9 +61,12 @@ def test_run_and_compile_take_the_precision_and_threads(tmp_path, capsys):
   assert "engine: LiteRT int8, 2 threads" in capsys.readouterr().out
   out = str(tmp_path / "compiled")
   assert policy_cli.main(["compile", policy_cli.DEFAULT_POLICY, out, "--precision", "int8"]) == 0
-  assert "(train step" in capsys.readouterr().out
+  assert re.search(r"\(train step \d+, int8\)", capsys.readouterr().out)
   assert policy_cli.main(["run", out, "--episodes", "1"]) == 0
   assert "engine: compiled LiteRT int8, 1 thread\n" in capsys.readouterr().out
   assert policy_cli.main(["run", "--episodes", "1", "--backend", "lite",
                           "--precision", "fp16"]) == 1
   assert "precision: expected one of 'fp32', 'int8', got 'fp16'" in capsys.readouterr().err
+  assert policy_cli.main(["run", "--episodes", "1", "--precision", "int8"]) == 1
+  assert ("--precision and --num-threads apply to --backend lite or auto"
+          in capsys.readouterr().err)

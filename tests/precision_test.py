@@ -211,7 +211,9 @@ def test_int8_validates_on_the_given_observations(saved, tmp_path):
   assert (int8.precision, int8.lite_validation.observations) == ("int8", 8)
   assert int8.lite_validation.agreement == {"action": 1.0}
   assert int8.lite_validation.to_json()["observations"] == 8
+  before = int8.lite_validation
   int8.update_from_checkpoint(scaled_checkpoint(saved("atari_q"), str(tmp_path / "ckpt"), 0.5))
+  assert int8.lite_validation is not before   # validated again, on the same frames
   assert (int8.precision, int8.lite_validation.observations) == ("int8", 8)
   assert int8.lite_validation.agreement == {"action": 1.0}
   noise = np.random.default_rng(0).integers(0, 256, (256, 84, 84, 4), dtype=np.uint8)
@@ -243,28 +245,74 @@ def test_real_observations_validate_a_policy_and_a_compiled_one(tmp_path):
 
 @pytest.mark.parametrize("observations, error, message", [
     (np.zeros((16, 4), np.float64), TypeError,
-     r"^validation_observations: time_step\.observation: expected float32\[16,4\], "
-     r"got float64\[16,4\]"),
+     r"^validation_observations: expected float32\[N,4\] \(N >= 1 observations\), "
+     r"got float64\[16,4\]$"),
     (np.zeros((16, 3), np.float32), ValueError,
-     r"^validation_observations: time_step\.observation: expected float32\[16,4\], "
-     r"got float32\[16,3\]"),
+     r"^validation_observations: expected float32\[N,4\] \(N >= 1 observations\), "
+     r"got float32\[16,3\]$"),
+    (np.zeros((4,), np.float32), ValueError,
+     r"^validation_observations: expected float32\[N,4\] .*, got float32\[4\]$"),
     ({"x": np.zeros((16, 4), np.float32)}, TypeError,
-     r"^validation_observations: time_step\.observation: expected float32\[16,4\], got dict"),
+     r"^validation_observations: expected float32\[N,4\] .*, got dict$"),
     (np.zeros((0, 4), np.float32), ValueError,
-     r"^validation_observations: expected every leaf batched with the same N >= 1 rows, "
-     r"got shapes observation: \[0, 4\]"),
-    ((np.zeros((3, 4), np.float32), np.zeros((2, 4), np.float32)), ValueError,
-     r"^validation_observations: expected every leaf batched with the same N >= 1 rows"),
+     r"^validation_observations: expected N >= 1 observations, got none$"),
 ])
 def test_bad_validation_observations_are_named(observations, error, message):
   with pytest.raises(error, match=message):
     SavedModelPyTFEagerPolicy(policy_cli.DEFAULT_POLICY, load_specs_from_pbtxt=True,
                               backend="lite", validation_observations=observations)
+  with pytest.raises(error, match=message):   # checked on TF too: never silently ignored
+    SavedModelPyTFEagerPolicy(policy_cli.DEFAULT_POLICY, load_specs_from_pbtxt=True,
+                              validation_observations=observations)
+
+
+def test_dict_observations_are_named_by_key_and_validate_an_lstm_actor(saved):
+  spec = saved("lstm_actor").tf_policy.time_step_spec.observation
+  good = {k: np.zeros([5] + s.shape.as_list(), s.dtype.as_numpy_dtype) for k, s in spec.items()}
+  key = sorted(good)[-1]   # the leaves are checked in tf.nest (sorted-key) order
+  bad = dict(good, **{key: good[key][:3]})
+  with pytest.raises(ValueError, match=rf"^validation_observations\['{key}'\]: expected the "
+                                       r"same N as the other leaves \(5\), got 3$"):
+    load_saved(saved, "lstm_actor", "lite", validation_observations=bad)
+  lite = load_saved(saved, "lstm_actor", "lite", validation_observations=good)
+  assert lite.lite_validation.observations == 5
+
+
+def test_fp32_validation_draws_its_inputs_from_the_given_observations(saved, monkeypatch):
+  """Every deterministic case and every distribution input of a sampling policy."""
+  taken = []
+  real_take = lite_validation.ObservationRows.take
+  monkeypatch.setattr(lite_validation.ObservationRows, "take",
+                      lambda self, outer: taken.append(outer) or real_take(self, outer))
+  spec = saved("q_sampling").tf_policy.time_step_spec.observation
+  observations = np.random.default_rng(0).standard_normal(
+      [7] + spec.shape.as_list()).astype(spec.dtype.as_numpy_dtype)
+  lite = load_saved(saved, "q_sampling", "lite", validation_observations=observations)
+  assert lite.lite_validation.draws > 0
+  assert taken == [()] * (lite_validation.DETERMINISTIC_CASES +
+                          lite_validation.DISTRIBUTION_INPUTS)
+
+
+def test_validation_draws_every_given_observation_and_keeps_at_most_the_rows_it_uses():
+  spec = {"a": tf.TensorSpec([2], tf.float32), "b": tf.TensorSpec([], tf.int32)}
+  values = np.arange(10, dtype=np.int32)
+  rows = lite_validation.ObservationRows(
+      {"a": np.stack([values, values], 1).astype(np.float32), "b": values}, spec,
+      np.random.default_rng(0))
+  seen = np.concatenate([rows.take((4,))["b"] for _ in range(5)])
+  assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
+  single = rows.take(())
+  assert single["a"].shape == (2,) and single["b"].shape == ()
+  np.testing.assert_array_equal(single["a"], [single["b"]] * 2)   # rows stay whole
+  many = lite_validation.ObservationRows(np.zeros((5000, 1), np.float32),
+                                         tf.TensorSpec([1], tf.float32),
+                                         np.random.default_rng(0), limit=4096)
+  assert many.count == 4096
 
 
 def test_validation_observations_are_copied():
-  frames = {"a": np.zeros((4, 2), np.float32), "b": [np.ones((4,), np.int32)]}
-  batch = lite_validation.observation_batch(frames)
-  assert not np.shares_memory(batch["a"], frames["a"])
-  assert not np.shares_memory(batch["b"][0], frames["b"][0])
-  np.testing.assert_array_equal(batch["b"][0], frames["b"][0])
+  frames = np.zeros((4, 2), np.float32)
+  rows = lite_validation.ObservationRows(frames, tf.TensorSpec([2], tf.float32),
+                                         np.random.default_rng(0))
+  frames[:] = 1
+  assert not rows.take((4,)).any()

@@ -12,6 +12,14 @@ cd "$root"
 
 die() { echo "tools/setup.sh: $*" >&2; exit 1; }
 
+peers=""
+for arg in "$@"; do
+  case "$arg" in
+    --peers) peers=1 ;;
+    *) die "unknown argument $arg (the only one is --peers)" ;;
+  esac
+done
+
 need_apt=()
 command -v bazel >/dev/null 2>&1 || need_apt+=(bazel-bootstrap)
 [ -d /usr/share/bazel/rules/java ] || need_apt+=(bazel-rules-java)
@@ -78,11 +86,11 @@ make_venv .venv-tffree 3.13 PYTHON313_FOR_VENV requirements-tffree.txt
 
 # `--peers`: also the venv of tools/benchmarks/peers.py (ONNX Runtime, OpenVINO,
 # tf2onnx beside requirements.txt), for that benchmark only.
-if [ "${1:-}" = "--peers" ]; then
-  peers_requirements="$(mktemp)"
+if [ -n "$peers" ]; then
+  peers_requirements="$(mktemp --suffix=-requirements.txt-and-requirements-peers.txt)"
+  trap 'rm -f "$peers_requirements"' EXIT
   cat requirements.txt tools/benchmarks/requirements-peers.txt > "$peers_requirements"
   make_venv .venv-peers 3.11 PYTHON_FOR_VENV "$peers_requirements"
-  rm -f "$peers_requirements"
 fi
 
 # A Bazel server that ran before a venv existed (e.g. `bazel query //...` on a

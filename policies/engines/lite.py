@@ -228,9 +228,9 @@ class LiteEngine:
     cache_dir: conversion cache directory (None: `default_cache_dir()`).
     precision: "fp32" or "int8" (see the module docstring).
     num_threads: CPU threads per LiteRT run.
-    observations: observations to validate on (a nest like the observation
-      spec, each leaf with a leading batch dimension), instead of sampling
-      them from the spec; the other time step fields and the state are sampled.
+    observations: a `lite_validation.ObservationRows` of the user's
+      observations to validate on instead of sampling them from the spec
+      (the other time step fields and the state are still sampled).
   """
 
   name = "lite"
@@ -270,23 +270,7 @@ class LiteEngine:
     self.weights_reason: Optional[str] = "not learnt yet"   # None: weights are written
     self._values = None                    # checkpoint values of the last prepared copy
     self._layout = None                    # (input indices, output indices, output dims)
-    self._observations = (None if observations is None else
-                          self._checked_observations(observations))
-
-  def _checked_observations(self, observations):
-    """The validation observations as arrays, checked against the observation spec by the
-    batched plan (errors name the field: `time_step.observation['img']: expected ...`)."""
-    arrays = lite_validation.observation_batch(observations)
-    plan = self._batched_plan()
-    batch = plan.fixed_batch_size or len(tf.nest.flatten(arrays)[0])
-    time_step, state = lite_validation.sample_inputs(
-        self._specs.time_step_spec, self._specs.policy_state_spec, (batch,), (batch,),
-        np.random.default_rng(0), arrays)
-    try:
-      plan.flatten(time_step, state)
-    except (TypeError, ValueError) as e:
-      raise type(e)(f"validation_observations: {e}") from None
-    return arrays
+    self._observations = observations
 
   def prepare(self, loaded: loading.LoadedPolicy) -> tuple:
     values = loaded.checkpoint_values()
@@ -437,7 +421,7 @@ class LiteEngine:
       raise ValueError(f"{self._what}: the LiteRT model disagrees with the TF function "
                        f"on {inputs}: {e}") from None
     if self._observations is not None:
-      report.observations = len(tf.nest.flatten(self._observations)[0])
+      report.observations = self._observations.count
     self.last_report = report
 
   def _validate(self, model: lite_model.LiteModel, loaded: loading.LoadedPolicy):

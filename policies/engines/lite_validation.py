@@ -89,7 +89,7 @@ class ValidationReport:
   # Reduced precision: per integer or bool output, the fraction of sampled rows
   # on which LiteRT agrees with TF.
   agreement: Dict[str, float] = dataclasses.field(default_factory=dict)
-  # How many observations the user gave to validate on (None: all inputs sampled).
+  # How many of the user's observations validation drew from (None: all sampled).
   observations: Optional[int] = None
 
   def to_json(self) -> dict:
@@ -128,47 +128,95 @@ def _sample(spec, outer: tuple, rng: np.random.Generator, field: str) -> np.ndar
 
 
 def sample_inputs(time_step_spec, policy_state_spec, time_step_outer: tuple,
-                  state_outer: tuple, rng: np.random.Generator, observations=None):
+                  state_outer: tuple, rng: np.random.Generator,
+                  observations: Optional["ObservationRows"] = None):
   """A (time_step, policy_state) of random values within the specs (floats within +-10).
 
-  With `observations` (a nest of arrays sharing a leading dimension, from
-  `observation_batch`), each time step's observation is one of those rows,
-  drawn at random; the other fields and the state are sampled.
+  With `observations`, each time step's observation is the next of the
+  user's rows instead (see `ObservationRows`); the other fields and the state
+  are sampled.
   """
-  time_step = time_step_spec._replace(**{
-      field: tf.nest.map_structure(
+  fields = {}
+  for field in time_step_spec._fields:
+    if field == "observation" and observations is not None:
+      fields[field] = observations.take(time_step_outer)
+    else:
+      fields[field] = tf.nest.map_structure(
           lambda s, f=field: _sample(s, time_step_outer, rng, f), getattr(time_step_spec, field))
-      for field in time_step_spec._fields})
-  if observations is not None:
-    rows = rng.integers(0, len(tf.nest.flatten(observations)[0]), size=time_step_outer)
-    time_step = time_step._replace(
-        observation=tf.nest.map_structure(lambda x: x[rows], observations))
   state = tf.nest.map_structure(lambda s: _sample(s, state_outer, rng, "state"),
                                 policy_state_spec)
-  return time_step, state
+  return time_step_spec._replace(**fields), state
 
 
-def observation_batch(observations, name: str = "validation_observations"):
-  """`observations` copied into a nest of numpy arrays sharing a leading dimension N >= 1
-  (copies: they validate every later update, whatever the caller does with theirs).
+def _leaf_name(name: str, path: tuple) -> str:
+  return name + "".join(f"[{k!r}]" if isinstance(k, str) else f"[{k}]" for k in path)
 
-  Only the batch is checked here; dtypes, shapes and structure against the
-  observation spec are the marshaling plan's (see LiteEngine).
+
+def _numpy_dtype(spec) -> np.dtype:
+  return np.dtype(getattr(spec.dtype, "as_numpy_dtype", spec.dtype))
+
+
+def _spec_text(spec, rows: str) -> str:
+  dims = ",".join("?" if d is None else str(d) for d in tf.TensorShape(spec.shape).as_list())
+  return f"{_numpy_dtype(spec).name}[{rows}{',' if dims else ''}{dims}]"
+
+
+class ObservationRows:
+  """The user's validation observations, checked against the observation spec.
+
+  Keeps a copy of at most `limit` rows (drawn at random when there are more):
+  validation never uses more rows than `AGREEMENT_ROWS`. `take` hands them out
+  in a shuffled order, cycling, so that a validation drawing at least as many
+  rows as are kept sees every one of them.
   """
-  try:
-    arrays = tf.nest.map_structure(np.array, observations)
-  except (TypeError, ValueError) as e:
-    raise TypeError(f"{name}: expected a nest of arrays like the observation spec, "
-                    f"got {type(observations).__name__}: {e}") from None
-  leaves = nest.flatten_with_joined_string_paths(arrays)
-  if not leaves:
-    raise ValueError(f"{name}: expected observations, got an empty nest")
-  sizes = {path: (a.shape[0] if a.ndim else None) for path, a in leaves}
-  if None in sizes.values() or 0 in sizes.values() or len(set(sizes.values())) != 1:
-    got = ", ".join(f"{path or 'observation'}: {list(a.shape)}" for path, a in leaves)
-    raise ValueError(f"{name}: expected every leaf batched with the same N >= 1 rows, "
-                     f"got shapes {got}")
-  return arrays
+
+  def __init__(self, observations, observation_spec, rng: np.random.Generator,
+               limit: int = AGREEMENT_ROWS, name: str = "validation_observations"):
+    specs = nest.flatten_with_tuple_paths(observation_spec)
+    try:
+      leaves = nest.flatten_up_to(observation_spec, observations)
+    except (TypeError, ValueError) as e:
+      raise TypeError(f"{name}: expected the observation spec's structure "
+                      f"{tf.nest.map_structure(lambda _: '.', observation_spec)!r}, got "
+                      f"{type(observations).__name__}: {str(e).splitlines()[0]}") from None
+    arrays, count = [], None
+    for (path, spec), leaf in zip(specs, leaves):
+      field = _leaf_name(name, path)
+      try:
+        array = np.asarray(leaf)
+      except ValueError as e:   # e.g. a ragged sequence
+        raise TypeError(f"{field}: expected an array, got {type(leaf).__name__}: {e}") from None
+      inner = tf.TensorShape(spec.shape)
+      dtype = _numpy_dtype(spec)
+      if (array.dtype != dtype or array.ndim != inner.rank + 1 or
+          not inner.is_compatible_with(array.shape[1:])):
+        got = f"{array.dtype.name}[{','.join(map(str, array.shape))}]"
+        if not isinstance(leaf, (np.ndarray, np.generic)) and array.dtype.kind in "OUS":
+          got = type(leaf).__name__   # a dict, a string: not an array at all
+        error = TypeError if array.dtype != dtype else ValueError
+        raise error(f"{field}: expected {_spec_text(spec, 'N')} (N >= 1 observations), "
+                    f"got {got}")
+      if count is not None and len(array) != count:
+        raise ValueError(f"{field}: expected the same N as the other leaves ({count}), got "
+                         f"{len(array)}")
+      count = len(array)
+      arrays.append(array)
+    if not count:
+      raise ValueError(f"{name}: expected N >= 1 observations, got none")
+    keep = np.sort(rng.choice(count, limit, replace=False)) if count > limit else slice(None)
+    self._leaves = [np.array(a[keep]) for a in arrays]   # copies: the caller's may change
+    self._spec = observation_spec
+    self.count = len(self._leaves[0])
+    self._rng = rng
+    self._order = np.empty(0, np.int64)
+
+  def take(self, outer: tuple):
+    """The next rows, shaped `outer` (() for one unbatched observation)."""
+    size = int(np.prod(outer, dtype=np.int64))
+    while len(self._order) < size:
+      self._order = np.concatenate([self._order, self._rng.permutation(self.count)])
+    rows, self._order = self._order[:size].reshape(outer), self._order[size:]
+    return tf.nest.pack_sequence_as(self._spec, [leaf[rows] for leaf in self._leaves])
 
 
 def copies(time_step, policy_state, batch: int):

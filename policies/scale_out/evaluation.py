@@ -200,7 +200,8 @@ def _load_policy(model_path: str, policy_kwargs: dict):
   """A CompiledPolicy for a compiled directory (no TensorFlow), else the SavedModel's."""
   if compiled_format.is_compiled(model_path):
     from ..runtime import compiled  # pylint: disable=import-outside-toplevel
-    return compiled.CompiledPolicy(model_path, batch_time_steps=True)
+    return compiled.CompiledPolicy(model_path, batch_time_steps=True,
+                                   num_threads=policy_kwargs.get("num_threads", 1))
   from .. import saved_model_policy  # pylint: disable=import-outside-toplevel
   return saved_model_policy.SavedModelPyTFEagerPolicy(model_path, **policy_kwargs)
 
@@ -230,7 +231,7 @@ def evaluate(model_path: str,
   Args:
     model_path: the `PolicySaver` directory, as the workers see it (local
       path, gs://, s3://, ...), or a compiled policy directory (local path;
-      `backend` and `policy_kwargs` do not apply).
+      `backend` and `policy_kwargs` other than `num_threads` do not apply).
     env_id: Gymnasium environment id (`gym:ID` for gym 0.23's); default:
       the policy's `env_name` metadata, else CartPole-v0.
     episodes: how many episodes; episode i uses environment seed `seed + i`.

@@ -411,7 +411,8 @@ def main():
                      for r in rows],
             "precision": [dataclasses.asdict(r) for r in precision_rows],
             "marginal_leaf_cost": leaf, "memory": memory,
-            "rounds": args.rounds, "calls_per_round": args.calls}
+            "rounds": args.rounds, "precision_rounds": args.precision_rounds,
+            "calls_per_round": args.calls}
   benchmark_output.write(args.output, "benchmark", result, plot(rows))
 
 

@@ -25,16 +25,25 @@ def figure(columns: int, width: float, height: float = 4):
   return fig, list(axes[0])
 
 
+# The CPU features reduced-precision and conv kernels depend on.
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+              "amx_int8", "amx_bf16")
+
+
 def machine() -> dict:
-  """What a result depends on: the CPU model (figures differ by vendor), Python, TF, LiteRT."""
-  cpu = platform.processor()
+  """What a result depends on: the CPU (model and features), Python, TF, LiteRT."""
+  cpu, flags = platform.processor(), []
   try:
     with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                 cpu)
+      info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines()
+                  if ":" in line)
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    cpu = info.get("model name", cpu)
+    flags = [f for f in _CPU_FLAGS if f in info.get("flags", "").split()]
   except OSError:
     pass
-  return {"cpu": cpu, "cores": os.cpu_count(), "python": sys.version.split()[0],
+  return {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(),
+          "python": sys.version.split()[0],
           "tensorflow": _version("tensorflow-cpu", "tensorflow"),
           "ai-edge-litert": _version("ai-edge-litert")}
 

@@ -33,6 +33,7 @@ import tensorflow as tf  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 from policy_runtime.policies import SavedModelPyTFEagerPolicy  # noqa: E402
+from policy_runtime.policies.engines import lite_validation  # noqa: E402
 from tools.benchmarks import benchmark_output  # noqa: E402
 from tools.fixtures import policy_zoo  # noqa: E402
 
@@ -53,7 +54,7 @@ def pong_frames(count: int, seed: int = 0) -> np.ndarray:
   frame, _ = env.reset(seed=seed)
   stack, out = [frame[rows][:, cols]] * 4, []
   while len(out) < count:
-    frame, _, terminated, truncated, _ = env.step(int(rng.integers(6)))
+    frame, _, terminated, truncated, _ = env.step(int(rng.integers(_ACTIONS)))
     stack = stack[1:] + [frame[rows][:, cols]]
     out.append(np.stack(stack, -1))
     if terminated or truncated:
@@ -127,9 +128,10 @@ def load_int8(directory: str, frames) -> str:
     loaded = SavedModelPyTFEagerPolicy(directory, load_specs_from_pbtxt=True, backend="lite",
                                        precision="int8", validation_observations=frames)
   except ValueError as e:
-    return "refused: " + str(e).splitlines()[0].split(": ", 1)[1]
+    return "refused: " + str(e).splitlines()[0].replace(f"{directory}: ", "", 1)
   agreement = loaded.lite_validation.agreement["action"]
-  return f"loads, greedy actions agree with TF on {agreement:.2%} of 4096 sampled rows"
+  return (f"loads, greedy actions agree with TF on {agreement:.2%} of "
+          f"{lite_validation.AGREEMENT_ROWS} sampled rows")
 
 
 def compare(name: str, reference: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict:

@@ -23,6 +23,7 @@ tools/benchmarks/requirements-peers.txt); this binary re-executes itself there:
     bazel run //tools/benchmarks:peers -- [--rounds 15] [--output DIR]
 """
 
+# pylint: disable=protected-access  (the benchmark's helpers, and our engine's)
 from __future__ import annotations
 
 import importlib.util
@@ -30,15 +31,23 @@ import os
 import sys
 
 _PEERS = ("onnxruntime", "openvino", "tf2onnx")
+_REEXEC = "POLICY_RUNTIME_PEERS_REEXEC"
 
 
 def _reexec_in_peers_venv() -> None:
-  """Runs this file again under .venv-peers/bin/python, on this process's sys.path."""
+  """Runs this file again under .venv-peers/bin/python, with this process's own code
+  (the runfiles) on its path but not this interpreter's packages."""
   workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY", os.getcwd())
   python = os.path.join(workspace, ".venv-peers", "bin", "python")
+  fix = f"run `bash tools/setup.sh --peers` in {workspace}"
+  if os.environ.get(_REEXEC):
+    sys.exit(f"peers: {python} lacks one of {', '.join(_PEERS)}: {fix}")
   if not os.path.exists(python):
-    sys.exit(f"peers: {python} is missing: run `bash tools/setup.sh --peers` in {workspace}")
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    sys.exit(f"peers: {python} is missing: {fix}")
+  interpreter = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+  own = [p for p in sys.path if p and "site-packages" not in p and
+         not any(os.path.realpath(p).startswith(prefix) for prefix in interpreter)]
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(own), **{_REEXEC: "1"})
   os.execve(python, [python, os.path.abspath(__file__)] + sys.argv[1:], env)
 
 
@@ -105,7 +114,11 @@ def to_onnx(path: str) -> tuple:
 
 def _feeds(keys: list, step) -> dict:
   """The signature's keyword inputs (`arg_0_observation`, ...) from a batched TimeStep."""
-  return {k: np.ascontiguousarray(getattr(step, k[len("arg_0_"):])) for k in keys}
+  fields = {k: k[len("arg_0_"):] for k in keys}
+  if not all(k.startswith("arg_0_") and f in step._fields for k, f in fields.items()):
+    raise ValueError(f"peers: only policies whose action takes a time step alone, got inputs "
+                     f"{keys}")
+  return {k: np.ascontiguousarray(getattr(step, f)) for k, f in fields.items()}
 
 
 def _ort_call(model: bytes, feeds: dict, threads: int):
@@ -137,9 +150,8 @@ def _openvino_call(model: bytes, feeds: dict, threads: int, precision):
     request.set_tensor(port, ov.Tensor(feeds[port.any_name.split(":")[0]]))
   request.infer()
   result = request.get_output_tensor(0).data.copy()
-  used = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-  names = {"bf16": "bf16", "bfloat16": "bf16", "f16": "fp16", "f32": "fp32"}
-  return request.infer, result, next((v for k, v in names.items() if k in used), used)
+  used = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()   # bf16, f16, f32
+  return request.infer, result, {"f16": "fp16", "f32": "fp32"}.get(used, used)
 
 
 def _accuracy(reference: np.ndarray, got: np.ndarray) -> str:
@@ -148,11 +160,11 @@ def _accuracy(reference: np.ndarray, got: np.ndarray) -> str:
   return f"max |diff| to TF {np.max(np.abs(got.astype(np.float64) - reference)):.1e}"
 
 
-def measure(path: str, name: str, batch: int, rounds: int, calls: int) -> dict:
+def measure(path: str, batch: int, rounds: int, calls: int) -> dict:
   """{contender: {us, accuracy}} for one policy and batch, interleaved."""
   single = batch == 1
   ours = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, batch_time_steps=single)
-  step = benchmark._time_step(ours.time_step_spec, None if single else batch,  # pylint: disable=protected-access
+  step = benchmark._time_step(ours.time_step_spec, None if single else batch,
                               np.random.default_rng(0))
   state = ours.get_initial_state(batch)
   batched = step if not single else tf.nest.map_structure(lambda a: a[None], step)
@@ -160,28 +172,30 @@ def measure(path: str, name: str, batch: int, rounds: int, calls: int) -> dict:
   model, keys = to_onnx(path)
   feeds = _feeds(keys, batched)
   leaves = tf.nest.flatten((batched, state))
-  slots = ours._plan.function.input_slots  # pylint: disable=protected-access
+  slots = ours._plan.function.input_slots
   by_slot = leaves if slots is None else [leaves[slots.index(i)] for i in range(len(leaves))]
   contenders, accuracy = {}, {}
   for threads in THREADS:
     for precision in ("fp32", "int8"):
-      act, lite_model, verdict = benchmark._lite_call(ours, path, single, precision, threads)  # pylint: disable=protected-access
+      act, converted, verdict = benchmark._lite_call(ours, path, single, precision, threads)
       key = f"lite {precision} {threads}"
       contenders[key] = lambda act=act: act(step, state)
       accuracy[key] = verdict
       if precision == "fp32":
-        contenders[f"invoke fp32 {threads}"] = benchmark._invoke_alone(lite_model, by_slot,  # pylint: disable=protected-access
+        contenders[f"invoke fp32 {threads}"] = benchmark._invoke_alone(converted, by_slot,
                                                                        threads)
         accuracy[f"invoke fp32 {threads}"] = "our fp32 model"
     key = f"ort fp32 {threads}"
     contenders[key], result = _ort_call(model, feeds, threads)
     accuracy[key] = _accuracy(reference, result.reshape(batch, -1))
-    for hint in ("f32", None):
+    for hint in ("f32", None):   # fp32, then the CPU's default (bf16 where it has it)
       call, result, used = _openvino_call(model, feeds, threads, hint)
-      key = f"openvino {'fp32' if hint else used} {threads}"
+      key = f"openvino {used} {threads}"
+      if key in contenders:        # the default is fp32 here: timed once
+        continue
       contenders[key] = call
       accuracy[key] = _accuracy(reference, result.reshape(batch, -1))
-  medians = benchmark._interleaved_medians(contenders, rounds, calls, warmup=5)  # pylint: disable=protected-access
+  medians = benchmark._interleaved_medians(contenders, rounds, calls, warmup=5)
   return {key: {"us": medians[key], "accuracy": accuracy[key]} for key in contenders}
 
 
@@ -210,8 +224,8 @@ def main():
       path = os.path.join(tmp, name)
       policy_zoo.save(benchmark.POLICIES[name](), path)
       for batch in BATCHES:
-        results[name, batch] = measure(path, name, batch, args.rounds,
-                                       benchmark._calls_per_round(batch, args.calls))  # pylint: disable=protected-access
+        results[name, batch] = measure(path, batch, args.rounds,
+                                       benchmark._calls_per_round(batch, args.calls))
   print(table(results))
   os.makedirs(args.output, exist_ok=True)
   with open(os.path.join(args.output, "peers.json"), "w") as f:

@@ -109,7 +109,7 @@ def run(model_dir: str, env_name: str | None, episodes: int, seed: int,
     policy = SavedModelPyTFEagerPolicy(model_dir, load_specs_from_pbtxt=True,
                                        allow_unsafe_ops=allow_unsafe_ops, backend=backend,
                                        precision=precision, num_threads=num_threads)
-    engine = policy.backend if policy.backend == "tf" else f"LiteRT {policy.precision}"
+    engine = "tf" if policy.backend == "tf" else f"LiteRT {policy.precision}"
   env_name = episodes_lib.env_id_for(policy, env_name)
   env = episodes_lib.load_env(env_name)
   random_policy = random_py_policy.RandomPyPolicy(policy.time_step_spec, policy.action_spec,
@@ -121,7 +121,8 @@ def run(model_dir: str, env_name: str | None, episodes: int, seed: int,
   random_return = _average_return(env, random_policy, episodes, seed, "random policy")
   us = np.array(latencies) * 1e6
   print(f"policy: {_describe(model_dir)}")
-  print(f"engine: {engine}, {num_threads} thread{'s' if num_threads > 1 else ''}")
+  threads = f", {num_threads} thread{'s' if num_threads > 1 else ''}" if engine != "tf" else ""
+  print(f"engine: {engine}{threads}")
   print(f"environment: {env_name}, {episodes} episodes, {len(us)} steps")
   print(f"average return: {policy_return:.1f} (random policy: {random_return:.1f})")
   print(f"action() latency per step: median {np.median(us):.0f} us, "
@@ -225,6 +226,11 @@ def main(argv=None) -> int:
                    help="load graphs that touch files, the network or run Python")
   args = parser.parse_args(argv)
   try:
+    if (args.command in ("run", "evaluate") and args.backend == "tf" and
+        not compiled_format.is_compiled(args.dir) and
+        (args.precision != "fp32" or args.num_threads != 1)):
+      raise ValueError("--precision and --num-threads apply to --backend lite or auto "
+                       "(or a compiled policy), not tf")
     if args.command == "inspect":
       inspect(args.dir, args.allow_unsafe_ops)
     elif args.command == "compile":
