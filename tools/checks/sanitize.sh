@@ -8,8 +8,9 @@
 #   C API and on the interpreter, runner pools, the fallback), the
 #   batcher's tests, threads and coroutines, and N row-gather fuzz cases
 #   (validate, call_rows, call_rows_buffers, pack_row), the compiled
-#   policy's (plans without a TF runtime), and the pushed-weights tests (the
-#   switch's follow path).
+#   policy's (plans without a TF runtime), the pushed-weights tests (the
+#   switch's follow path), the input contract (Mappings that raise, array
+#   protocols) and the precision tests (int8 models, num_threads runners).
 #   bash tools/checks/sanitize.sh [N] [STACK...]     (N default 5000; stacks: py311 py313)
 # Prints sanitizer reports, if any, and exits non-zero on a finding. Huge
 # inputs make ASan report "failed to allocate" warnings; those are expected
@@ -55,7 +56,7 @@ for stack in "${stacks[@]}"; do
       tests/lite_backend_test.py tests/litert_native_test.py tests/lite_sampling_test.py \
       tests/dynamic_batching_test.py tests/async_batching_test.py \
       tests/rows_fuzz_test.py tests/compiled_test.py tests/pushed_weights_test.py \
-      tests/input_contract_test.py \
+      tests/input_contract_test.py tests/precision_test.py \
       -q -p no:cacheprovider \
       -W ignore::DeprecationWarning) || status=$?
 done
