@@ -221,16 +221,16 @@ void Validator::VisitDict(const Node& node, PyObject* value, CallState* state,
                           const LeafSink& sink) const {
   if (node.children.empty() && IsEmptyStructure(value)) return;
   py::object as_dict;
-  if (!PyDict_Check(value)) {
+  if (!PyDict_CheckExact(value)) {
     int is_mapping = PyObject_IsInstance(value, mapping_type_.ptr());
     if (is_mapping < 0) throw py::error_already_set();
     if (!is_mapping) {
       Raise(PyExc_TypeError, node.path + ": expected a dict with keys " + node.keys_text +
                                  ", got " + TypeName(value));
     }
-    // Other mappings (e.g. TF's tracking wrappers) are read as tf.nest reads them,
-    // through keys() and __getitem__, into a dict copy. (Dict subclasses, like
-    // tf.nest, are read from their storage.)
+    // Other mappings (TF's tracking wrappers, dict subclasses) are read through
+    // keys() and __getitem__ into a dict copy, as TF-Agents' class reads them
+    // (its nest_utils.prune_extra_keys rebuilds them from __getitem__).
     as_dict = CopyMapping(node, value);
     value = as_dict.ptr();
   }

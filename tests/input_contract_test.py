@@ -113,3 +113,45 @@ def test_every_engine_refuses_alike(engines, leaf, expected):
   kind, message = errors["tf"]
   assert kind in (TypeError, ValueError)
   assert re.search(expected, message), message
+
+
+class GetitemDict(dict):
+  """A dict subclass whose __getitem__ differs from its storage (TF-Agents' class also calls it
+  on the tensors it made from the storage, inside its functions)."""
+
+  def __getitem__(self, key):
+    value = super().__getitem__(key)
+    return value + np.ones((), getattr(value.dtype, "as_numpy_dtype", value.dtype))
+
+
+@pytest.fixture(scope="module")
+def dict_engines(tmp_path_factory):
+  from tf_agents.policies import py_tf_eager_policy  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("dict_contract")
+  path = str(root / "export")
+  policy_zoo.save(policy_zoo.lstm_actor_policy(greedy=True), path)
+  compile_policy(path, str(root / "compiled"))
+  return {
+      "tf_agents": py_tf_eager_policy.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True),
+      "tf": SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, backend="tf"),
+      "lite": SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, backend="lite"),
+      "compiled": compiled.CompiledPolicy(str(root / "compiled")),
+  }
+
+
+@pytest.mark.parametrize("engine", ["tf", "lite", "compiled"])
+def test_dict_subclasses_are_read_through_getitem_as_tf_agents_reads_them(dict_engines, engine):
+  policy, reference = dict_engines[engine], dict_engines["tf_agents"]
+  spec = reference.time_step_spec.observation
+  rng = np.random.default_rng(1)
+  for _ in range(5):
+    stored = {k: rng.normal(size=s.shape).astype(s.dtype) for k, s in spec.items()}
+    subclass = GetitemDict(stored)
+    read = {k: subclass[k] for k in stored}
+    act = lambda p, obs: np.asarray(  # noqa: E731
+        p.action(ts.restart(obs), p.get_initial_state(1)).action)
+    got = act(policy, subclass)
+    np.testing.assert_array_equal(got, act(policy, read))
+    assert not np.array_equal(got, act(policy, stored))    # the storage is not what is read
+    if engine == "tf":
+      np.testing.assert_array_equal(got, act(reference, subclass))

@@ -51,8 +51,6 @@ MUTATIONS = [
 
 
 ZOO = policy_zoo.agent_family_policies()
-# Exports whose graph has an op without a LiteRT builtin: refused by "lite", on TF with "auto".
-NO_BUILTIN = {"lin_ucb_per_arm/policy": "Einsum", "lin_ucb_per_arm/collect_policy": "Einsum"}
 
 
 @pytest.fixture(scope="module")
@@ -166,12 +164,6 @@ def test_every_agent_family_runs_on_lite(exports, tmp_path, name, batch_time_ste
   with the state fed back for RNNs), before and after an update from a checkpoint."""
   path = exports(name)
   kwargs = dict(batch_time_steps=batch_time_steps)
-  if name in NO_BUILTIN:
-    with pytest.raises(ValueError, match=f"no LiteRT builtin for: {NO_BUILTIN[name]}"):
-      _load(path, backend="lite", **kwargs)
-    auto = _load(path, backend="auto", **kwargs)
-    assert auto.backend == "tf" and NO_BUILTIN[name] in auto.backend_reason
-    return
   policy = _load(path, backend="lite", **kwargs)
   assert policy.backend == "lite", policy.backend_reason
   for check in policy.lite_validation.outputs:
@@ -201,6 +193,43 @@ def test_every_agent_family_runs_on_lite(exports, tmp_path, name, batch_time_ste
   reference.update_from_checkpoint(checkpoint)
   assert policy.backend == "lite"
   compare("checkpoint")
+
+
+@pytest.mark.parametrize("equation, shapes, rewritten", [
+    ("j,jk->k", [(3,), (3, 5)], True),            # LinUCB's estimated reward
+    ("ij,ij->j", [(4, 3), (4, 3)], True),         # and its variance
+    ("j,jk->jk", [(3,), (3, 5)], True),           # eigendecomposition's scaling
+    ("bij,j->bi", [(2, 3, 4), (4,)], True),
+    ("ijk,ik->kj", [(2, 3, 4), (2, 4)], True),    # a transposed output
+    ("ij,jk->ik", [(2, 3), (3, 4)], False),       # a matrix product: left to the converter
+])
+def test_einsums_over_dynamic_shapes_convert(tmp_path, equation, shapes, rewritten):
+  """Per-arm LinUCB's einsums see dynamic shapes, which the converter cannot lower; those whose
+  labels all appear in one operand are rewritten as a product and a sum, with TF's values."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from policy_runtime.policies.engines import lite_rewrites  # pylint: disable=import-outside-toplevel
+
+  class Einsum(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None] * len(s), tf.float32) for s in shapes])
+    def action(self, a, b):
+      return tf.einsum(equation, a, b)
+
+  module = Einsum()
+  path = str(tmp_path / "einsum")
+  tf.saved_model.save(module, path, signatures={"action": module.action})
+  with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+    original = f.read()
+  converted = lite_rewrites.for_builtins(original)
+  assert (converted != original) == rewritten
+  with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+    f.write(converted)
+  converter = tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["action"])
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  runner = tf.lite.Interpreter(model_content=converter.convert()).get_signature_runner("action")
+  rng = np.random.default_rng(0)
+  a, b = (rng.normal(size=s).astype(np.float32) for s in shapes)
+  (got,) = runner(a=a, b=b).values()
+  np.testing.assert_allclose(got, np.einsum(equation, a, b), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

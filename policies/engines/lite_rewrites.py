@@ -11,6 +11,13 @@ shapes, dtypes and bounds of the samples, as for every sampled output).
                    maxval - minval - 1)
   computed in float32: uniform over [minval, maxval) for ranges up to 2**24.
 
+One rewrite is not about sampling: an `Einsum` of two operands whose labels all
+appear in one of them (no matrix product, e.g. LinUCB's `j,jk->k` and
+`ij,ij->j`) becomes a broadcast `Mul` and a `Sum` over the contracted labels.
+The converter lowers such einsums itself only when every shape is static;
+per-arm bandits feed them dynamic shapes. Einsums that are matrix products
+are left to the converter (expanding them would multiply their memory).
+
 Stateful random ops lose their export-time seeds (`seed`, `seed2` become 0):
 LiteRT's kernels then draw each op instance's seed from the OS, so the
 interpreters of a pool (and of different processes) sample independently
@@ -46,6 +53,7 @@ def for_builtins(saved_model_pb: bytes) -> bytes:
   for meta_graph in proto.meta_graphs:
     for function in meta_graph.graph_def.library.function:
       changed |= _rewrite_random_uniform_int(function)
+      changed |= _rewrite_elementwise_einsums(function)
       changed |= _unseed(function)
   return proto.SerializeToString() if changed else saved_model_pb
 
@@ -158,6 +166,76 @@ def _rewrite_random_uniform_int(function) -> bool:
     for key, ref in function.ret.items():
       if ref == old_ref:
         function.ret[key] = new_ref
+  return bool(targets)
+
+
+def _elementwise_einsum(equation: str):
+  """(labels of each operand, output labels) if `equation` is a two-operand einsum whose
+  labels all appear in one operand, without ellipses or repeated labels; else None."""
+  if "->" not in equation or "." in equation:
+    return None
+  inputs, output = equation.replace(" ", "").split("->")
+  operands = inputs.split(",")
+  if len(operands) != 2 or not all(x.isalpha() for x in operands + [output] if x):
+    return None
+  if any(len(set(x)) != len(x) for x in operands + [output]):
+    return None
+  every = set(operands[0]) | set(operands[1])
+  if not set(output) <= every or not any(set(x) == every for x in operands):
+    return None
+  return operands, output
+
+
+def _int_vector(values) -> attr_value_pb2.AttrValue:
+  attr = attr_value_pb2.AttrValue()
+  attr.tensor.dtype = types_pb2.DT_INT32
+  attr.tensor.tensor_shape.dim.add(size=len(values))
+  attr.tensor.int_val.extend(values)
+  return attr
+
+
+def _rewrite_elementwise_einsums(function) -> bool:
+  targets = []
+  for node in function.node_def:
+    if node.op == "Einsum" and len([i for i in node.input if not i.startswith("^")]) == 2:
+      parsed = _elementwise_einsum(node.attr["equation"].s.decode("ascii", "replace"))
+      if parsed is not None:
+        targets.append((node, parsed))
+  for old, (operands, output) in targets:
+    name, dtype = old.name, old.attr["T"].type
+    refs = [i for i in old.input if not i.startswith("^")]
+    controls = [i for i in old.input if i.startswith("^")]
+    contracted = sorted((set(operands[0]) | set(operands[1])) - set(output))
+    order = list(output) + contracted          # the product's axes
+    function.node_def.remove(old)
+    aligned = []
+    for k, (ref, labels) in enumerate(zip(refs, operands)):
+      present = [label for label in order if label in labels]
+      if present != list(labels):
+        _node(function, f"{name}/perm{k}", "Const", controls,
+              dtype=types_pb2.DT_INT32, value=_int_vector([labels.index(l) for l in present]))
+        _node(function, f"{name}/transpose{k}", "Transpose", [ref, f"{name}/perm{k}:output:0"],
+              T=dtype, Tperm=types_pb2.DT_INT32)
+        ref = f"{name}/transpose{k}:y:0"
+      for axis, label in enumerate(order):
+        if label not in labels:
+          _node(function, f"{name}/axis{k}_{axis}", "Const", controls,
+                dtype=types_pb2.DT_INT32, value=_int_vector([axis]))
+          _node(function, f"{name}/expand{k}_{axis}", "ExpandDims",
+                [ref, f"{name}/axis{k}_{axis}:output:0"], T=dtype, Tdim=types_pb2.DT_INT32)
+          ref = f"{name}/expand{k}_{axis}:output:0"
+      aligned.append(ref)
+    _node(function, f"{name}/product", "Mul", aligned + controls, T=dtype)
+    result = f"{name}/product:z:0"
+    if contracted:
+      _node(function, f"{name}/axes", "Const", controls, dtype=types_pb2.DT_INT32,
+            value=_int_vector(list(range(len(output), len(order)))))
+      summed = _node(function, f"{name}/sum", "Sum", [result, f"{name}/axes:output:0"],
+                     T=dtype, Tidx=types_pb2.DT_INT32)
+      summed.attr["keep_dims"].b = False
+      result = f"{name}/sum:output:0"
+    # The einsum's name and output (`output`) stay, so nothing that reads it changes.
+    _node(function, name, "Identity", [result], T=dtype)
   return bool(targets)
 
 
