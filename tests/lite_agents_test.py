@@ -1,7 +1,8 @@
 """TF-Agents' agent families on LiteRT: what validation once refused falsely now loads, and wrong
 models are still refused.
 
-Each policy comes from TF-Agents' own agent class (`tools/fixtures/policy_zoo.py`). The
+Each policy comes from TF-Agents' own agent class (`tools/fixtures/policy_zoo.py`), trained a
+few steps for the families' exports (the mutations' pairs are untrained alike). The
 classes of false refusal fixed here: uint8 frames bounded [0, 255] (Atari);
 noise drawn once per call and shared across the batch (TD3); randomness
 through variable state (DDPG's Ornstein-Uhlenbeck noise); samples outside the
@@ -31,6 +32,10 @@ FAMILIES = {
     "bandit_epsilon_greedy": policy_zoo.bandit_epsilon_greedy_policy,
 }
 
+# The right models of mutations that are not in FAMILIES (untrained, as the mutated ones are,
+# so the mutation is the only difference).
+RIGHT = {"dqn_action_mask": policy_zoo.masked_dqn_policy}
+
 # (family, mutated builder, what the refusal says)
 MUTATIONS = [
     ("td3_collect", lambda: policy_zoo.td3_collect_policy(noise_std=0.15),
@@ -40,7 +45,7 @@ MUTATIONS = [
     ("ppo_clip_collect", lambda: policy_zoo.ppo_clip_collect_policy(scale=1.5),
      # its distribution parameters (info) give it away before its samples do
      r"info/dist_params/loc: LiteRT differs from TF by up to"),
-    ("dqn_action_mask/policy", lambda: policy_zoo.masked_dqn_policy(ignore_mask=True),
+    ("dqn_action_mask", lambda: policy_zoo.masked_dqn_policy(ignore_mask=True),
      r"action: LiteRT gives"),
     ("bandit_epsilon_greedy", lambda: policy_zoo.bandit_epsilon_greedy_policy(epsilon=0.2),
      r"action: LiteRT samples from another distribution than TF: total variation"),
@@ -117,7 +122,7 @@ def test_ppo_samples_outside_bounds_as_tf_does(exports):
                          ids=["td3_noise_x1.5", "ddpg_ou_damping", "ppo_scale_x1.5",
                               "dqn_mask_ignored", "bandit_epsilon", "bandit_greedy_head"])
 def test_a_wrong_model_is_refused(exports, family, mutated, message):
-  right = _load(exports(family), backend="lite")
+  right = _load(exports(family, RIGHT.get(family)), backend="lite")
   wrong_path = exports(f"{family}_wrong_{MUTATIONS.index((family, mutated, message))}", mutated)
   # The mutated policy's own graph (its constants may differ) and weights, as LiteRT runs them.
   wrong = _load(wrong_path, backend="lite")
