@@ -34,7 +34,8 @@ FAMILIES = {
 
 # The right models of mutations that are not in FAMILIES (untrained, as the mutated ones are,
 # so the mutation is the only difference).
-RIGHT = {"dqn_action_mask": policy_zoo.masked_dqn_policy}
+RIGHT = {"dqn_action_mask": policy_zoo.masked_dqn_policy,
+         "gaussian_clipped": policy_zoo.gaussian_actor_policy}
 
 # (family, mutated builder, what the refusal says)
 MUTATIONS = [
@@ -45,6 +46,9 @@ MUTATIONS = [
     ("ppo_clip_collect", lambda: policy_zoo.ppo_clip_collect_policy(scale=1.5),
      # its distribution parameters (info) give it away before its samples do
      r"info/dist_params/loc: LiteRT differs from TF by up to"),
+    # TF never samples outside the bounds (clip=True); the wrong model does (clip=False).
+    ("gaussian_clipped", lambda: policy_zoo.gaussian_actor_policy(clip=False),
+     r"action: LiteRT sampled a value outside \[-1.0, 1.0\]"),
     ("dqn_action_mask", lambda: policy_zoo.masked_dqn_policy(ignore_mask=True),
      r"action: LiteRT gives"),
     ("bandit_epsilon_greedy", lambda: policy_zoo.bandit_epsilon_greedy_policy(epsilon=0.2),
@@ -120,7 +124,8 @@ def test_ppo_samples_outside_bounds_as_tf_does(exports):
 
 @pytest.mark.parametrize("family, mutated, message", MUTATIONS,
                          ids=["td3_noise_x1.5", "ddpg_ou_damping", "ppo_scale_x1.5",
-                              "dqn_mask_ignored", "bandit_epsilon", "bandit_greedy_head"])
+                              "gaussian_unclipped", "dqn_mask_ignored", "bandit_epsilon",
+                              "bandit_greedy_head"])
 def test_a_wrong_model_is_refused(exports, family, mutated, message):
   right = _load(exports(family, RIGHT.get(family)), backend="lite")
   wrong_path = exports(f"{family}_wrong_{MUTATIONS.index((family, mutated, message))}", mutated)
