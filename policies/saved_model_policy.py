@@ -393,10 +393,17 @@ class SavedModelPyTFEagerPolicy(PyTFEagerPolicyBase):
   def _action(self, time_step, policy_state, seed: Optional[Any] = None):
     if seed is not None:
       self._check_seed(seed)
+    engine = self._engine
     try:
-      return self._switch.call(self._engine.call, time_step, policy_state)
+      return self._switch.call(engine.call, time_step, policy_state)
     except core._NotOkStatusException as e:  # pylint: disable=protected-access
       raise core._status_to_exception(e) from None  # pylint: disable=protected-access
+    except TypeError:
+      if engine is self._engine:
+        raise
+    # backend="auto" moved to TF while this call started (in the switch's follow of a push,
+    # or an update in another thread): the copy it found is prepared for the new engine.
+    return self._action(time_step, policy_state)
 
   def _warm_up(self, copy: _PolicyCopy) -> None:
     """Runs a copy's graph once so the first real call is not slower than the rest."""

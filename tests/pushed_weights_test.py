@@ -425,3 +425,34 @@ def test_a_push_that_fails_part_way_is_closed_by_the_next(saved):
   push(held, _flipped(original))
   _set(reference, _flipped(original))
   _assert_acts_like(policy, reference, steps, "lite")
+
+
+def test_a_push_lite_cannot_serve_moves_auto_to_tf_with_a_logged_reason(caplog):
+  """int8 weights are converted and validated on every push. Weights whose Q-values are
+  near-tied (the last layer's columns almost equal) lose TF's greedy action at int8, so the
+  push is refused on LiteRT; on "auto" the policy moves to TF, says why once, and acts on the
+  pushed weights exactly as TF-Agents' class does."""
+  from tools.cli import policy_cli  # pylint: disable=import-outside-toplevel
+  path = policy_cli.DEFAULT_POLICY   # trained: its greedy actions agree at int8
+  policy = SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, backend="auto",
+                                     precision="int8")
+  assert policy.backend == "lite" and policy.lite_validation.precision == "int8"
+  reference = py_tf_eager_policy.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True)
+  held = policy.variables()
+  tied = [v.numpy() for v in held]
+  noise = np.random.default_rng(0).normal(size=tied[-2].shape[0]).astype(np.float32)
+  for column in range(1, tied[-2].shape[1]):
+    tied[-2][:, column] = tied[-2][:, 0] + 1e-6 * noise * column
+    tied[-1][column] = tied[-1][0]
+  steps = _steps("q_mlp", 64)
+  with caplog.at_level("WARNING", logger="policy_runtime"):
+    push(held, tied)
+    _set(reference, tied)
+    np.testing.assert_array_equal(_actions(policy, steps), _actions(reference, steps))
+  assert policy.backend == "tf"
+  assert "agree" in policy.backend_reason, policy.backend_reason
+  warnings = [r.getMessage() for r in caplog.records if "these weights run on TF" in r.getMessage()]
+  assert len(warnings) == 1, warnings
+  push(held, _flipped(tied))   # later pushes follow on TF
+  _set(reference, _flipped(tied))
+  np.testing.assert_array_equal(_actions(policy, steps), _actions(reference, steps))
