@@ -193,6 +193,7 @@ def test_every_agent_family_runs_on_lite(exports, tmp_path, name, batch_time_ste
       theirs = reference.action(time_step, theirs_state)
       _assert_close(ours.action, theirs.action, f"{name} {what} step {step}")
       _assert_close(ours.state, theirs.state, f"{name} {what} state {step}")
+      _assert_close(ours.info, theirs.info, f"{name} {what} info {step}")
       ours_state, theirs_state = ours.state, theirs.state
       time_step = spec_inputs(policy, 1, outer, seed=step)[0][0]
 
@@ -254,3 +255,49 @@ def test_the_family_compiles_and_acts_without_the_saved_model(exports, tmp_path,
   step = ts.restart(np.full(5, 0.3, np.float32))
   actions = np.array([policy.action(step).action for _ in range(50)])
   assert len({a.tobytes() for a in actions}) > 1   # it samples
+
+
+@pytest.mark.parametrize("name", sorted(n for n in ZOO if n.endswith("/collect_policy")))
+def test_every_family_compiles_through_the_cli(exports, tmp_path, name):
+  """`policy_cli compile` shares the validation: every family's collect policy compiles, and
+  the compiled policy acts on the export's specs."""
+  from policy_runtime.policies import compiled  # pylint: disable=import-outside-toplevel
+  from tools.cli import policy_cli  # pylint: disable=import-outside-toplevel
+  out = str(tmp_path / "compiled")
+  assert policy_cli.main(["compile", exports(name), out]) == 0
+  policy = compiled.CompiledPolicy(out)
+  time_step, state = spec_inputs(_load(exports(name), backend="tf"), 1)[0]
+  step = policy.action(time_step, state)
+  assert tf_nest_flatten(step.action)
+
+
+def test_rnn_callers_keep_their_own_state_through_the_batcher(exports):
+  """PPO's RNN greedy policy on LiteRT behind a DynamicBatchingPolicy: 4 threads, each its own
+  episode of 10 steps with its own state, act as TF-Agents' class does on each alone."""
+  import threading  # pylint: disable=import-outside-toplevel
+  from policy_runtime.policies import DynamicBatchingPolicy  # pylint: disable=import-outside-toplevel
+  path = exports("ppo_rnn/greedy_policy")
+  batched = _load(path, backend="lite", batch_time_steps=False)
+  reference = py_tf_eager_policy.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True)
+  episodes = [[spec_inputs(batched, 1, seed=100 * caller + t)[0][0] for t in range(10)]
+              for caller in range(4)]
+  got = [[] for _ in episodes]
+  with DynamicBatchingPolicy(batched, max_batch_size=4) as policy:
+    def act(caller):
+      state = policy.get_initial_state()
+      for time_step in episodes[caller]:
+        step = policy.action(time_step, state)
+        got[caller].append(step.action)
+        state = step.state
+    threads = [threading.Thread(target=act, args=(c,)) for c in range(len(episodes))]
+    for thread in threads:
+      thread.start()
+    for thread in threads:
+      thread.join(timeout=120)
+  for caller, episode in enumerate(episodes):
+    state = reference.get_initial_state(1)
+    assert len(got[caller]) == len(episode)
+    for t, time_step in enumerate(episode):
+      step = reference.action(time_step, state)
+      _assert_close(got[caller][t], step.action, f"caller {caller} step {t}")
+      state = step.state
