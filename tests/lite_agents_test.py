@@ -136,15 +136,25 @@ def test_a_wrong_model_is_refused(exports, family, mutated, message):
     right._engine.validate(model, right._switch.active.loaded)  # pylint: disable=protected-access
 
 
-def test_atari_dqn_on_lite_equals_tf_on_random_frames(tmp_path):
-  path = str(tmp_path / "atari")
+@pytest.fixture(scope="module")
+def atari_export(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("atari") / "atari")
   policy_zoo.save(policy_zoo.atari_q_policy(), path)
-  lite = _load(path, backend="lite")
+  return path
+
+
+@pytest.mark.parametrize("batch_time_steps", [True, False])
+def test_atari_dqn_on_lite_equals_tf_on_random_frames(atari_export, batch_time_steps):
+  lite = _load(atari_export, backend="lite", batch_time_steps=batch_time_steps)
   assert lite.backend == "lite" and lite.lite_weights == "written into the model"
-  reference = py_tf_eager_policy.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True)
+  reference = py_tf_eager_policy.SavedModelPyTFEagerPolicy(atari_export,
+                                                           load_specs_from_pbtxt=True)
   frames = np.random.default_rng(0).integers(0, 256, (200, 84, 84, 4), dtype=np.uint8)
-  ours = [int(lite.action(ts.restart(f)).action) for f in frames]
   theirs = [int(reference.action(ts.restart(f)).action) for f in frames]
+  if batch_time_steps:
+    ours = [int(lite.action(ts.restart(f)).action) for f in frames]
+  else:
+    ours = [int(a) for a in lite.action(ts.restart(frames, batch_size=len(frames))).action]
   assert ours == theirs
 
 
