@@ -13,6 +13,13 @@ bool IsEmptyStructure(PyObject* value) {
   return PyDict_Check(value) && PyDict_Size(value) == 0;
 }
 
+// Whether a dict (sub)type's items are what its storage holds: __getitem__ not overridden.
+bool ReadsLikeDict(PyTypeObject* type) {
+  return type == &PyDict_Type ||
+         (type->tp_as_mapping != nullptr &&
+          type->tp_as_mapping->mp_subscript == PyDict_Type.tp_as_mapping->mp_subscript);
+}
+
 std::string KeysText(PyObject* dict) {
   std::ostringstream out;
   PyObject *key, *item;
@@ -221,16 +228,19 @@ void Validator::VisitDict(const Node& node, PyObject* value, CallState* state,
                           const LeafSink& sink) const {
   if (node.children.empty() && IsEmptyStructure(value)) return;
   py::object as_dict;
-  if (!PyDict_CheckExact(value)) {
+  // Dicts, and dict subclasses that keep dict's __getitem__ (OrderedDict, defaultdict), are
+  // read from their storage, which is what __getitem__ would return.
+  if (!PyDict_Check(value) || !ReadsLikeDict(Py_TYPE(value))) {
     int is_mapping = PyObject_IsInstance(value, mapping_type_.ptr());
     if (is_mapping < 0) throw py::error_already_set();
     if (!is_mapping) {
       Raise(PyExc_TypeError, node.path + ": expected a dict with keys " + node.keys_text +
                                  ", got " + TypeName(value));
     }
-    // Other mappings (TF's tracking wrappers, dict subclasses) are read through
-    // keys() and __getitem__ into a dict copy, as TF-Agents' class reads them
-    // (its nest_utils.prune_extra_keys rebuilds them from __getitem__).
+    // Other mappings (TF's tracking wrappers, dict subclasses with their own
+    // __getitem__) are read through keys() and __getitem__ into a dict copy, as
+    // TF-Agents' class reads them (its nest_utils.prune_extra_keys rebuilds them
+    // from __getitem__).
     as_dict = CopyMapping(node, value);
     value = as_dict.ptr();
   }

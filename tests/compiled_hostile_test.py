@@ -179,3 +179,18 @@ def test_fuzzed_directories_load_or_raise_our_errors():
          or o.child_max_rss_mb >= MAX_RSS_MB]
   assert not bad, "\n".join(bad[:20])
   assert counts["ok"] < len(names) / 2   # the mutations reach the checks
+
+
+# Byte flips (seeds of the 100,000-case manual fuzz) that crashed the process in LiteRT:
+# an operator writing into a constant tensor (found by the structural check), and models
+# that crash LiteRT's tensor allocation (found by loading them in a child first).
+@pytest.mark.parametrize("seed, says", [
+    (11439, "writes tensor"),
+    (39231, "crashes LiteRT when loaded"),
+    (44523, "crashes LiteRT when loaded"),
+    (67815, "crashes LiteRT when loaded"),
+])
+def test_flatbuffers_that_crashed_litert_are_refused(seed, says):
+  name = f"fuzz_{seed}"
+  outcome = isolated.run_cases("compiled_hostile_cases", [name], TIMEOUT_S, MEMORY_GB)[name]
+  _refused(outcome, "policy/action.tflite", says)

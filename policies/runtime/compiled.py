@@ -29,6 +29,7 @@ from . import batching
 from . import compiled_checks
 from . import compiled_format
 from . import lite_checks
+from . import lite_preflight
 from . import lite_model
 from . import plan_layout
 
@@ -69,6 +70,8 @@ class _Model:
     if blocked:
       raise ValueError(f"{path}: uses operators outside LiteRT's builtins, which compiled "
                        f"policies do not run: {', '.join(sorted(set(blocked)))}")
+    lite_preflight.check(files.flatbuffer, files.flatbuffer_sha256, signature["input_names"],
+                         signature["output_names"], first_batch, num_threads, path)
     try:
       self.model = lite_model.LiteModel(files.flatbuffer, signature["input_names"],
                                         signature["output_names"], first_batch,

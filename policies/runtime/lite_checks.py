@@ -14,6 +14,7 @@ from typing import Sequence, Tuple
 import numpy as np
 
 SIGNATURE = "action"
+MAX_RANK = 8   # LiteRT's kernels and its CompiledModel (which crashes past it) take at most this
 
 # LiteRT TensorType -> numpy dtype (the numeric types a policy's specs can hold).
 _NUMPY = {
@@ -88,8 +89,12 @@ def _check_tables(model, max_tensor_bytes: int) -> None:
     for t in range(count):
       tensor = subgraph.Tensors(t)
       name = (tensor.Name() or b"").decode(errors="replace")
-      if not 0 <= tensor.Buffer() < max(buffers, 1):
+      if not 0 <= tensor.Buffer() < buffers:
         raise ValueError(f"tensor {name!r} names buffer {tensor.Buffer()} of {buffers}")
+      if max(tensor.ShapeLength(), tensor.ShapeSignatureLength()) > MAX_RANK:
+        raise ValueError(f"tensor {name!r} has rank "
+                         f"{max(tensor.ShapeLength(), tensor.ShapeSignatureLength())}, "
+                         f"more than LiteRT's {MAX_RANK}")
       shape = [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else []
       if any(d < -1 for d in shape):
         raise ValueError(f"tensor {name!r} has shape {shape}")
@@ -102,6 +107,10 @@ def _check_tables(model, max_tensor_bytes: int) -> None:
     for indices in (subgraph.InputsAsNumpy(), subgraph.OutputsAsNumpy()):
       if not isinstance(indices, int) and any(not 0 <= i < count for i in indices):
         raise ValueError(f"subgraph {s} names tensors {list(indices)} of {count}")
+    # Each tensor is written once, by one operator, and never one the caller feeds or one
+    # holding constant data (LiteRT writes into it as given, and crashes on some).
+    inputs = subgraph.InputsAsNumpy()
+    written = set() if isinstance(inputs, int) else {int(i) for i in inputs}
     for o in range(subgraph.OperatorsLength()):
       operator = subgraph.Operators(o)
       if not 0 <= operator.OpcodeIndex() < codes:
@@ -110,6 +119,18 @@ def _check_tables(model, max_tensor_bytes: int) -> None:
         if not isinstance(indices, int) and any(not -1 <= i < count for i in indices):
           raise ValueError(f"operator {o} of subgraph {s} names tensors {list(indices)} "
                            f"of {count}")
+      outputs = operator.OutputsAsNumpy()
+      for i in ([] if isinstance(outputs, int) else [int(i) for i in outputs if i >= 0]):
+        if i in written or _holds_data(model, subgraph.Tensors(i)):
+          name = (subgraph.Tensors(i).Name() or b"").decode(errors="replace")
+          raise ValueError(f"operator {o} of subgraph {s} writes tensor {name!r}, which is "
+                           f"an input, a constant or another operator's output")
+        written.add(i)
+
+
+def _holds_data(model, tensor) -> bool:
+  buffer = model.Buffers(tensor.Buffer())
+  return buffer.DataLength() > 0 or buffer.Offset() > 1
 
 
 def _bound(entry, length: int, subgraph, allowed, kind: str) -> dict:
