@@ -222,6 +222,7 @@ def test_every_agent_family_runs_on_lite(exports, tmp_path, name, batch_time_ste
     ("j,jk->jk", [(3,), (3, 5)], True),           # eigendecomposition's scaling
     ("bij,j->bi", [(2, 3, 4), (4,)], True),
     ("ijk,ik->kj", [(2, 3, 4), (2, 4)], True),    # a transposed output
+    ("i,i->", [(3,), (3,)], True),                # a scalar
     ("ij,jk->ik", [(2, 3), (3, 4)], False),       # a matrix product: left to the converter
 ])
 def test_einsums_over_dynamic_shapes_convert(tmp_path, equation, shapes, rewritten):
@@ -246,7 +247,8 @@ def test_einsums_over_dynamic_shapes_convert(tmp_path, equation, shapes, rewritt
     f.write(converted)
   converter = tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["action"])
   converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-  runner = tf.lite.Interpreter(model_content=converter.convert()).get_signature_runner("action")
+  from ai_edge_litert import interpreter as litert  # pylint: disable=import-outside-toplevel
+  runner = litert.Interpreter(model_content=converter.convert()).get_signature_runner("action")
   rng = np.random.default_rng(0)
   a, b = (rng.normal(size=s).astype(np.float32) for s in shapes)
   (got,) = runner(a=a, b=b).values()
@@ -278,7 +280,8 @@ def test_every_family_compiles_through_the_cli(exports, tmp_path, name):
   policy = compiled.CompiledPolicy(out)
   time_step, state = spec_inputs(_load(exports(name), backend="tf"), 1)[0]
   step = policy.action(time_step, state)
-  assert tf_nest_flatten(step.action)
+  for spec, action in zip(tf_nest_flatten(policy.action_spec), tf_nest_flatten(step.action)):
+    assert (action.dtype, action.shape) == (spec.dtype, spec.shape), (spec, action)
 
 
 def test_rnn_callers_keep_their_own_state_through_the_batcher(exports):
@@ -291,19 +294,26 @@ def test_rnn_callers_keep_their_own_state_through_the_batcher(exports):
   reference = py_tf_eager_policy.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True)
   episodes = [[spec_inputs(batched, 1, seed=100 * caller + t)[0][0] for t in range(10)]
               for caller in range(4)]
-  got = [[] for _ in episodes]
-  with DynamicBatchingPolicy(batched, max_batch_size=4) as policy:
+  got, errors = [[] for _ in episodes], []
+  barrier = threading.Barrier(len(episodes), timeout=60)
+  with DynamicBatchingPolicy(batched, max_batch_size=4, max_wait_us=20_000) as policy:
     def act(caller):
-      state = policy.get_initial_state()
-      for time_step in episodes[caller]:
-        step = policy.action(time_step, state)
-        got[caller].append(step.action)
-        state = step.state
+      try:
+        state = policy.get_initial_state()
+        for time_step in episodes[caller]:
+          barrier.wait()   # the 4 callers' steps arrive together: they share batches
+          step = policy.action(time_step, state)
+          got[caller].append(step.action)
+          state = step.state
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(e)
     threads = [threading.Thread(target=act, args=(c,)) for c in range(len(episodes))]
     for thread in threads:
       thread.start()
     for thread in threads:
       thread.join(timeout=120)
+    assert not any(t.is_alive() for t in threads) and not errors, errors[:3]
+    assert policy.batches < policy.calls, (policy.batches, policy.calls)
   for caller, episode in enumerate(episodes):
     state = reference.get_initial_state(1)
     assert len(got[caller]) == len(episode)

@@ -296,11 +296,15 @@ def test_an_interrupt_at_any_line_of_a_push_is_closed_by_the_next_push(saved, ba
     write(scale)
     expected.append(_actions_on(policy, steps))
   assert not np.array_equal(expected[0], expected[1])
-  stop = threading.Event()
+  stop, errors, calls = threading.Event(), [], [0] * 4
 
-  def act(_):
-    while not stop.is_set():
-      _actions_on(policy, steps)
+  def act(i):
+    try:
+      while not stop.is_set():
+        _actions_on(policy, steps)
+        calls[i] += 1
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
 
   actors = [threading.Thread(target=act, args=(i,)) for i in range(4)]
   for t in actors:
@@ -320,5 +324,8 @@ def test_an_interrupt_at_any_line_of_a_push_is_closed_by_the_next_push(saved, ba
   finally:
     stop.set()
     for t in actors:
-      t.join()
+      t.join(timeout=60)
+  assert not any(t.is_alive() for t in actors), "an actor hung"
+  assert not errors, errors[:3]
+  assert all(calls), f"an actor never acted: {calls}"
   assert n > 5, "a push ran too few lines to interrupt"

@@ -1,9 +1,10 @@
 """Rewrites of the audited graph so more exports convert with LiteRT builtins only.
 
 They apply to the copy of `saved_model.pb` handed to the converter, never to
-the graph TensorFlow runs. Each replaces an op that has no LiteRT builtin by
-builtin ops that sample from the same distribution (validation then checks
-shapes, dtypes and bounds of the samples, as for every sampled output).
+the graph TensorFlow runs, and replace ops that have no LiteRT builtin (or that
+the converter cannot lower) by builtin ops that compute the same values or
+sample from the same distribution (validation then checks them against TF, as
+for every output).
 
   RandomUniformInt(shape, minval, maxval)  (TF-Agents' RandomTFPolicy and
   epsilon-greedy exploration over integer actions) becomes
@@ -199,10 +200,12 @@ def _rewrite_elementwise_einsums(function) -> bool:
   for node in function.node_def:
     if node.op == "Einsum" and len([i for i in node.input if not i.startswith("^")]) == 2:
       parsed = _elementwise_einsum(node.attr["equation"].s.decode("ascii", "replace"))
-      if parsed is not None:
+      taken = any(n.name.startswith(node.name + "/as_product/") for n in function.node_def)
+      if parsed is not None and not taken:   # the new nodes' names are free
         targets.append((node, parsed))
   for old, (operands, output) in targets:
     name, dtype = old.name, old.attr["T"].type
+    new = f"{name}/as_product"
     refs = [i for i in old.input if not i.startswith("^")]
     controls = [i for i in old.input if i.startswith("^")]
     contracted = sorted((set(operands[0]) | set(operands[1])) - set(output))
@@ -212,28 +215,28 @@ def _rewrite_elementwise_einsums(function) -> bool:
     for k, (ref, labels) in enumerate(zip(refs, operands)):
       present = [label for label in order if label in labels]
       if present != list(labels):
-        _node(function, f"{name}/perm{k}", "Const", controls,
+        _node(function, f"{new}/perm{k}", "Const", controls,
               dtype=types_pb2.DT_INT32, value=_int_vector([labels.index(l) for l in present]))
-        _node(function, f"{name}/transpose{k}", "Transpose", [ref, f"{name}/perm{k}:output:0"],
+        _node(function, f"{new}/transpose{k}", "Transpose", [ref, f"{new}/perm{k}:output:0"],
               T=dtype, Tperm=types_pb2.DT_INT32)
-        ref = f"{name}/transpose{k}:y:0"
+        ref = f"{new}/transpose{k}:y:0"
       for axis, label in enumerate(order):
         if label not in labels:
-          _node(function, f"{name}/axis{k}_{axis}", "Const", controls,
+          _node(function, f"{new}/axis{k}_{axis}", "Const", controls,
                 dtype=types_pb2.DT_INT32, value=_int_vector([axis]))
-          _node(function, f"{name}/expand{k}_{axis}", "ExpandDims",
-                [ref, f"{name}/axis{k}_{axis}:output:0"], T=dtype, Tdim=types_pb2.DT_INT32)
-          ref = f"{name}/expand{k}_{axis}:output:0"
+          _node(function, f"{new}/expand{k}_{axis}", "ExpandDims",
+                [ref, f"{new}/axis{k}_{axis}:output:0"], T=dtype, Tdim=types_pb2.DT_INT32)
+          ref = f"{new}/expand{k}_{axis}:output:0"
       aligned.append(ref)
-    _node(function, f"{name}/product", "Mul", aligned + controls, T=dtype)
-    result = f"{name}/product:z:0"
+    _node(function, f"{new}/product", "Mul", aligned + controls, T=dtype)
+    result = f"{new}/product:z:0"
     if contracted:
-      _node(function, f"{name}/axes", "Const", controls, dtype=types_pb2.DT_INT32,
+      _node(function, f"{new}/axes", "Const", controls, dtype=types_pb2.DT_INT32,
             value=_int_vector(list(range(len(output), len(order)))))
-      summed = _node(function, f"{name}/sum", "Sum", [result, f"{name}/axes:output:0"],
+      summed = _node(function, f"{new}/sum", "Sum", [result, f"{new}/axes:output:0"],
                      T=dtype, Tidx=types_pb2.DT_INT32)
       summed.attr["keep_dims"].b = False
-      result = f"{name}/sum:output:0"
+      result = f"{new}/sum:output:0"
     # The einsum's name and output (`output`) stay, so nothing that reads it changes.
     _node(function, name, "Identity", [result], T=dtype)
   return bool(targets)
