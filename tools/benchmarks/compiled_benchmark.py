@@ -50,7 +50,7 @@ print(json.dumps({{"seconds": time.time() - start, "rss_mb": rss,
 """
 
 CONTENDERS = {
-    "tf_agents": ("from policy_runtime.policies import quiet_gym\n"
+    "tf_agents": ("from policy_runtime.policies.saved_model import quiet_gym\n"
                   "from tf_agents.policies import py_tf_eager_policy as p\n"
                   "p.SavedModelPyTFEagerPolicy({export!r}, load_specs_from_pbtxt=True)"),
     "ours_tf": ("from policy_runtime.policies import SavedModelPyTFEagerPolicy as P\n"
