@@ -29,7 +29,8 @@ tf_agents_keras.select_keras_2()   # before TF-Agents resolves tf.keras
 from policy_runtime.policies import compile_policy  # noqa: E402
 from policy_runtime.policies.runtime import compiled_format
 from policy_runtime.policies.runtime import lite_model, litert_library  # noqa: E402
-from tools.cli import policy_cli, policy_zoo  # noqa: E402
+from tools.cli import policy_cli  # noqa: E402
+from tools.fixtures import policy_zoo  # noqa: E402
 
 PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "litert_probe_cc")
 BATCHES = (1, 2, 16)
