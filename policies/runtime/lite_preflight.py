@@ -6,8 +6,8 @@ byte flips under a forged manifest do, about 6 in 100,000). So the first time a
 process meets a flatbuffer, a child (`python -c "import ...lite_preflight"`)
 builds the same `LiteModel` (the interpreter's allocation and one run, and the
 native engine's compiled model) and exits; a crash or a hang there is a
-ValueError here, and this process never loads that model. A flatbuffer that
-passed is remembered by its SHA-256 for the life of the process.
+ValueError here, and this process never loads that model. (`compiled.py`
+remembers the flatbuffers that passed every check, this one included.)
 
 `POLICY_RUNTIME_PREFLIGHT=0` turns it off (trusted directories, the fastest load).
 """
@@ -18,19 +18,15 @@ import os
 import pickle
 import subprocess
 import sys
-import threading
 
 ENV = "POLICY_RUNTIME_PREFLIGHT"
 TIMEOUT_S = 60.0
 
-_passed: set = set()
-_lock = threading.Lock()
 
-
-def check(flatbuffer: bytes, sha256: str, input_names, output_names, first_batch: int,
-          num_threads: int, what: str) -> None:
+def check(flatbuffer: bytes, input_names, output_names, first_batch: int, num_threads: int,
+          what: str) -> None:
   """Raises ValueError naming `what` if loading the model kills or hangs a child process."""
-  if os.environ.get(ENV, "1") == "0" or (sha256 and sha256 in _passed):
+  if os.environ.get(ENV, "1") == "0":
     return
   request = pickle.dumps((flatbuffer, list(input_names), list(output_names), first_batch,
                           num_threads), protocol=pickle.HIGHEST_PROTOCOL)
@@ -47,9 +43,6 @@ def check(flatbuffer: bytes, sha256: str, input_names, output_names, first_batch
                      f"(a child process died of signal {-done.returncode})")
   # A child that raised (exit status 1) is not ours to judge: this process loads the
   # model and raises the same error as a ValueError.
-  if done.returncode == 0 and sha256:
-    with _lock:
-      _passed.add(sha256)
 
 
 def main() -> None:
