@@ -1,11 +1,13 @@
 """Races and sharing: interrupted calls, forwarded functions, concurrent polls, copies, owned outputs."""
 
+import contextlib
 import copy
 import os
 import pickle
 import sys
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -193,6 +195,36 @@ def _actions_on(policy, steps):
   return np.asarray(policy.action(steps).action)
 
 
+@contextlib.contextmanager
+def _four_actors(policy, steps, expected=()):
+  """4 threads acting on `steps` while the block runs. Yields what they saw: `wrong` (actions
+  matching none of `expected`, when given), `errors` (what they raised), `calls` (per thread).
+  Fails if one is still running 60 s after the block."""
+  seen = types.SimpleNamespace(wrong=[], errors=[], calls=[0] * 4)
+  stop = threading.Event()
+
+  def act(i):
+    try:
+      while not stop.is_set():
+        got = _actions_on(policy, steps)
+        seen.calls[i] += 1
+        if expected and not any(np.array_equal(got, e) for e in expected):
+          seen.wrong.append(got)
+    except Exception as e:  # pylint: disable=broad-except
+      seen.errors.append(e)
+
+  actors = [threading.Thread(target=act, args=(i,)) for i in range(4)]
+  for t in actors:
+    t.start()
+  try:
+    yield seen
+  finally:
+    stop.set()
+    for t in actors:
+      t.join(timeout=60)
+  assert not any(t.is_alive() for t in actors), "an actor hung"
+
+
 @pytest.mark.parametrize("backend", ["tf", "lite"])
 def test_an_interrupt_at_any_line_of_an_update_keeps_it_atomic(saved, tmp_path, backend):
   """KeyboardInterrupt injected at every line an update_from_checkpoint runs (sys.settrace),
@@ -209,18 +241,7 @@ def test_an_interrupt_at_any_line_of_an_update_keeps_it_atomic(saved, tmp_path, 
     policy.update_from_checkpoint(checkpoint)
     expected.append(_actions_on(policy, steps))
   assert not np.array_equal(expected[0], expected[1])
-  stop, wrong = threading.Event(), []
-
-  def act(_):
-    while not stop.is_set():
-      got = _actions_on(policy, steps)
-      if not any(np.array_equal(got, e) for e in expected):
-        wrong.append(got)
-
-  actors = [threading.Thread(target=act, args=(i,)) for i in range(4)]
-  for t in actors:
-    t.start()
-  try:
+  with _four_actors(policy, steps, expected) as seen:
     current = 1
     for n in range(1, 100_000):
       target = 1 - current
@@ -234,12 +255,8 @@ def test_an_interrupt_at_any_line_of_an_update_keeps_it_atomic(saved, tmp_path, 
       assert policy.get_train_step_from_last_restored_checkpoint_path() == current
       if finished:
         break
-  finally:
-    stop.set()
-    for t in actors:
-      t.join()
   assert n > 20, "the update ran too few lines to interrupt"
-  assert not wrong, f"{len(wrong)} actions matched neither checkpoint"
+  assert not seen.wrong, f"{len(seen.wrong)} actions matched neither checkpoint"
 
 
 @pytest.mark.parametrize("backend", ["tf", "lite"])
@@ -296,20 +313,7 @@ def test_an_interrupt_at_any_line_of_a_push_is_closed_by_the_next_push(saved, ba
     write(scale)
     expected.append(_actions_on(policy, steps))
   assert not np.array_equal(expected[0], expected[1])
-  stop, errors, calls = threading.Event(), [], [0] * 4
-
-  def act(i):
-    try:
-      while not stop.is_set():
-        _actions_on(policy, steps)
-        calls[i] += 1
-    except Exception as e:  # pylint: disable=broad-except
-      errors.append(e)
-
-  actors = [threading.Thread(target=act, args=(i,)) for i in range(4)]
-  for t in actors:
-    t.start()
-  try:
+  with _four_actors(policy, steps) as seen:
     current = 1
     for n in range(1, 100_000):
       finished = interrupts.finishes_unless_interrupted(n, ("pushed_variables.py",), write,
@@ -321,11 +325,6 @@ def test_an_interrupt_at_any_line_of_a_push_is_closed_by_the_next_push(saved, ba
       current = 1 - current
       if finished:
         break
-  finally:
-    stop.set()
-    for t in actors:
-      t.join(timeout=60)
-  assert not any(t.is_alive() for t in actors), "an actor hung"
-  assert not errors, errors[:3]
-  assert all(calls), f"an actor never acted: {calls}"
+  assert not seen.errors, seen.errors[:3]
+  assert all(seen.calls), f"an actor never acted: {seen.calls}"
   assert n > 5, "a push ran too few lines to interrupt"
