@@ -65,17 +65,25 @@ WRAPPERS = {
 }
 
 
-@pytest.fixture(scope="module")
-def engines(tmp_path_factory):
-  root = tmp_path_factory.mktemp("contract")
+def _every_engine(root, policy) -> dict:
+  """`policy` exported under `root`, on each engine, and TF-Agents' class beside them."""
+  from tf_agents.policies import py_tf_eager_policy  # pylint: disable=import-outside-toplevel
   path = str(root / "export")
-  policy_zoo.save(policy_zoo.q_mlp_policy(), path)
+  policy_zoo.save(policy, path)
   compile_policy(path, str(root / "compiled"))
   return {
+      "tf_agents": py_tf_eager_policy.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True),
       "tf": SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, backend="tf"),
       "lite": SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, backend="lite"),
       "compiled": compiled.CompiledPolicy(str(root / "compiled")),
   }
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+  found = _every_engine(tmp_path_factory.mktemp("contract"), policy_zoo.q_mlp_policy())
+  del found["tf_agents"]   # ours only: every one must refuse alike
+  return found
 
 
 def _step(observation):
@@ -126,17 +134,8 @@ class GetitemDict(dict):
 
 @pytest.fixture(scope="module")
 def dict_engines(tmp_path_factory):
-  from tf_agents.policies import py_tf_eager_policy  # pylint: disable=import-outside-toplevel
-  root = tmp_path_factory.mktemp("dict_contract")
-  path = str(root / "export")
-  policy_zoo.save(policy_zoo.lstm_actor_policy(greedy=True), path)
-  compile_policy(path, str(root / "compiled"))
-  return {
-      "tf_agents": py_tf_eager_policy.SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True),
-      "tf": SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, backend="tf"),
-      "lite": SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True, backend="lite"),
-      "compiled": compiled.CompiledPolicy(str(root / "compiled")),
-  }
+  return _every_engine(tmp_path_factory.mktemp("dict_contract"),
+                       policy_zoo.lstm_actor_policy(greedy=True))
 
 
 @pytest.mark.parametrize("engine", ["tf", "lite", "compiled"])
